@@ -1,0 +1,263 @@
+"""Task samplers: random regression prompts as pure, jit- and vmap-safe functions of a PRNG key.
+
+Shape legend: B batch of prompts, N points per prompt (the last point is the query of the theory
+layout; in the GPT-2 layout every point is a query given the points before it), d input dimension,
+M tasks in a finite pool.
+
+A prompt is a ``Prompt(xs_Nxd, ys_N, targets_N, w_d)``:
+  * ``xs``      inputs x_i;
+  * ``ys``      observed labels y_i = wᵀx_i + ε_i, ε_i ~ N(0, σ²);
+  * ``targets`` noise-free labels wᵀx_i (what the excess risk is measured against);
+  * ``w``       the task parameter θ / w.
+
+Every family shares the input model and label noise; a family only says how w is drawn. Input
+covariance (identity / equicorrelated / Toeplitz / given), local examples, label noise, prior
+mean and a finite task pool are fields of ``TaskConfig`` and compose with every family.
+Users add a family with ``@register_family("name")`` on a function ``(key, cfg) -> w_d``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Prompt(NamedTuple):
+  """One prompt (or a batch of them with a leading B axis)."""
+
+  xs: jax.Array  # [N, d]
+  ys: jax.Array  # [N]
+  targets: jax.Array  # [N]
+  w: jax.Array  # [d]
+
+
+COVARIANCES = ("identity", "equicorrelated", "toeplitz", "given")
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskConfig:
+  """What a prompt is. Hashable, so it can be a static argument of ``jax.jit``.
+
+  Attributes:
+    family: name of the task prior of w (``linear``, ``sparse`` or a registered one).
+    d: input dimension.
+    n_points: points per prompt (context examples + 1 query in the theory layout).
+    noise_var: label noise variance σ².
+    w_var: variance τ² of each entry of w; ``None`` means 1/d (so E||w - w0||² = 1).
+    prior_mean: the prior mean θ0 as a tuple of d floats (prior-knowledge scenario).
+    prior_mean_norm: if > 0 and ``prior_mean`` is None, θ0 is drawn once from ``task_seed``
+      uniformly on the sphere of this radius.
+    cov: input covariance: ``identity``, ``equicorrelated`` ((1-ρ)I + ρ11ᵀ), ``toeplitz``
+      (ρ^|i-j|) or ``given`` (``cov_matrix``).
+    rho: correlation ρ of the ``equicorrelated`` / ``toeplitz`` covariances.
+    cov_matrix: a d×d PSD matrix as nested tuples, for ``cov="given"``.
+    local_radius: if set, context inputs are local to the query: x_i = x_q + r·Σ^{1/2}g_i, g_i ~ N(0, I).
+    sparsity: number s of non-zero entries of w for the ``sparse`` family.
+    pool_size: if set, w is drawn uniformly from a fixed pool of this many tasks (drawn once
+      from ``task_seed`` with the family's prior).
+    task_seed: seed of everything drawn once per run (θ0, the task pool).
+  """
+
+  family: str = "linear"
+  d: int = 5
+  n_points: int = 21
+  noise_var: float = 0.0
+  w_var: float | None = None
+  prior_mean: tuple[float, ...] | None = None
+  prior_mean_norm: float = 0.0
+  cov: str = "identity"
+  rho: float = 0.0
+  cov_matrix: tuple[tuple[float, ...], ...] | None = None
+  local_radius: float | None = None
+  sparsity: int | None = None
+  pool_size: int | None = None
+  task_seed: int = 0
+
+  def __post_init__(self):
+    validate(self)
+
+  @property
+  def tau2(self) -> float:
+    """Prior variance τ² of each entry of w."""
+    return 1.0 / self.d if self.w_var is None else float(self.w_var)
+
+
+FamilyFn = Callable[[jax.Array, TaskConfig], jax.Array]
+FAMILIES: dict[str, FamilyFn] = {}
+
+
+def register_family(name: str) -> Callable[[FamilyFn], FamilyFn]:
+  """Decorator registering ``fn(key, cfg) -> w_d`` as task family ``name``."""
+
+  def wrap(fn: FamilyFn) -> FamilyFn:
+    FAMILIES[name] = fn
+    return fn
+
+  return wrap
+
+
+def _fail(field: str, value, why: str):
+  raise ValueError(f"TaskConfig.{field}={value!r}: {why}")
+
+
+def validate(cfg: TaskConfig) -> None:
+  """Raises ``ValueError`` naming the first invalid field of ``cfg``."""
+  if cfg.family not in FAMILIES:
+    _fail("family", cfg.family, f"unknown task family; known: {sorted(FAMILIES)}")
+  if not isinstance(cfg.d, (int, np.integer)) or cfg.d < 1:
+    _fail("d", cfg.d, "must be an integer >= 1")
+  if not isinstance(cfg.n_points, (int, np.integer)) or cfg.n_points < 1:
+    _fail("n_points", cfg.n_points, "must be an integer >= 1")
+  if not cfg.noise_var >= 0:
+    _fail("noise_var", cfg.noise_var, "must be >= 0")
+  if cfg.w_var is not None and not cfg.w_var >= 0:
+    _fail("w_var", cfg.w_var, "must be >= 0")
+  if cfg.prior_mean is not None and len(cfg.prior_mean) != cfg.d:
+    _fail("prior_mean", cfg.prior_mean, f"must have d={cfg.d} entries")
+  if not cfg.prior_mean_norm >= 0:
+    _fail("prior_mean_norm", cfg.prior_mean_norm, "must be >= 0")
+  if cfg.cov not in COVARIANCES:
+    _fail("cov", cfg.cov, f"unknown covariance; known: {COVARIANCES}")
+  if cfg.cov == "equicorrelated" and not -1.0 / max(cfg.d - 1, 1) <= cfg.rho <= 1.0:
+    _fail("rho", cfg.rho, f"equicorrelated covariance is PSD only for -1/(d-1) <= rho <= 1 (d={cfg.d})")
+  if cfg.cov == "toeplitz" and not -1.0 < cfg.rho < 1.0:
+    _fail("rho", cfg.rho, "Toeplitz covariance rho^|i-j| needs -1 < rho < 1")
+  if cfg.cov == "given":
+    if cfg.cov_matrix is None:
+      _fail("cov_matrix", None, 'required when cov="given"')
+    m = np.asarray(cfg.cov_matrix, dtype=np.float64)
+    if m.shape != (cfg.d, cfg.d):
+      _fail("cov_matrix", m.shape, f"must be {cfg.d}x{cfg.d}")
+    if not np.allclose(m, m.T, atol=1e-8) or np.linalg.eigvalsh(m).min() < -1e-8:
+      _fail("cov_matrix", cfg.cov_matrix, "must be symmetric positive semi-definite")
+  if cfg.local_radius is not None and not cfg.local_radius >= 0:
+    _fail("local_radius", cfg.local_radius, "must be >= 0")
+  if cfg.family == "sparse":
+    if cfg.sparsity is None or not 1 <= cfg.sparsity <= cfg.d:
+      _fail("sparsity", cfg.sparsity, f"the sparse family needs 1 <= sparsity <= d={cfg.d}")
+  elif cfg.sparsity is not None and not 1 <= cfg.sparsity <= cfg.d:
+    _fail("sparsity", cfg.sparsity, f"must be in [1, d={cfg.d}]")
+  if cfg.pool_size is not None and cfg.pool_size < 1:
+    _fail("pool_size", cfg.pool_size, "must be >= 1")
+
+
+def covariance(cfg: TaskConfig) -> np.ndarray:
+  """The input covariance Σ (d×d, float64 numpy; a constant of the config)."""
+  d = cfg.d
+  if cfg.cov == "identity":
+    return np.eye(d)
+  if cfg.cov == "equicorrelated":
+    return (1.0 - cfg.rho) * np.eye(d) + cfg.rho * np.ones((d, d))
+  if cfg.cov == "toeplitz":
+    idx = np.arange(d)
+    return cfg.rho ** np.abs(idx[:, None] - idx[None, :])
+  return np.asarray(cfg.cov_matrix, dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=64)
+def _cov_sqrt(cfg: TaskConfig) -> np.ndarray:
+  """Symmetric square root of Σ (eigen-decomposition, so PSD-singular Σ works)."""
+  evals, evecs = np.linalg.eigh(covariance(cfg))
+  return (evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
+
+
+def prior_mean(cfg: TaskConfig) -> np.ndarray:
+  """θ0 (d,), zero unless ``prior_mean`` or ``prior_mean_norm`` is set."""
+  if cfg.prior_mean is not None:
+    return np.asarray(cfg.prior_mean, dtype=np.float64)
+  if cfg.prior_mean_norm > 0:
+    g = np.random.default_rng(cfg.task_seed).standard_normal(cfg.d)
+    return cfg.prior_mean_norm * g / np.linalg.norm(g)
+  return np.zeros(cfg.d)
+
+
+@register_family("linear")
+def sample_linear_w(key: jax.Array, cfg: TaskConfig) -> jax.Array:
+  """w ~ N(θ0, τ² I_d)."""
+  noise = jax.random.normal(key, (cfg.d,))
+  return jnp.asarray(prior_mean(cfg), jnp.float32) + jnp.sqrt(cfg.tau2) * noise
+
+
+@register_family("sparse")
+def sample_sparse_w(key: jax.Array, cfg: TaskConfig) -> jax.Array:
+  """s-sparse w: uniform random support of size s, entries θ0_j + N(0, τ²) on it, 0 elsewhere.
+
+  With the study-2 protocol set ``w_var=1.0`` (N(0,1) entries).
+  """
+  k_support, k_values = jax.random.split(key)
+  support = jax.random.permutation(k_support, cfg.d)[: cfg.sparsity]
+  mask = jnp.zeros((cfg.d,)).at[support].set(1.0)
+  values = jnp.asarray(prior_mean(cfg), jnp.float32) + jnp.sqrt(cfg.tau2) * jax.random.normal(k_values, (cfg.d,))
+  return mask * values
+
+
+@functools.lru_cache(maxsize=16)
+def task_pool(cfg: TaskConfig) -> np.ndarray:
+  """The fixed pool of ``pool_size`` tasks [M, d], drawn once from ``task_seed`` with the family's prior."""
+  if cfg.pool_size is None:
+    raise ValueError("TaskConfig.pool_size=None: this config has no task pool")
+  keys = jax.random.split(jax.random.PRNGKey(cfg.task_seed), cfg.pool_size)
+  family = FAMILIES[cfg.family]
+  return np.asarray(jax.vmap(lambda k: family(k, cfg))(keys))
+
+
+def sample_w(key: jax.Array, cfg: TaskConfig) -> jax.Array:
+  """One task parameter w [d]: from the family's prior, or uniformly from the task pool."""
+  if cfg.pool_size is not None:
+    index = jax.random.randint(key, (), 0, cfg.pool_size)
+    return jnp.asarray(task_pool(cfg))[index]
+  return FAMILIES[cfg.family](key, cfg)
+
+
+def sample_inputs(key: jax.Array, cfg: TaskConfig) -> jax.Array:
+  """Inputs xs [N, d]: i.i.d. N(0, Σ); with ``local_radius`` r the first N-1 are x_q + r·N(0, Σ)."""
+  g = jax.random.normal(key, (cfg.n_points, cfg.d))
+  if cfg.cov != "identity":
+    g = g @ jnp.asarray(_cov_sqrt(cfg), jnp.float32)
+  if cfg.local_radius is None:
+    return g
+  query = g[-1]
+  context = query + cfg.local_radius * g[:-1]
+  return jnp.concatenate([context, query[None]], axis=0)
+
+
+def sample_prompt(key: jax.Array, cfg: TaskConfig) -> Prompt:
+  """One prompt; a pure function of ``key``."""
+  k_w, k_x, k_eps = jax.random.split(key, 3)
+  w = sample_w(k_w, cfg)
+  xs = sample_inputs(k_x, cfg)
+  targets = xs @ w
+  ys = targets + jnp.sqrt(cfg.noise_var) * jax.random.normal(k_eps, (cfg.n_points,))
+  return Prompt(xs=xs, ys=ys, targets=targets, w=w)
+
+
+def sample_batch(key: jax.Array, cfg: TaskConfig, batch_size: int) -> Prompt:
+  """A batch of ``batch_size`` independent prompts (vmapped over split keys): shapes [B, N, d], [B, N], [B, N], [B, d]."""
+  prompts = jax.vmap(lambda k: sample_prompt(k, cfg))(jax.random.split(key, batch_size))
+  chex.assert_shape(prompts.xs, (batch_size, cfg.n_points, cfg.d))
+  return prompts
+
+
+def batch_key(seed_key: jax.Array, step: jax.Array | int) -> jax.Array:
+  """The data key of training step ``step``: ``fold_in(seed_key, step)``, so any batch can be regenerated."""
+  return jax.random.fold_in(seed_key, step)
+
+
+def mask_dims(prompts: Prompt, n_dims: jax.Array | int) -> Prompt:
+  """Curriculum over dimensions: zero input coordinates >= ``n_dims`` (traced ok; shapes unchanged).
+
+  Labels are recomputed from the masked inputs so that y depends on the active coordinates only.
+  """
+  d = prompts.xs.shape[-1]
+  keep = (jnp.arange(d) < n_dims).astype(prompts.xs.dtype)
+  xs = prompts.xs * keep
+  w = prompts.w * keep
+  targets = jnp.einsum("...nd,...d->...n", xs, w)
+  ys = targets + (prompts.ys - prompts.targets)
+  return Prompt(xs=xs, ys=ys, targets=targets, w=w)
