@@ -202,9 +202,10 @@ def task_pool(cfg: TaskConfig) -> np.ndarray:
   """The fixed pool of ``pool_size`` tasks [M, d], drawn once from ``task_seed`` with the family's prior."""
   if cfg.pool_size is None:
     raise ValueError("TaskConfig.pool_size=None: this config has no task pool")
-  keys = jax.random.split(jax.random.PRNGKey(cfg.task_seed), cfg.pool_size)
   family = FAMILIES[cfg.family]
-  return np.asarray(jax.vmap(lambda k: family(k, cfg))(keys))
+  with jax.ensure_compile_time_eval():  # a constant of the config, also when first asked for under jit
+    keys = jax.random.split(jax.random.PRNGKey(cfg.task_seed), cfg.pool_size)
+    return np.asarray(jax.vmap(lambda k: family(k, cfg))(keys))
 
 
 def sample_w(key: jax.Array, cfg: TaskConfig) -> jax.Array:

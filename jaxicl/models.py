@@ -1,0 +1,482 @@
+"""Models: one-layer multi-head attention predictors (study 1) and a GPT-2-style decoder (study 2).
+
+Shape legend: B batch of prompts, N points per prompt, D = N-1 context points of the theory layout,
+d input dimension, T tokens, P predictions per prompt, L layers, H heads (of a layer), K head width,
+p embedding dimension of the one-layer models, E width of the decoder, F = E·mlp_ratio MLP width.
+
+Every model is built by ``build_model(cfg, task)`` into an ``ICLModel`` of pure functions:
+
+  * ``init(key) -> params``: a plain nested dict of float32 arrays (the Flax ``"params"`` collection);
+  * ``apply(params, xs_BxNxd, ys_BxN, *, head_mask=None, capture=False)``: lays the prompt out into
+    tokens itself (``jaxicl.layouts``) and returns float32 predictions [B, P] at the layout's
+    prediction positions, or ``(preds, aux)`` with ``capture=True``.
+
+``head_mask`` is a float array [L, max_l H_l] (1 keep, 0 remove; entries beyond a layer's head count
+are ignored). Head k of layer l has its output multiplied by ``head_mask[l, k]`` before the output
+projection, so a 0 removes exactly that head's contribution (its slice of the projection weights).
+
+The models (``ModelConfig.name``):
+
+``softmax_icl`` (theory layout, P = 1, the prediction for the query = last point)
+    e_i = W_in z_i ∈ R^p, z_i = [x_i; y_i] (query z_q = [x_q; 0]); for heads k = 1..h of width K = p/h
+    q_k = W_Q^k e_q, k_ki = W_K^k e_i, v_ki = W_V^k e_i (i = 1..D context tokens only: the query does
+    not attend to itself), a_ki = softmax_i(s · q_k·k_ki), head_k = Σ_i a_ki v_ki,
+    ŷ = W_out · concat_k(mask_k · head_k). s = ``attn_scale`` (default 1/√K). There is no LayerNorm,
+    no MLP, no residual connection and no bias anywhere: ŷ is exactly the kernel smoother of theory.md,
+    ŷ = Σ_k Σ_i (c_kᵀ W_V^k e_i) softmax_i(s e_qᵀ W_Q^kᵀ W_K^k e_i).
+    With ``read_in=False`` W_in is the fixed zero-padding z ↦ [z; 0] ∈ R^p (needs p ≥ d+1).
+``linear_icl``
+    the same without softmax: head_k = (1/D) Σ_i (s · q_k·k_ki) v_ki.
+``gpt2`` (interleaved layout, P = N, prediction i for y_i read at token x_i, given points < i)
+    h_0 = read_in(token) + pos_embed[t]; for each layer l: h += MHA_l(LN(h)) (causal, H_l heads of
+    width E/H_l, logits scaled by 1/√(E/H_l) or ``attn_scale``), then h += MLP(LN(h)) (GELU, width F;
+    optional); ŷ = read_out(LN_f(h)). Compute dtype ``cfg.dtype`` (float32 or bfloat16), parameters
+    always float32, attention softmax always in float32, predictions returned in float32.
+
+Initialisation.
+  * One-layer models: W_in, W_Q, W_K, W_V LeCun-normal (variance 1/fan_in), so embeddings, queries,
+    keys and values have O(1) entries and the logits s·q·k are O(1) at the default s = 1/√K;
+    W_out ~ N(0, (0.01)²/p), i.e. the read-out starts ~100× smaller than LeCun: the initial
+    prediction is ≈ 0 (initial loss ≈ E y²), so early training is not dominated by the random
+    kernel's noise, while W_out ≠ 0 keeps gradients flowing to all other parameters from step 1.
+  * gpt2: the GPT-2 scheme: every kernel and the positional embedding N(0, 0.02²), the two
+    residual-branch output projections (attention ``out``, MLP ``proj``) N(0, 0.02²/(2L)), biases 0,
+    LayerNorm scale 1 / bias 0.
+
+Parameter trees (names are relied on by lazy training):
+  one-layer: ``{"W_in": {"kernel": [d+1, p]}`` (absent with read_in=False)``,
+  "attn": {"query"|"key"|"value": {"kernel": [p, H, K]}}, "W_out": {"kernel": [p, 1]}}``;
+  gpt2: ``{"read_in": Dense, "pos_embed": [2·max_points, E], "block_l": {"ln_1", "attn": {"query",
+  "key", "value": {"kernel": [E, H, K], "bias": [H, K]}, "out": {"kernel": [H, K, E], "bias": [E]}},
+  "ln_2", "mlp": {"fc", "proj"}}, "ln_f", "read_out": Dense(E → 1)}``.
+
+Attention implementations (``attention_impl``): ``einsum`` computes the weights explicitly (needed
+for ``capture``), ``xla`` calls ``jax.nn.dot_product_attention`` (inputs [B, T, H, K]), ``auto``
+uses ``xla`` unless weights are requested. ``capture=True`` always uses the einsum path.
+``linear_icl`` has no softmax and always uses the einsum path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxicl import layouts, tasks
+
+MODEL_NAMES = ("softmax_icl", "linear_icl", "gpt2")
+ONE_LAYER_MODELS = ("softmax_icl", "linear_icl")
+GPT2_LAYOUTS = ("interleaved", "interleaved_flag")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ATTENTION_IMPLS = ("einsum", "xla", "auto")
+W_OUT_INIT_SCALE = 0.01  # W_out ~ N(0, W_OUT_INIT_SCALE² / p) in the one-layer models
+GPT2_INIT_STD = 0.02
+
+Params = Any
+
+
+def _fail(field: str, value, why: str):
+  raise ValueError(f"ModelConfig.{field}={value!r}: {why}")
+
+
+def _is_pos_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """What a model is. Hashable, so it can be a static argument of ``jax.jit``.
+
+  Attributes:
+    name: ``softmax_icl`` | ``linear_icl`` (one-layer, theory layout) | ``gpt2``.
+    embed_dim: p, the embedding dimension of the one-layer models.
+    num_heads: h, heads of the one-layer models; p % h must be 0 (head width p/h).
+    read_in: one-layer models: learn W_in (True) or use the fixed zero-padding z ↦ [z; 0] (False,
+      needs p ≥ d+1).
+    attn_scale: multiplier of the attention logits q·k; ``None`` = 1/√(head width).
+    width: E, the decoder width (gpt2).
+    n_layers: L (gpt2).
+    heads: heads per layer; one entry = the same for all layers, else one entry per layer;
+      width % heads_l must be 0. A list or an int is converted to a tuple.
+    mlp: gpt2 blocks have an MLP sub-block.
+    mlp_ratio: MLP width F = width · mlp_ratio.
+    max_points: the learned positional embedding covers 2·max_points tokens (gpt2).
+    layout: gpt2 token layout, ``interleaved`` or ``interleaved_flag`` (one-layer models always
+      use ``theory``).
+    dtype: compute dtype ``float32`` or ``bfloat16`` (parameters stay float32).
+    attention_impl: ``einsum`` | ``xla`` | ``auto`` (xla unless attention weights are requested).
+  """
+
+  name: str = "softmax_icl"
+  embed_dim: int = 64
+  num_heads: int = 4
+  read_in: bool = True
+  attn_scale: float | None = None
+  width: int = 256
+  n_layers: int = 12
+  heads: tuple[int, ...] = (8,)
+  mlp: bool = True
+  mlp_ratio: int = 4
+  max_points: int = 101
+  layout: str = "interleaved"
+  dtype: str = "float32"
+  attention_impl: str = "auto"
+
+  def __post_init__(self):
+    heads = self.heads
+    if isinstance(heads, (int, np.integer)) and not isinstance(heads, bool):
+      heads = (int(heads),)
+    elif isinstance(heads, list):
+      heads = tuple(heads)
+    object.__setattr__(self, "heads", heads)
+    validate(self)
+
+  @property
+  def layer_heads(self) -> tuple[int, ...]:
+    """Heads of each layer (length ``n_layers`` for gpt2, ``(num_heads,)`` for one-layer models)."""
+    if self.name in ONE_LAYER_MODELS:
+      return (self.num_heads,)
+    if len(self.heads) == 1:
+      return self.heads * self.n_layers
+    return tuple(self.heads)
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+
+def validate(cfg: ModelConfig) -> None:
+  """Raises ``ValueError`` naming the first invalid field of ``cfg`` (all fields are checked, whatever the model)."""
+  if cfg.name not in MODEL_NAMES:
+    _fail("name", cfg.name, f"unknown model; known: {MODEL_NAMES}")
+  for field in ("embed_dim", "num_heads", "width", "n_layers", "mlp_ratio", "max_points"):
+    if not _is_pos_int(getattr(cfg, field)):
+      _fail(field, getattr(cfg, field), "must be an integer >= 1")
+  if cfg.embed_dim % cfg.num_heads != 0:
+    raise ValueError(
+        f"ModelConfig.embed_dim={cfg.embed_dim} is not divisible by ModelConfig.num_heads={cfg.num_heads}: "
+        "the head width p/h must be an integer")
+  if cfg.attn_scale is not None and not (
+      isinstance(cfg.attn_scale, (int, float, np.floating)) and math.isfinite(cfg.attn_scale)):
+    _fail("attn_scale", cfg.attn_scale, "must be None or a finite number")
+  if not isinstance(cfg.heads, tuple) or len(cfg.heads) == 0 or not all(_is_pos_int(h) for h in cfg.heads):
+    _fail("heads", cfg.heads, "must be a non-empty tuple of integers >= 1")
+  if len(cfg.heads) not in (1, cfg.n_layers):
+    _fail("heads", cfg.heads, f"needs 1 or n_layers={cfg.n_layers} entries, got {len(cfg.heads)}")
+  for h in cfg.heads:
+    if cfg.width % h != 0:
+      _fail("heads", cfg.heads, f"width={cfg.width} is not divisible by {h} heads")
+  if cfg.layout not in GPT2_LAYOUTS:
+    _fail("layout", cfg.layout, f"unknown gpt2 layout; known: {GPT2_LAYOUTS}")
+  if cfg.dtype not in DTYPES:
+    _fail("dtype", cfg.dtype, f"unknown dtype; known: {tuple(DTYPES)}")
+  if cfg.attention_impl not in ATTENTION_IMPLS:
+    _fail("attention_impl", cfg.attention_impl, f"unknown; known: {ATTENTION_IMPLS}")
+  for field in ("read_in", "mlp"):
+    if not isinstance(getattr(cfg, field), (bool, np.bool_)):
+      _fail(field, getattr(cfg, field), "must be a bool")
+
+
+class ICLModel(NamedTuple):
+  """A model as pure functions of (params, arrays)."""
+
+  init: Callable[[jax.Array], Params]  # key -> params (plain dict, float32)
+  apply: Callable[..., Any]  # apply(params, xs_BxNxd, ys_BxN, *, head_mask=None, capture=False)
+  layout: str
+  n_heads: tuple[int, ...]  # heads per layer
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention kernels
+
+
+def _large_negative(dtype) -> float:
+  return float(-0.7 * jnp.finfo(dtype).max)
+
+
+def softmax_weights(q: jax.Array, k: jax.Array, scale: float, causal: bool) -> jax.Array:
+  """a = softmax_s(scale · q_t·k_s) in float32; q [B, Tq, H, K], k [B, Tk, H, K] -> [B, H, Tq, Tk].
+
+  ``causal`` masks keys s > t (query t and key s index the same sequence, Tq = Tk); masked weights
+  are exactly 0.
+  """
+  logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * scale
+  if causal:
+    tq, tk = logits.shape[-2:]
+    allowed = jnp.tril(jnp.ones((tq, tk), bool))
+    logits = jnp.where(allowed, logits, _large_negative(jnp.float32))
+  return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+
+def weighted_values(weights: jax.Array, v: jax.Array) -> jax.Array:
+  """o_t = Σ_s a_ts v_s: weights [B, H, Tq, Tk], v [B, Tk, H, K] -> [B, Tq, H, K] in v's dtype."""
+  return jnp.einsum("bhts,bshk->bthk", weights.astype(v.dtype), v)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, causal: bool,
+           use_xla: bool) -> tuple[jax.Array, jax.Array | None]:
+  """Softmax attention [B, Tq, H, K] x2, [B, Tk, H, K] -> ([B, Tq, H, K], weights [B, H, Tq, Tk] or None).
+
+  ``use_xla``: ``jax.nn.dot_product_attention`` (no weights returned); else the explicit einsum path.
+  """
+  if use_xla:
+    out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal)
+    return out, None
+  weights = softmax_weights(q, k, scale, causal)
+  return weighted_values(weights, v), weights
+
+
+def _head_mask_for_layer(head_mask: jax.Array | None, layer: int, n_heads: int) -> jax.Array | None:
+  """Row ``layer`` of the [L, max_heads] mask, cut to the layer's ``n_heads`` heads ([H] or None)."""
+  if head_mask is None:
+    return None
+  return head_mask[layer, :n_heads]
+
+
+def _check_head_mask(head_mask, n_heads: tuple[int, ...]) -> jax.Array | None:
+  if head_mask is None:
+    return None
+  head_mask = jnp.asarray(head_mask, jnp.float32)
+  want = (len(n_heads), max(n_heads))
+  if head_mask.ndim != 2 or head_mask.shape[0] != want[0] or head_mask.shape[1] < want[1]:
+    raise ValueError(f"head_mask has shape {head_mask.shape}; expected [L, max_heads] = {list(want)}")
+  return head_mask
+
+
+# ----------------------------------------------------------------------------------------------
+# One-layer models (study 1)
+
+
+class OneLayerICL(nn.Module):
+  """One-layer multi-head attention read at the query token of the theory layout (see module doc).
+
+  Input tokens [B, N, d+1] (query label already zeroed); output ŷ [B, 1] and the attention weights
+  [B, H, 1, D] (softmax weights, or s·q·k/D for linear attention).
+  """
+
+  embed_dim: int
+  num_heads: int
+  read_in: bool
+  softmax: bool
+  attn_scale: float
+  use_xla: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, head_mask: jax.Array | None = None,
+               want_weights: bool = False) -> tuple[jax.Array, jax.Array | None]:
+    p, h = self.embed_dim, self.num_heads
+    kdim = p // h
+    tokens = tokens.astype(self.dtype)
+    if self.read_in:
+      e = nn.Dense(p, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                   kernel_init=nn.initializers.lecun_normal(), name="W_in")(tokens)  # [B, N, p]
+    else:
+      e = jnp.pad(tokens, [(0, 0), (0, 0), (0, p - tokens.shape[-1])])
+    context, query = e[:, :-1], e[:, -1:]  # [B, D, p], [B, 1, p]
+    attn = OneLayerAttention(h, kdim, self.softmax, self.attn_scale, self.use_xla and not want_weights,
+                             self.dtype, name="attn")
+    heads, weights = attn(query, context)  # [B, 1, H, K]
+    if head_mask is not None:
+      heads = heads * head_mask.astype(heads.dtype)[None, None, :, None]
+    concat = heads.reshape(heads.shape[0], p)  # head k at rows k·K..(k+1)·K-1
+    out_init = nn.initializers.normal(W_OUT_INIT_SCALE / math.sqrt(p))
+    y = nn.Dense(1, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=out_init, name="W_out")(concat)  # [B, 1]
+    return y.astype(jnp.float32), weights
+
+
+class OneLayerAttention(nn.Module):
+  """The query token attends to the D context tokens: [B, 1, p], [B, D, p] -> heads [B, 1, H, K]."""
+
+  num_heads: int
+  head_dim: int
+  softmax: bool
+  scale: float
+  use_xla: bool
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, query: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+    def proj(name):
+      return nn.DenseGeneral((self.num_heads, self.head_dim), use_bias=False, dtype=self.dtype,
+                             param_dtype=jnp.float32, kernel_init=nn.initializers.lecun_normal(), name=name)
+
+    q = proj("query")(query)  # [B, 1, H, K]
+    k = proj("key")(context)  # [B, D, H, K]
+    v = proj("value")(context)  # [B, D, H, K]
+    if self.softmax:
+      return attend(q, k, v, self.scale, causal=False, use_xla=self.use_xla)
+    n_context = context.shape[1]
+    weights = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * (self.scale / n_context)
+    return weighted_values(weights, v), weights
+
+
+# ----------------------------------------------------------------------------------------------
+# GPT-2-style decoder
+
+
+class MultiHeadAttention(nn.Module):
+  """Causal multi-head self-attention [B, T, E] -> [B, T, E]; head outputs masked before ``out``."""
+
+  num_heads: int
+  width: int
+  scale: float
+  use_xla: bool
+  out_std: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, head_mask: jax.Array | None,
+               want_weights: bool) -> tuple[jax.Array, jax.Array | None]:
+    h, kdim = self.num_heads, self.width // self.num_heads
+    init = nn.initializers.normal(GPT2_INIT_STD)
+
+    def proj(name):
+      return nn.DenseGeneral((h, kdim), dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name=name)
+
+    q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [B, T, H, K]
+    o, weights = attend(q, k, v, self.scale, causal=True, use_xla=self.use_xla and not want_weights)
+    if head_mask is not None:
+      o = o * head_mask.astype(o.dtype)[None, None, :, None]
+    out = nn.DenseGeneral(self.width, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
+                          kernel_init=nn.initializers.normal(self.out_std), name="out")(o)
+    return out, weights
+
+
+class MLP(nn.Module):
+  """x -> proj(GELU(fc(x))): [B, T, E] -> [B, T, F] -> [B, T, E]."""
+
+  width: int
+  hidden: int
+  out_std: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = nn.Dense(self.hidden, dtype=self.dtype, param_dtype=jnp.float32,
+                 kernel_init=nn.initializers.normal(GPT2_INIT_STD), name="fc")(x)
+    x = nn.gelu(x)
+    return nn.Dense(self.width, dtype=self.dtype, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.normal(self.out_std), name="proj")(x)
+
+
+class Block(nn.Module):
+  """Pre-LayerNorm block: h += MHA(LN_1 h); h += MLP(LN_2 h) (if ``mlp``)."""
+
+  num_heads: int
+  width: int
+  mlp: bool
+  mlp_ratio: int
+  scale: float
+  use_xla: bool
+  out_std: float
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, head_mask: jax.Array | None,
+               want_weights: bool) -> tuple[jax.Array, jax.Array | None]:
+    ln = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    a, weights = MultiHeadAttention(self.num_heads, self.width, self.scale, self.use_xla, self.out_std,
+                                    self.dtype, name="attn")(ln("ln_1")(x), head_mask, want_weights)
+    x = x + a
+    if self.mlp:
+      x = x + MLP(self.width, self.width * self.mlp_ratio, self.out_std, self.dtype, name="mlp")(ln("ln_2")(x))
+    return x, weights
+
+
+class GPT2(nn.Module):
+  """GPT-2-style causal decoder: tokens [B, T, d_tok] -> (outputs [B, T] float32, weights, hidden)."""
+
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, head_mask: jax.Array | None = None,
+               capture: bool = False) -> tuple[jax.Array, tuple, jax.Array | None]:
+    cfg = self.cfg
+    dtype = cfg.compute_dtype
+    n_tokens = tokens.shape[1]
+    if n_tokens > 2 * cfg.max_points:
+      raise ValueError(f"ModelConfig.max_points={cfg.max_points}: a prompt of {n_tokens // 2} points needs "
+                       f"{n_tokens} positions > 2·max_points")
+    init = nn.initializers.normal(GPT2_INIT_STD)
+    x = nn.Dense(cfg.width, dtype=dtype, param_dtype=jnp.float32, kernel_init=init,
+                 name="read_in")(tokens.astype(dtype))
+    pos = self.param("pos_embed", init, (2 * cfg.max_points, cfg.width), jnp.float32)
+    x = x + pos[:n_tokens].astype(dtype)[None]
+    out_std = GPT2_INIT_STD / math.sqrt(2 * cfg.n_layers)
+    hidden, weights = [x], []
+    for layer, h in enumerate(cfg.layer_heads):
+      scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.width // h)
+      use_xla = cfg.attention_impl in ("xla", "auto")
+      x, w = Block(h, cfg.width, cfg.mlp, cfg.mlp_ratio, scale, use_xla, out_std, dtype,
+                   name=f"block_{layer}")(x, _head_mask_for_layer(head_mask, layer, h), capture)
+      hidden.append(x)
+      weights.append(w)
+    x = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name="ln_f")(x)
+    y = nn.Dense(1, dtype=dtype, param_dtype=jnp.float32, kernel_init=init, name="read_out")(x)[..., 0]
+    stacked = jnp.stack(hidden).astype(jnp.float32) if capture else None
+    return y.astype(jnp.float32), tuple(weights), stacked
+
+
+# ----------------------------------------------------------------------------------------------
+# Builder
+
+
+def _plain(tree):
+  """Flax variables -> plain nested dicts."""
+  if isinstance(tree, dict) or hasattr(tree, "items"):
+    return {k: _plain(v) for k, v in tree.items()}
+  return tree
+
+
+def build_model(cfg: ModelConfig, task: tasks.TaskConfig) -> ICLModel:
+  """The model of ``cfg`` for prompts of ``task`` (its d and n_points fix the dummy init input).
+
+  Raises ``ValueError`` for combinations the config alone cannot check: one-layer models need
+  n_points ≥ 2 (a context) and, with read_in=False, embed_dim ≥ d+1; gpt2 needs n_points ≤ max_points.
+  """
+  d, n = task.d, task.n_points
+  n_heads = cfg.layer_heads
+  if cfg.name in ONE_LAYER_MODELS:
+    if n < 2:
+      raise ValueError(f"TaskConfig.n_points={n}: one-layer models need >= 1 context point + the query")
+    if not cfg.read_in and cfg.embed_dim < d + 1:
+      _fail("embed_dim", cfg.embed_dim, f"read_in=False zero-pads [x; y] into R^p, needs embed_dim >= d+1 = {d + 1}")
+    layout_name = "theory"
+    scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.embed_dim // cfg.num_heads)
+    module = OneLayerICL(cfg.embed_dim, cfg.num_heads, cfg.read_in, cfg.name == "softmax_icl", float(scale),
+                         use_xla=cfg.attention_impl in ("xla", "auto"), dtype=cfg.compute_dtype)
+  else:
+    if n > cfg.max_points:
+      _fail("max_points", cfg.max_points, f"smaller than TaskConfig.n_points={n}")
+    layout_name = cfg.layout
+    module = GPT2(cfg)
+  layout = layouts.get_layout(layout_name)
+
+  def init(key: jax.Array) -> Params:
+    xs = jnp.zeros((1, n, d), jnp.float32)
+    ys = jnp.zeros((1, n), jnp.float32)
+    return _plain(module.init(key, layout.tokens(xs, ys))["params"])
+
+  def apply(params: Params, xs: jax.Array, ys: jax.Array, *, head_mask: jax.Array | None = None,
+            capture: bool = False):
+    """Predictions [B, P] (float32) for prompts xs [B, N, d], ys [B, N]; with capture, (preds, aux)."""
+    mask = _check_head_mask(head_mask, n_heads)
+    tokens = layout.tokens(xs, ys)
+    if cfg.name in ONE_LAYER_MODELS:
+      preds, weights = module.apply({"params": params}, tokens, _head_mask_for_layer(mask, 0, n_heads[0]),
+                                    capture)
+      aux = {"attn": (weights,)}
+    else:
+      out, weights, hidden = module.apply({"params": params}, tokens, mask, capture)
+      preds = out[:, layout.pred_positions(xs.shape[1])]
+      aux = {"attn": weights, "hidden": hidden}
+    return (preds, aux) if capture else preds
+
+  return ICLModel(init=init, apply=apply, layout=layout_name, n_heads=n_heads)

@@ -1,0 +1,357 @@
+"""Tests of jaxicl.models: shapes, causality, head masks, attention paths, dtypes, hand-set weights.
+
+Shape legend: B batch, N points, D = N-1 context points, d input dimension, T tokens, L layers,
+H heads, K head width, p embedding dimension, E width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxicl import layouts, models, tasks
+
+D_IN = 3  # d
+N_POINTS = 6  # N
+BATCH = 2  # B
+TASK = tasks.TaskConfig(d=D_IN, n_points=N_POINTS, noise_var=0.1)
+
+
+def small_gpt2(**kw) -> models.ModelConfig:
+  base = dict(name="gpt2", width=16, n_layers=3, heads=(4, 1, 2), mlp_ratio=2, max_points=8)
+  base.update(kw)
+  return models.ModelConfig(**base)
+
+
+def one_layer(name: str, **kw) -> models.ModelConfig:
+  base = dict(name=name, embed_dim=8, num_heads=2)
+  base.update(kw)
+  return models.ModelConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def batch() -> tasks.Prompt:
+  return tasks.sample_batch(jax.random.PRNGKey(0), TASK, BATCH)
+
+
+def build(cfg: models.ModelConfig, seed: int = 1):
+  model = models.build_model(cfg, TASK)
+  return model, model.init(jax.random.PRNGKey(seed))
+
+
+def perturb(params, seed: int = 7, scale: float = 0.3):
+  """Adds N(0, scale²) to every parameter so that no hand-tuned init structure hides a bug."""
+  leaves, treedef = jax.tree_util.tree_flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+  return jax.tree_util.tree_unflatten(
+      treedef, [x + scale * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Shapes and parameter trees
+
+
+@pytest.mark.parametrize("name", ["softmax_icl", "linear_icl"])
+@pytest.mark.parametrize("read_in", [True, False])
+def test_one_layer_shapes_and_param_names(batch, name, read_in):
+  model, params = build(one_layer(name, read_in=read_in))
+  assert model.layout == "theory" and model.n_heads == (2,)
+  expected = {"attn", "W_out"} | ({"W_in"} if read_in else set())
+  assert set(params) == expected
+  assert set(params["attn"]) == {"query", "key", "value"}
+  chex.assert_shape(params["attn"]["query"]["kernel"], (8, 2, 4))
+  chex.assert_shape(params["W_out"]["kernel"], (8, 1))
+  if read_in:
+    chex.assert_shape(params["W_in"]["kernel"], (D_IN + 1, 8))
+  preds, aux = model.apply(params, batch.xs, batch.ys, capture=True)
+  chex.assert_shape(preds, (BATCH, 1))
+  assert preds.dtype == jnp.float32
+  assert len(aux["attn"]) == 1
+  chex.assert_shape(aux["attn"][0], (BATCH, 2, 1, N_POINTS - 1))  # the query attends to the D context tokens
+  chex.assert_trees_all_close(model.apply(params, batch.xs, batch.ys), preds, atol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["interleaved", "interleaved_flag"])
+def test_gpt2_shapes_and_param_names(batch, layout):
+  cfg = small_gpt2(layout=layout)
+  model, params = build(cfg)
+  assert model.layout == layout and model.n_heads == (4, 1, 2)
+  assert set(params) == {"read_in", "pos_embed", "block_0", "block_1", "block_2", "ln_f", "read_out"}
+  chex.assert_shape(params["pos_embed"], (2 * cfg.max_points, 16))
+  chex.assert_shape(params["read_in"]["kernel"], (D_IN + (layout == "interleaved_flag"), 16))
+  for layer, h in enumerate((4, 1, 2)):
+    chex.assert_shape(params[f"block_{layer}"]["attn"]["out"]["kernel"], (h, 16 // h, 16))
+  preds, aux = model.apply(params, batch.xs, batch.ys, capture=True)
+  chex.assert_shape(preds, (BATCH, N_POINTS))
+  assert preds.dtype == jnp.float32
+  t = 2 * N_POINTS
+  chex.assert_shape(list(aux["attn"]), [(BATCH, h, t, t) for h in (4, 1, 2)])
+  chex.assert_shape(aux["hidden"], (3 + 1, BATCH, t, 16))
+  # hidden[0] is the input embedding: read_in(token) + pos_embed
+  tokens = layouts.get_layout(layout).tokens(batch.xs, batch.ys)
+  emb = tokens @ params["read_in"]["kernel"] + params["read_in"]["bias"] + params["pos_embed"][:t]
+  chex.assert_trees_all_close(aux["hidden"][0], emb, atol=1e-5)
+
+
+def test_gpt2_same_heads_every_layer_and_no_mlp():
+  model, params = build(small_gpt2(heads=(2,), mlp=False))
+  assert model.n_heads == (2, 2, 2)
+  assert "mlp" not in params["block_0"] and "ln_2" not in params["block_0"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention weights and causality
+
+
+def test_gpt2_attention_weights_are_causal_distributions(batch):
+  model, params = build(small_gpt2())
+  _, aux = model.apply(perturb(params), batch.xs, batch.ys, capture=True)
+  t = 2 * N_POINTS
+  future = np.triu(np.ones((t, t), bool), k=1)
+  for w in aux["attn"]:
+    chex.assert_trees_all_close(w.sum(-1), jnp.ones(w.shape[:-1]), atol=1e-5)
+    assert np.all(np.asarray(w)[..., future] == 0.0)
+    assert np.all(np.asarray(w)[..., ~future] > 0.0)
+
+
+@pytest.mark.parametrize("impl", ["einsum", "xla"])
+def test_gpt2_causality_by_gradients(batch, impl):
+  """Prediction i depends on x_1..x_i and y_1..y_{i-1} only (exactly zero gradient for the rest)."""
+  model, params = build(small_gpt2(attention_impl=impl))
+  params = perturb(params)
+  xs, ys = batch.xs[:1], batch.ys[:1]
+  jac_x, jac_y = jax.jit(jax.jacrev(lambda x, y: model.apply(params, x, y)[0], argnums=(0, 1)))(xs, ys)
+  gx = np.abs(np.asarray(jac_x[:, 0])).sum(-1)  # [N preds, N points]
+  gy = np.abs(np.asarray(jac_y[:, 0]))  # [N preds, N points]
+  idx = np.arange(N_POINTS)
+  later_x = idx[None, :] > idx[:, None]  # j > i
+  later_or_same_y = idx[None, :] >= idx[:, None]  # j >= i
+  assert np.all(gx[later_x] == 0.0) and np.all(gy[later_or_same_y] == 0.0)
+  assert np.all(gx[~later_x] > 1e-7) and np.all(gy[~later_or_same_y] > 1e-7)
+
+
+@pytest.mark.parametrize("name", ["softmax_icl", "linear_icl"])
+def test_one_layer_ignores_query_label(batch, name):
+  model, params = build(one_layer(name))
+  params = perturb(params)
+  gy = jax.grad(lambda y: model.apply(params, batch.xs, y).sum())(batch.ys)
+  assert np.all(np.asarray(gy[:, -1]) == 0.0)
+  assert np.all(np.abs(np.asarray(gy[:, :-1])) > 0.0)
+  gx = jax.grad(lambda x: model.apply(params, x, batch.ys).sum())(batch.xs)
+  assert np.all(np.abs(np.asarray(gx)).sum(-1) > 0.0)  # the query input and every context input matter
+
+
+@pytest.mark.parametrize("name", ["softmax_icl", "linear_icl"])
+def test_one_layer_init_gives_gradient_to_every_parameter(batch, name):
+  """The small (non-zero) W_out init: predictions near 0, yet every parameter gets a gradient."""
+  model, params = build(one_layer(name))
+  preds = model.apply(params, batch.xs, batch.ys)
+  assert float(jnp.abs(preds).max()) < 0.2
+  grads = jax.grad(lambda p: jnp.mean((model.apply(p, batch.xs, batch.ys)[:, 0] - batch.ys[:, -1]) ** 2))(params)
+  for g in jax.tree_util.tree_leaves(grads):
+    assert float(jnp.abs(g).max()) > 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# Head masks
+
+
+@pytest.mark.parametrize("name", ["softmax_icl", "linear_icl"])
+def test_one_layer_head_mask_equals_zeroed_output_rows(batch, name):
+  model, params = build(one_layer(name, embed_dim=12, num_heads=3))
+  params = perturb(params)
+  full = model.apply(params, batch.xs, batch.ys)
+  chex.assert_trees_all_close(model.apply(params, batch.xs, batch.ys, head_mask=jnp.ones((1, 3))), full, atol=1e-6)
+  for k in range(3):
+    mask = jnp.ones((1, 3)).at[0, k].set(0.0)
+    zeroed = jax.tree_util.tree_map(lambda x: x, params)
+    zeroed["W_out"] = {"kernel": params["W_out"]["kernel"].at[4 * k:4 * (k + 1)].set(0.0)}
+    masked = model.apply(params, batch.xs, batch.ys, head_mask=mask)
+    chex.assert_trees_all_close(masked, model.apply(zeroed, batch.xs, batch.ys), atol=1e-6)
+    assert float(jnp.abs(masked - full).max()) > 1e-4
+
+
+def test_gpt2_head_mask_equals_zeroed_output_projection(batch):
+  model, params = build(small_gpt2())
+  params = perturb(params)
+  full = model.apply(params, batch.xs, batch.ys)
+  ones = jnp.ones((3, 4))
+  chex.assert_trees_all_close(model.apply(params, batch.xs, batch.ys, head_mask=ones), full, atol=1e-6)
+  # entries beyond a layer's head count are ignored
+  chex.assert_trees_all_close(model.apply(params, batch.xs, batch.ys, head_mask=ones.at[1, 1:].set(0.0)), full,
+                              atol=1e-6)
+  for layer, k in [(0, 2), (1, 0), (2, 1)]:
+    mask = ones.at[layer, k].set(0.0)
+    block = f"block_{layer}"
+    out = params[block]["attn"]["out"]
+    zeroed = jax.tree_util.tree_map(lambda x: x, params)
+    zeroed[block] = dict(params[block], attn=dict(params[block]["attn"], out=dict(out, kernel=out["kernel"].at[k].set(0.0))))
+    masked = model.apply(params, batch.xs, batch.ys, head_mask=mask)
+    chex.assert_trees_all_close(masked, model.apply(zeroed, batch.xs, batch.ys), atol=1e-5)
+    assert float(jnp.abs(masked - full).max()) > 1e-4
+
+
+def test_head_mask_shape_is_checked(batch):
+  model, params = build(small_gpt2())
+  with pytest.raises(ValueError, match="head_mask"):
+    model.apply(params, batch.xs, batch.ys, head_mask=jnp.ones((2, 4)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Attention paths and dtypes
+
+
+def test_einsum_and_xla_paths_agree(batch):
+  for cfg in (small_gpt2(), one_layer("softmax_icl")):
+    m_e, params = build(dataclasses.replace(cfg, attention_impl="einsum"))
+    m_x, _ = build(dataclasses.replace(cfg, attention_impl="xla"))
+    params = perturb(params)
+    mask = jnp.ones((len(m_e.n_heads), max(m_e.n_heads))).at[0, 1].set(0.0)
+    for hm in (None, mask):
+      a = m_e.apply(params, batch.xs, batch.ys, head_mask=hm)
+      b = m_x.apply(params, batch.xs, batch.ys, head_mask=hm)
+      chex.assert_trees_all_close(a, b, atol=1e-5, rtol=1e-5)
+    # capture=True with the xla setting falls back to the einsum path, with the same predictions
+    c, _ = m_x.apply(params, batch.xs, batch.ys, capture=True)
+    chex.assert_trees_all_close(c, b, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", [small_gpt2(), one_layer("softmax_icl"), one_layer("linear_icl")],
+                         ids=["gpt2", "softmax_icl", "linear_icl"])
+def test_bfloat16_close_to_float32_with_float32_params(batch, cfg):
+  m32, params = build(cfg)
+  m16, params16 = build(dataclasses.replace(cfg, dtype="bfloat16"))
+  for x in jax.tree_util.tree_leaves(params16):
+    assert x.dtype == jnp.float32
+  params = perturb(params, scale=0.1)
+  a = m32.apply(params, batch.xs, batch.ys)
+  b, aux = m16.apply(params, batch.xs, batch.ys, capture=True)
+  assert b.dtype == jnp.float32 and aux["attn"][0].dtype == jnp.float32
+  scale = float(jnp.abs(a).max())
+  assert float(jnp.abs(a - b).max()) < 0.05 * scale + 1e-3
+  assert float(jnp.abs(a - b).max()) > 0.0  # the bf16 path really computes in bf16
+
+
+# ---------------------------------------------------------------------------------------------
+# Hand-set weights
+
+
+def hand_params(cfg: models.ModelConfig, q_blocks, v_rows, out_rows):
+  """Parameters of a one-layer model with p = h·K, K ≥ d+1 and e_i = [x_i; y_i; 0] (see the tests below).
+
+  For head k: W_Q^k = q_blocks[k]·[I_d 0] (query picks x, scaled), W_K^k = [I_d 0] (key picks x),
+  W_V^k = e_0 e_{d}ᵀ (value coordinate 0 of head k holds y), W_out[k·K] = out_rows[k].
+  Every other weight is zero.
+  """
+  p, h = cfg.embed_dim, cfg.num_heads
+  kd = p // h
+  wq = np.zeros((p, h, kd), np.float32)
+  wk = np.zeros((p, h, kd), np.float32)
+  wv = np.zeros((p, h, kd), np.float32)
+  w_out = np.zeros((p, 1), np.float32)
+  for k in range(h):
+    wq[:D_IN, k, :D_IN] = q_blocks[k] * np.eye(D_IN)
+    wk[:D_IN, k, :D_IN] = np.eye(D_IN)
+    wv[D_IN, k, 0] = v_rows[k]
+    w_out[k * kd, 0] = out_rows[k]
+  params = {"attn": {"query": {"kernel": wq}, "key": {"kernel": wk}, "value": {"kernel": wv}},
+            "W_out": {"kernel": w_out}}
+  if cfg.read_in:  # identity-like read-in: e = [x; y; 0, …, 0]
+    params["W_in"] = {"kernel": np.eye(D_IN + 1, p, dtype=np.float32)}
+  return jax.tree_util.tree_map(jnp.asarray, params)
+
+
+@pytest.mark.parametrize("read_in", [True, False])
+def test_linear_icl_equals_one_gd_step(batch, read_in):
+  """Linear attention with hand-set weights = one GD step from w = 0 with step η.
+
+  Construction (h = 2 heads of width K = 4 ≥ d+1, p = 8, default logit scale s = 1/√K):
+  e_i = [x_i; y_i; 0] (identity-like W_in, or the fixed padding); head 0: q = x_q, k_i = x_i,
+  v_i = y_i·e_0, so head_0 = (s/D) Σ_i (x_qᵀx_i) y_i e_0; W_out reads coordinate 0 of head 0 with weight
+  η/s; head 1 has the same Q/K/V maps but W_out ignores it. Then ŷ = (η/D) Σ_i y_i x_iᵀx_q, which is the
+  prediction w_1ᵀx_q of w_1 = w_0 − η∇L(w_0), w_0 = 0, L(w) = (1/2D) Σ_i (wᵀx_i − y_i)².
+  """
+  eta = 0.7
+  cfg = one_layer("linear_icl", read_in=read_in)
+  s = 1.0 / np.sqrt(4)
+  model, _ = build(cfg)
+  params = hand_params(cfg, q_blocks=[1.0, 1.0], v_rows=[1.0, 1.0], out_rows=[eta / s, 0.0])
+  xs, ys = np.asarray(batch.xs, np.float64), np.asarray(batch.ys, np.float64)
+  ctx_x, ctx_y, x_q = xs[:, :-1], ys[:, :-1], xs[:, -1]
+  n_ctx = ctx_x.shape[1]
+  grad0 = -np.einsum("bi,bid->bd", ctx_y, ctx_x) / n_ctx  # ∇L(0)
+  w1 = -eta * grad0
+  expected = np.einsum("bd,bd->b", w1, x_q)[:, None]
+  got = model.apply(params, batch.xs, batch.ys)
+  np.testing.assert_allclose(np.asarray(got), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("read_in", [True, False])
+def test_softmax_icl_equals_kernel_predictor(batch, read_in):
+  """softmax_icl with hand-set weights = the theory.md predictor ŷ = Σ_k c_k Σ_i y_i softmax_i(w_k x_iᵀx_q).
+
+  Construction (h = 2, K = 4, p = 8, scale s = 1/√K): e_i = [x_i; y_i; 0]; head k: q = (w_k/s) x_q,
+  k_i = x_i (logit s·qᵀk_i = w_k x_iᵀx_q), v_i = y_i e_0; W_out reads coordinate 0 of head k with weight c_k.
+  Reference computed in numpy (float64) for the debiased pair w = (0.7, −0.7), c = (1/1.4, −1/1.4).
+  """
+  w = np.array([0.7, -0.7])
+  c = 1.0 / (2 * w[0]) * np.array([1.0, -1.0])
+  s = 1.0 / np.sqrt(4)
+  cfg = one_layer("softmax_icl", read_in=read_in)
+  model, _ = build(cfg)
+  params = hand_params(cfg, q_blocks=w / s, v_rows=[1.0, 1.0], out_rows=c)
+  xs, ys = np.asarray(batch.xs, np.float64), np.asarray(batch.ys, np.float64)
+  ctx_x, ctx_y, x_q = xs[:, :-1], ys[:, :-1], xs[:, -1]
+  dots = np.einsum("bid,bd->bi", ctx_x, x_q)
+  expected = np.zeros(xs.shape[0])
+  for wk, ck in zip(w, c):
+    logits = wk * dots
+    a = np.exp(logits - logits.max(-1, keepdims=True))
+    a /= a.sum(-1, keepdims=True)
+    expected += ck * np.einsum("bi,bi->b", a, ctx_y)
+  for impl in ("einsum", "xla"):
+    m = models.build_model(dataclasses.replace(cfg, attention_impl=impl), TASK)
+    np.testing.assert_allclose(np.asarray(m.apply(params, batch.xs, batch.ys))[:, 0], expected, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration errors
+
+
+@pytest.mark.parametrize("kwargs, needles", [
+    (dict(name="mlp_icl"), ["name", "mlp_icl"]),
+    (dict(embed_dim=10, num_heads=4), ["embed_dim=10", "num_heads=4"]),
+    (dict(embed_dim=0), ["embed_dim=0"]),
+    (dict(num_heads=0), ["num_heads=0"]),
+    (dict(width=30, heads=(8,)), ["heads", "width=30"]),
+    (dict(n_layers=3, heads=(4, 4)), ["heads", "n_layers=3"]),
+    (dict(heads=()), ["heads"]),
+    (dict(heads=(8, 0)), ["heads"]),
+    (dict(n_layers=0), ["n_layers=0"]),
+    (dict(mlp_ratio=0), ["mlp_ratio=0"]),
+    (dict(max_points=0), ["max_points=0"]),
+    (dict(width=-8), ["width=-8"]),
+    (dict(layout="theory"), ["layout", "theory"]),
+    (dict(dtype="float16"), ["dtype", "float16"]),
+    (dict(attention_impl="flash"), ["attention_impl", "flash"]),
+    (dict(attn_scale=float("nan")), ["attn_scale"]),
+])
+def test_bad_config_raises_naming_field(kwargs, needles):
+  with pytest.raises(ValueError) as err:
+    models.ModelConfig(**kwargs)
+  for needle in needles:
+    assert needle in str(err.value)
+
+
+def test_build_model_checks_task_dependent_sizes():
+  with pytest.raises(ValueError, match="embed_dim=3"):
+    models.build_model(models.ModelConfig(embed_dim=3, num_heads=1, read_in=False), TASK)  # p < d+1
+  with pytest.raises(ValueError, match="max_points=4"):
+    models.build_model(small_gpt2(max_points=4), TASK)
+  cfg = models.ModelConfig(name="gpt2", heads=[8, 4, 2], n_layers=3)  # a list is stored as a tuple
+  assert cfg.heads == (8, 4, 2) and hash(cfg) == hash(models.ModelConfig(name="gpt2", heads=(8, 4, 2), n_layers=3))
