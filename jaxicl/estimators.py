@@ -42,6 +42,10 @@ from jaxicl import tasks
 POOL_NOISE_FLOOR = 1e-6  # smallest likelihood variance used by pool_bayes (σ² = 0 prompts)
 LASSO_TOL = 1e-10  # relative coordinate-change tolerance of the lasso coordinate descent
 LASSO_MAX_SWEEPS = 20_000  # cap on lasso coordinate-descent sweeps (each sweep updates all d coordinates)
+_LASSO_ROUND = 5  # coordinate-descent sweeps between two active-set Newton attempts
+_LASSO_STAGES = 12  # continuation thresholds λ_k = max(nα, max|Xᵀy|·ratio^k), the last one nα itself
+_LASSO_STAGE_RATIO = 0.3
+_LASSO_STAGE_SWEEPS = 200  # sweep cap of each intermediate continuation stage
 
 EstimatorFn = Callable[..., jax.Array]  # (xs_Nxd, ys_N, **hparams) -> preds_N
 
@@ -206,11 +210,16 @@ def pool_bayes_weights(
 
 
 def _lasso_cd(X: jax.Array, y: jax.Array, alpha, mask, tol, max_sweeps: int) -> jax.Array:
-  """Cyclic coordinate descent on ½||Xw − y||² + nα||w||₁ (same minimizer as the 1/(2n)-scaled objective).
+  """Minimizes ½||Xw − y||² + nα||w||₁ (same minimizer as the 1/(2n)-scaled objective).
 
-  Coordinate update w_j ← S(b_j − Σ_{k≠j} G_jk w_k, nα) / G_jj with G = XᵀX, b = Xᵀy, S soft-thresholding;
-  an all-zero column keeps w_j = 0. Stops when a sweep's largest change is <= tol·max|w| or after
-  ``max_sweeps`` sweeps.
+  Cyclic coordinate descent, w_j ← S(b_j − Σ_{k≠j} G_jk w_k, λ) / G_jj with G = XᵀX, b = Xᵀy, λ = nα and S
+  the soft threshold (an all-zero column keeps w_j = 0), in rounds of ``_LASSO_ROUND`` sweeps. After each
+  round an active-set Newton step solves G_AA w_A = b_A − λ·sign(w_A) on the current support A; it is
+  accepted (and the solve ends) iff it satisfies the lasso KKT conditions: same signs on A and
+  |(Gw − b)_j| <= λ off A (relative slack 1e-9). Otherwise coordinate descent goes on until a sweep's
+  largest change is <= tol·max|w| or ``max_sweeps`` sweeps. The path is followed by warm-started
+  continuation over ``_LASSO_STAGES`` thresholds λ_k = max(λ, max|b|·ratio^k) (at most
+  ``_LASSO_STAGE_SWEEPS`` sweeps for each intermediate stage), which keeps supports small when n < d.
   """
   X, y, n = _masked(X, y, mask)
   d = X.shape[1]
@@ -219,24 +228,48 @@ def _lasso_cd(X: jax.Array, y: jax.Array, alpha, mask, tol, max_sweeps: int) -> 
   diag = jnp.diag(gram)
   has_data = diag > 0
   safe_diag = jnp.where(has_data, diag, 1.0)
-  threshold = n * alpha
+  target = n * alpha
+  b_max = jnp.max(jnp.abs(b))
 
-  def update(j, w):
-    rho = b[j] - gram[j] @ w + diag[j] * w[j]
-    new = jnp.sign(rho) * jnp.maximum(jnp.abs(rho) - threshold, 0.0) / safe_diag[j]
-    return w.at[j].set(jnp.where(has_data[j], new, 0.0))
+  def solve(w_init, threshold, sweep_cap):
+    slack = 1e-9 * (threshold + b_max)
 
-  def sweep(state):
-    w, _, it = state
-    w_new = jax.lax.fori_loop(0, d, update, w)
-    return w_new, jnp.max(jnp.abs(w_new - w)), it + 1
+    def update(j, w):
+      rho = b[j] - gram[j] @ w + diag[j] * w[j]
+      new = jnp.sign(rho) * jnp.maximum(jnp.abs(rho) - threshold, 0.0) / safe_diag[j]
+      return w.at[j].set(jnp.where(has_data[j], new, 0.0))
 
-  def not_done(state):
-    w, change, it = state
-    return (change > tol * jnp.max(jnp.abs(w))) & (it < max_sweeps)
+    def newton(w):
+      active = w != 0
+      a = active.astype(X.dtype)
+      sign = jnp.sign(w)
+      system = gram * jnp.outer(a, a) + jnp.diag(1.0 - a)
+      candidate = jnp.linalg.solve(system, a * (b - threshold * sign))
+      grad = gram @ candidate - b
+      kkt = jnp.where(active, jnp.sign(candidate) == sign, jnp.abs(grad) <= threshold + slack)
+      return candidate, jnp.all(kkt) & jnp.all(jnp.isfinite(candidate))
 
-  init = (jnp.zeros(d, X.dtype), jnp.asarray(jnp.inf, X.dtype), jnp.asarray(0, jnp.int32))
-  return jax.lax.while_loop(not_done, sweep, init)[0]
+    def round_(state):
+      w, _, sweeps, _ = state
+      w_prev = jax.lax.fori_loop(0, _LASSO_ROUND - 1, lambda _, v: jax.lax.fori_loop(0, d, update, v), w)
+      w_new = jax.lax.fori_loop(0, d, update, w_prev)
+      candidate, solved = newton(w_new)
+      return jnp.where(solved, candidate, w_new), jnp.max(jnp.abs(w_new - w_prev)), sweeps + _LASSO_ROUND, solved
+
+    def not_done(state):
+      w, change, sweeps, solved = state
+      return ~solved & (change > tol * jnp.max(jnp.abs(w))) & (sweeps < sweep_cap)
+
+    candidate, solved = newton(w_init)
+    init = (jnp.where(solved, candidate, w_init), jnp.asarray(jnp.inf, X.dtype), jnp.asarray(0, jnp.int32), solved)
+    return jax.lax.while_loop(not_done, round_, init)[0]
+
+  def stage(k, w):
+    threshold = jnp.maximum(target, b_max * _LASSO_STAGE_RATIO ** (k + 1))
+    return solve(w, threshold, _LASSO_STAGE_SWEEPS)
+
+  w = jax.lax.fori_loop(0, _LASSO_STAGES - 1, stage, jnp.zeros(d, X.dtype))
+  return solve(w, target, max_sweeps)
 
 
 def lasso_weights(

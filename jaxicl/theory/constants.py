@@ -169,11 +169,12 @@ def default_w_min(d: int) -> float:
 
 
 def optimal_heads(h: int, d: int, noise_var: float, tau2: float | None = None, *, w_min: float | None = None,
-                  w_max: float = 0.7, n_starts: int = 6, steps: int = 800, seed: int = 0) -> HeadsOptimum:
+                  w_max: float = 0.7, n_starts: int = 24, steps: int = 60, seed: int = 0) -> HeadsOptimum:
   """min over (c, w) of cᵀG(w)c s.t. Σ c_k w_k = 1, |w_k| ∈ [w_min, w_max], by numerical optimisation in JAX.
 
   For given w the optimal c is G⁻¹w/(wᵀG⁻¹w) with value 1/(wᵀG⁻¹w); w_k = ±(w_min + (w_max − w_min)·sigmoid(u_k))
-  is optimised by multi-start Adam (float64) from every sign pattern. h = 1 reproduces C_single. For h >= 2
+  is optimised by a multi-start damped Newton method in JAX (float64), ``n_starts`` starts cycling over
+  the sign patterns (the number of positive heads). h = 1 reproduces C_single. For h >= 2
   the infimum C_multi is approached only as w → 0, so the optimum sits on |w_k| = w_min for some heads; it
   decreases to C_multi as w_min → 0 (and with more heads at fixed w_min, which cancel more Taylor terms of g).
   ``w_max`` must be < 1/√2 (G is finite iff every w_k² < 1/2).
@@ -184,29 +185,39 @@ def optimal_heads(h: int, d: int, noise_var: float, tau2: float | None = None, *
   w_min = default_w_min(d) if w_min is None else float(w_min)
   if not 0.0 < w_min < w_max < math.sqrt(0.5):
     fail("w_min, w_max", (w_min, w_max), "need 0 < w_min < w_max < 1/sqrt(2)")
-  patterns = [np.array([1.0] * n_plus + [-1.0] * (h - n_plus)) for n_plus in range((h + 1) // 2, h + 1)]
-  signs = np.repeat(np.stack(patterns), n_starts, axis=0)
+  # Heads are padded to a fixed width (inactive ones masked out) so that one compilation serves every h <= 8.
+  width = max(h, _PAD_HEADS)
+  patterns = [np.array([1.0] * n_plus + [-1.0] * (h - n_plus) + [0.0] * (width - h))
+              for n_plus in range((h + 1) // 2, h + 1)]
+  signs = np.stack([patterns[i % len(patterns)] for i in range(n_starts)])  # a fixed count: one compilation
   starts = np.random.default_rng(seed).normal(0.0, 1.5, size=signs.shape)
   k = len(signs)
   aux = {"sign": signs, "d": np.full(k, d), "noise": np.full(k, sigma2), "signal": np.full(k, signal),
          "lo": np.full(k, w_min), "hi": np.full(k, w_max)}
-  us, values = _optim.minimise(_heads_objective, starts, aux, steps=steps)
-  best = int(np.argmin(values))
-  w = _bounded_w(us[best], signs[best], w_min, w_max, xp=np)
-  order = np.argsort(-w)
-  w = w[order]
-  c, value = optimal_output_weights(w, d, sigma2, signal / d)
+  us, _ = _optim.minimise(_heads_objective, starts, aux, steps=steps)
+  best = None
+  for k in range(n_starts):  # re-evaluate every start exactly (pseudo-inverse), keep the best
+    w = _bounded_w(us[k], signs[k], w_min, w_max, xp=np)[:h]
+    c, value = optimal_output_weights(np.sort(w)[::-1], d, sigma2, signal / d)
+    if np.isfinite(value) and (best is None or value < best[0]):
+      best = (value, c, np.sort(w)[::-1])
+  value, c, w = best
   return HeadsOptimum(value, c, w, w_min, w_max)
+
+
+_PAD_HEADS = 8
 
 
 def _bounded_w(u, sign, lo, hi, xp=jnp):
   """w_k = sign_k·(lo + (hi − lo)·sigmoid(u_k)); ``xp`` is numpy or jax.numpy."""
-  return sign * (lo + (hi - lo) / (1.0 + xp.exp(-u)))
+  return sign * (lo + (hi - lo) * 0.5 * (1.0 + xp.tanh(0.5 * u)))  # overflow-free sigmoid
 
 
 def _heads_objective(u: jnp.ndarray, aux: dict) -> jnp.ndarray:
-  """1/(wᵀG⁻¹w) at w = _bounded_w(u) (a tiny ridge keeps G invertible when heads coincide)."""
+  """1/(wᵀG⁻¹w) at w = _bounded_w(u) over the active heads (a tiny ridge keeps G invertible when heads coincide)."""
   w = _bounded_w(u, aux["sign"], aux["lo"], aux["hi"])
+  active = jnp.abs(aux["sign"])
   gram = g_function(jnp.outer(w, w), aux["d"], aux["noise"], aux["signal"], xp=jnp)
-  gram = gram + 1e-12 * jnp.trace(gram) * jnp.eye(w.shape[0])
+  gram = jnp.outer(active, active) * gram + jnp.diag(1.0 - active)  # masked heads: identity block, w_k = 0
+  gram = gram + 1e-10 * jnp.trace(gram) * jnp.eye(w.shape[0])
   return 1.0 / (w @ jnp.linalg.solve(gram, w))

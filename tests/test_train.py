@@ -1,0 +1,238 @@
+"""Training engine: vmapped runs, lr axis, sharding, exact resume, lazy training, curriculum, bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxicl import configs, tasks, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(*overrides):
+  return configs.get_config("tiny", list(overrides))
+
+
+# Adam's eps=1e-8 turns float noise in near-zero gradients into lr-sized steps; comparisons of runs
+# that differ only in float reduction order use a larger eps so that they measure the engine, not that.
+QUIET_ADAM = "optim.eps=1e-5"
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def _assert_same_model(result, params_a, params_b):
+  """Same function (predictions on fixed prompts) and parameters up to float32 reduction-order noise.
+
+  Adam turns near-zero gradients (e.g. of key biases) into lr-sized steps of either sign, so raw
+  parameters are compared with an absolute tolerance well below the lr and the predictions tightly.
+  """
+  prompts = tasks.sample_batch(jax.random.PRNGKey(99), result.config.task, 64)
+  pa = np.asarray(result.model.apply(params_a, prompts.xs, prompts.ys))
+  pb = np.asarray(result.model.apply(params_b, prompts.xs, prompts.ys))
+  np.testing.assert_allclose(pa, pb, rtol=1e-3, atol=1e-4)
+  for a, b in zip(_leaves(params_a), _leaves(params_b)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=2e-4)
+
+
+def test_vmapped_seeds_equal_separate_runs():
+  together = train.train(_tiny("train.steps=30", "train.log_every=10", "train.seeds=0,1,2", QUIET_ADAM))
+  for r, seed in enumerate((0, 1, 2)):
+    alone = train.train(_tiny("train.steps=30", "train.log_every=10", f"train.seeds={seed}", QUIET_ADAM))
+    _assert_same_model(alone, train.run_params(together.state, r), train.run_params(alone.state))
+    np.testing.assert_allclose([h["loss"][r] for h in together.history], [h["loss"][0] for h in alone.history],
+                               rtol=1e-4)
+  assert not np.allclose(_leaves(train.run_params(together.state, 0))[0], _leaves(train.run_params(together.state, 1))[0])
+
+
+def test_learning_rate_axis_equals_separate_runs():
+  both = train.train(_tiny("train.steps=30", "train.log_every=10", "train.lrs=0.001,0.01", QUIET_ADAM))
+  assert [lr for _, lr in both.config.runs] == [0.001, 0.01]
+  for r, lr in enumerate((0.001, 0.01)):
+    alone = train.train(_tiny("train.steps=30", "train.log_every=10", f"optim.lr={lr}", QUIET_ADAM))
+    _assert_same_model(alone, train.run_params(both.state, r), train.run_params(alone.state))
+
+
+def test_lazy_training_keeps_frozen_parameters_fixed():
+  cfg = configs.get_config("study1", ["train.steps=20", "train.log_every=10", "train.batch_size=16",
+                                      "optim.freeze=W_in", "task.n_points=11"])
+  engine = train.Engine(cfg)
+  before = engine.init()
+  w_in = np.asarray(before.params["W_in"]["kernel"])
+  other = [np.asarray(x) for x in jax.tree.leaves(before.params["W_out"])]
+  after = train.train(cfg).state
+  np.testing.assert_array_equal(np.asarray(after.params["W_in"]["kernel"]), w_in)
+  assert any(not np.allclose(a, np.asarray(b)) for a, b in zip(other, jax.tree.leaves(after.params["W_out"])))
+
+
+def test_freeze_of_unknown_parameter_is_an_error():
+  cfg = configs.get_config("study1", ["optim.freeze=W_nope"])
+  with pytest.raises(ValueError, match="optim.freeze"):
+    train.Engine(cfg)
+
+
+def test_curriculum_schedule_and_no_recompilation():
+  cfg = _tiny("task.d=6", "task.n_points=12", "curriculum.dims_start=2", "curriculum.points_start=4",
+              "curriculum.every=10", "curriculum.dims_inc=1", "curriculum.points_inc=3",
+              "train.steps=60", "train.log_every=10")
+  assert int(train.active_dims(cfg, jnp.asarray(0))) == 2
+  assert int(train.active_dims(cfg, jnp.asarray(25))) == 4
+  assert int(train.active_dims(cfg, jnp.asarray(10_000))) == 6
+  assert int(train.active_points(cfg, jnp.asarray(25))) == 10
+  assert int(train.active_points(cfg, jnp.asarray(10_000))) == 12
+  engine = train.Engine(cfg)
+  state = engine.init()
+  for _ in range(6):
+    state, losses = engine.run_chunk(state, 10)
+    assert np.all(np.isfinite(np.asarray(losses)))
+  assert engine._chunk._cache_size() == 1
+
+
+def test_prediction_loss_ignores_points_beyond_the_active_count():
+  cfg = _tiny()
+  engine = train.Engine(cfg)
+  params = train.run_params(engine.init())
+  prompts = tasks.sample_batch(jax.random.PRNGKey(3), cfg.task, 8)
+  spoiled = prompts._replace(ys=prompts.ys.at[:, 5:].set(1e6))
+  a = train.prediction_loss(engine.model, params, prompts, 5)
+  b = train.prediction_loss(engine.model, params, spoiled, 5)
+  np.testing.assert_allclose(a, b, rtol=1e-6)
+  preds = engine.model.apply(params, prompts.xs, prompts.ys)
+  np.testing.assert_allclose(a, np.mean((np.asarray(preds) - np.asarray(prompts.ys))[:, :5] ** 2), rtol=1e-5)
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path):
+  @tasks.register_family("nan_for_test")
+  def _nan(key, cfg):
+    del key
+    return jnp.full((cfg.d,), jnp.nan)
+
+  cfg = _tiny("task.family=nan_for_test", "train.steps=20", "train.log_every=10")
+  with pytest.raises(FloatingPointError, match="non-finite loss at step 0 in run 0"):
+    train.train(cfg, str(tmp_path))
+
+
+def test_resume_with_a_different_config_is_refused(tmp_path):
+  train.train(_tiny("train.steps=10", "train.log_every=10"), str(tmp_path))
+  with pytest.raises(ValueError, match="different config.*task.d"):
+    train.train(_tiny("train.steps=10", "train.log_every=10", "task.d=4"), str(tmp_path))
+
+
+def test_resume_continues_from_the_checkpoint(tmp_path):
+  cfg = _tiny("train.steps=60", "train.log_every=20", "train.ckpt_every=20")
+  first = train.train(cfg, str(tmp_path), stop_after=40)
+  assert [h["step"] for h in first.history] == [20, 40]
+  second = train.train(cfg, str(tmp_path))
+  assert [h["step"] for h in second.history] == [20, 40, 60]
+  straight = train.train(cfg)
+  for a, b in zip(_leaves(second.state.params), _leaves(straight.state.params)):
+    np.testing.assert_array_equal(a, b)
+  loaded = train.load_run(str(tmp_path))
+  assert int(np.asarray(loaded.state.step)[0]) == 60
+
+
+def test_corrupt_latest_checkpoint_is_skipped(tmp_path, capsys):
+  cfg = _tiny("train.steps=40", "train.log_every=20", "train.ckpt_every=20")
+  train.train(cfg, str(tmp_path))
+  latest = os.path.join(tmp_path, "checkpoints", "40")
+  for root, _, files in os.walk(latest):
+    for f in files:
+      with open(os.path.join(root, f), "wb") as fh:
+        fh.write(b"garbage")
+  loaded = train.load_run(str(tmp_path))
+  assert int(np.asarray(loaded.state.step)[0]) == 20
+  assert "unreadable" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_bit_exactly(tmp_path):
+  overrides = ["train.steps=3000", "train.log_every=50", "train.ckpt_every=100", "train.seeds=0,1"]
+  workdir = str(tmp_path / "killed")
+  cmd = [sys.executable, "-m", "jaxicl.cli", "train", "--config", "tiny", "--workdir", workdir, "--quiet"]
+  for o in overrides:
+    cmd += ["--set", o]
+  proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  deadline = time.time() + 240
+  while time.time() < deadline:
+    done = [int(s) for s in (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []) if s.isdigit()]
+    if done and max(done) >= 300:
+      break
+    assert proc.poll() is None, proc.stderr.read().decode()
+    time.sleep(0.05)
+  assert proc.poll() is None, "the run finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  cfg = _tiny(*overrides)
+  resumed = train.train(cfg, workdir)
+  assert resumed.history[-1]["step"] == 3000
+  straight = train.train(cfg)
+  for a, b in zip(_leaves(resumed.state.params), _leaves(straight.state.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+_SHARDED = textwrap.dedent("""
+    import json, jax, numpy as np
+    from jaxicl import configs, train
+    out = {"devices": len(jax.devices())}
+    for mode, seeds in (("batch", "0"), ("runs", "0,1,2,3")):
+      cfg = configs.get_config("tiny", ["train.steps=20", "train.log_every=10", f"train.shard={mode}", "optim.eps=1e-5",
+                                        f"train.seeds={seeds}"])
+      multi = train.train(cfg)
+      single = train.train(cfg, devices=jax.devices()[:1])
+      diffs = [float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+               for a, b in zip(jax.tree.leaves(multi.state.params), jax.tree.leaves(single.state.params))]
+      leaf = jax.tree.leaves(multi.state.params)[0]
+      out[mode] = {"max_diff": max(diffs), "n_shards": len(leaf.sharding.device_set)}
+    print(json.dumps(out))
+""")
+
+
+def test_sharded_over_four_cpu_devices_equals_single_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  res = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=300)
+  assert res.returncode == 0, res.stderr
+  out = json.loads(res.stdout.strip().splitlines()[-1])
+  assert out["devices"] == 4
+  assert out["runs"]["n_shards"] == 4  # params of the 4 runs live on 4 devices
+  assert out["batch"]["max_diff"] < 1e-4 and out["runs"]["max_diff"] < 1e-5, out
+
+
+def test_uneven_sharding_is_a_clear_error():
+  cfg = _tiny("train.batch_size=30", "train.shard=batch")
+  with pytest.raises(ValueError, match="train.batch_size=30"):
+    train.shard_mode(cfg, 4)
+
+
+@pytest.mark.parametrize("override,field", [
+    ("train.ckpt_every=30", "train.ckpt_every"),
+    ("optim.lr=-1", "optim.lr"),
+    ("optim.schedule=exp", "optim.schedule"),
+    ("train.nope=1", "train.nope"),
+    ("task.d=0", "TaskConfig.d"),
+    ("model.embed_dim=10", "embed_dim"),
+    ("task.n_points=40", "task.n_points"),
+])
+def test_bad_config_values_are_named(override, field):
+  base = "study1" if override.startswith("model.embed") else "tiny"
+  extra = ["model.num_heads=4"] if base == "study1" else []
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    configs.get_config(base, extra + [override])
+
+
+def test_config_round_trips_through_json(tmp_path):
+  cfg = configs.get_config("standard", ["model.heads=8,1,1", "model.n_layers=3", "optim.freeze=read_in"])
+  path = tmp_path / "c.json"
+  path.write_text(json.dumps(configs.to_dict(cfg)))
+  assert configs.get_config(str(path)) == cfg
+  assert cfg.model.heads == (8, 1, 1) and cfg.optim.freeze == ("read_in",)
