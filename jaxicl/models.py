@@ -23,7 +23,7 @@ The models (``ModelConfig.name``):
     not attend to itself), a_ki = softmax_i(s · q_k·k_ki), head_k = Σ_i a_ki v_ki,
     ŷ = W_out · concat_k(mask_k · head_k). s = ``attn_scale`` (default 1/√K). There is no LayerNorm,
     no MLP, no residual connection and no bias anywhere: ŷ is exactly the kernel smoother of theory.md,
-    ŷ = Σ_k Σ_i (c_kᵀ W_V^k e_i) softmax_i(s e_qᵀ W_Q^kᵀ W_K^k e_i).
+    ŷ = Σ_k Σ_i (c_kᵀ W_V^k e_i) softmax_i(s e_qᵀ W_Q^kᵀ W_K^k e_i), c_k = head k's rows of W_out.
     With ``read_in=False`` W_in is the fixed zero-padding z ↦ [z; 0] ∈ R^p (needs p ≥ d+1).
 ``linear_icl``
     the same without softmax: head_k = (1/D) Σ_i (s · q_k·k_ki) v_ki.
@@ -43,12 +43,21 @@ Initialisation.
     residual-branch output projections (attention ``out``, MLP ``proj``) N(0, 0.02²/(2L)), biases 0,
     LayerNorm scale 1 / bias 0.
 
-Parameter trees (names are relied on by lazy training):
-  one-layer: ``{"W_in": {"kernel": [d+1, p]}`` (absent with read_in=False)``,
-  "attn": {"query"|"key"|"value": {"kernel": [p, H, K]}}, "W_out": {"kernel": [p, 1]}}``;
-  gpt2: ``{"read_in": Dense, "pos_embed": [2·max_points, E], "block_l": {"ln_1", "attn": {"query",
-  "key", "value": {"kernel": [E, H, K], "bias": [H, K]}, "out": {"kernel": [H, K, E], "bias": [E]}},
-  "ln_2", "mlp": {"fc", "proj"}}, "ln_f", "read_out": Dense(E → 1)}``.
+Parameter trees (top-level names are relied on by lazy training):
+  one-layer:
+    W_in/kernel [d+1, p]                (absent with read_in=False)
+    attn/{query,key,value}/kernel [p, H, K]
+    W_out/kernel [p, 1]                 (row k·K + j reads coordinate j of head k)
+  gpt2:
+    read_in/{kernel [d_tok, E], bias [E]}, pos_embed [2·max_points, E]
+    block_l/ln_1/{scale, bias}, block_l/attn/{query,key,value}/{kernel [E, H_l, K_l], bias [H_l, K_l]},
+    block_l/attn/out/{kernel [H_l, K_l, E], bias [E]}, block_l/ln_2, block_l/mlp/fc [E, F], block_l/mlp/proj [F, E]
+    (ln_2 and mlp absent with mlp=False), ln_f/{scale, bias}, read_out/{kernel [E, 1], bias [1]}
+
+``capture=True`` returns ``(preds, aux)``: ``aux["attn"]`` a tuple over layers of float32 attention
+weights [B, H_l, Tq, Tk] (one-layer models: [B, H, 1, D], the query row over the context tokens; for
+``linear_icl`` the un-normalised s·q·k_i/D), and for gpt2 ``aux["hidden"]`` [L+1, B, T, E] float32:
+the input embedding and every block's output (the residual stream before ``ln_f``).
 
 Attention implementations (``attention_impl``): ``einsum`` computes the weights explicitly (needed
 for ``capture``), ``xla`` calls ``jax.nn.dot_product_attention`` (inputs [B, T, H, K]), ``auto``

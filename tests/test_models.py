@@ -195,13 +195,13 @@ def test_one_layer_init_gives_gradient_to_every_parameter(batch, name):
 
 @pytest.mark.parametrize("name", ["softmax_icl", "linear_icl"])
 def test_one_layer_head_mask_equals_zeroed_output_rows(batch, name):
-  model, params = build(one_layer(name, embed_dim=12, num_heads=3))
+  model, params = build(one_layer(name))  # p = 8, h = 2, K = 4
   full = model.apply(params, batch.xs, batch.ys)
-  chex.assert_trees_all_close(model.apply(params, batch.xs, batch.ys, head_mask=jnp.ones((1, 3))), full, atol=1e-6)
-  for k in range(3):
-    mask = jnp.ones((1, 3)).at[0, k].set(0.0)
-    zeroed = jax.tree_util.tree_map(lambda x: x, params)
-    zeroed["W_out"] = {"kernel": params["W_out"]["kernel"].at[4 * k:4 * (k + 1)].set(0.0)}
+  chex.assert_trees_all_close(model.apply(params, batch.xs, batch.ys, head_mask=jnp.ones((1, 2))), full, atol=1e-6)
+  for k in range(2):
+    mask = jnp.ones((1, 2)).at[0, k].set(0.0)
+    # head k's rows k·K..(k+1)·K-1 of W_out (K = 4)
+    zeroed = dict(params, W_out={"kernel": params["W_out"]["kernel"].at[4 * k:4 * (k + 1)].set(0.0)})
     masked = model.apply(params, batch.xs, batch.ys, head_mask=mask)
     chex.assert_trees_all_close(masked, model.apply(zeroed, batch.xs, batch.ys), atol=1e-6)
     assert float(jnp.abs(masked - full).max()) > 1e-4
@@ -219,8 +219,8 @@ def test_gpt2_head_mask_equals_zeroed_output_projection(batch):
     mask = ones.at[layer, k].set(0.0)
     block = f"block_{layer}"
     out = params[block]["attn"]["out"]
-    zeroed = jax.tree_util.tree_map(lambda x: x, params)
-    zeroed[block] = dict(params[block], attn=dict(params[block]["attn"], out=dict(out, kernel=out["kernel"].at[k].set(0.0))))
+    zeroed_out = dict(out, kernel=out["kernel"].at[k].set(0.0))  # head k's [K, E] slice of the projection
+    zeroed = dict(params, **{block: dict(params[block], attn=dict(params[block]["attn"], out=zeroed_out))})
     masked = model.apply(params, batch.xs, batch.ys, head_mask=mask)
     chex.assert_trees_all_close(masked, model.apply(zeroed, batch.xs, batch.ys), atol=1e-5)
     assert float(jnp.abs(masked - full).max()) > 1e-4

@@ -4,8 +4,8 @@ Conventions (all parameters; see ``jaxicl.theory.common`` for the general data m
   * x, x_i ~ N(0, I_d); θ ~ N(0, τ² I_d) with τ² = 1/d by default (E||θ||² = E(θᵀx)² = 1, the
     convention of theory.md's table); y_i = θᵀx_i + ε_i, ε_i ~ N(0, σ²); L = E[(ŷ − θᵀx)²] (noise-free target).
   * Predictor over D context examples: ŷ = Σ_k c_k Σ_i y_i softmax_i(w_k x_iᵀx). ``w_k`` is the *effective*
-    inverse temperature: a model with logits x_iᵀ(a_k I)x / T has w_k = a_k / T, so divide the w reported
-    here by 1/T (i.e. a_k = T·w_k) to read them in the model's units (``temperature`` arguments do this).
+    inverse temperature: a model with logits x_iᵀ(a_k I)x / T has w_k = a_k / T; the ``temperature``
+    arguments report a_k = T·w_k instead (c and the constants do not depend on T).
 
 Asymptotics (delta method on the ratio estimators, theory.md): ŷ → (Σ_k c_k w_k) θᵀx, and if Σ_k c_k w_k = 1
 
@@ -118,7 +118,7 @@ def pair_constant(s, d: int, noise_var: float, tau2: float | None = None):
   if np.any((s < 0) | (s >= 0.5)):
     fail("s", s.tolist(), "must lie in [0, 1/2)")
   safe = np.where(s > 0, s, 0.25)
-  ratio = np.where(s > 0, _pow_difference(safe, d / 2.0) / (2.0 * safe), d / 2.0 * 2.0)
+  ratio = np.where(s > 0, _pow_difference(safe, d / 2.0) / (2.0 * safe), float(d))  # limit s -> 0: d
   out = (signal + sigma2) * ratio + 0.5 * signal * ((1 - 2 * s) ** (-d / 2 - 1) + (1 + 2 * s) ** (-d / 2 - 1))
   return float(out) if out.ndim == 0 else out
 
@@ -191,9 +191,9 @@ def optimal_heads(h: int, d: int, noise_var: float, tau2: float | None = None, *
               for n_plus in range((h + 1) // 2, h + 1)]
   signs = np.stack([patterns[i % len(patterns)] for i in range(n_starts)])  # a fixed count: one compilation
   starts = np.random.default_rng(seed).normal(0.0, 1.5, size=signs.shape)
-  k = len(signs)
-  aux = {"sign": signs, "d": np.full(k, d), "noise": np.full(k, sigma2), "signal": np.full(k, signal),
-         "lo": np.full(k, w_min), "hi": np.full(k, w_max)}
+  n = len(signs)
+  aux = {"sign": signs, "d": np.full(n, d), "noise": np.full(n, sigma2), "signal": np.full(n, signal),
+         "lo": np.full(n, w_min), "hi": np.full(n, w_max)}
   us, _ = _optim.minimise(_heads_objective, starts, aux, steps=steps)
   best = None
   for k in range(n_starts):  # re-evaluate every start exactly (pseudo-inverse), keep the best

@@ -15,7 +15,8 @@ m_0 = θᵀx and e_k = exp(xᵀW_kᵀΣW_k x), the Gaussian tilt E[x' e^{x'ᵀv}
 Every x-expectation is a Gaussian integral in closed form: for x ~ N(0, Σ), S = Σ^{1/2}, K = S·sym(M)·S ≺ I/2,
 E[e^{xᵀMx}] = det(I − 2K)^(−1/2) and E[xᵀNx e^{xᵀMx}] = det(I − 2K)^(−1/2) tr(S·sym(N)·S (I − 2K)⁻¹).
 For W_k = w_k I, Σ = I, θ0 = 0 this reduces to G_kl = g(w_k w_l) of ``jaxicl.theory.constants``.
-The loss is quadratic in c, so for given kernels the c minimising the asymptotic L(D) is a linear solve.
+The loss is quadratic in c, so for given kernels the best c of the leading-order loss bias + cᵀGc/D is a
+linear solve (``best_output_weights``).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def gaussian_exp_moments(m, n, cov_sqrt):
   return jnp.where(ok, det_factor, inf), jnp.where(ok, det_factor * trace, inf)
 
 
+@jax.jit
 def quadratic_pieces(kernels, consts: dict) -> dict:
   """The c-independent pieces of the asymptotic loss for kernels W [h, d, d] (jnp, differentiable).
 
@@ -114,11 +116,12 @@ def kernel_asymptotics(c, kernels, model: DataModel) -> KernelAsymptotics:
 
 
 def best_output_weights(kernels, model: DataModel, D: float) -> tuple[np.ndarray, float]:
-  """c minimising the asymptotic L(D) for fixed kernels (a linear solve), and that L(D)."""
+  """c minimising the leading-order loss bias(c) + cᵀGc/D for fixed kernels (a linear solve: M + G/D is PSD),
+  and that loss. (The O(bias/D) cross term is left out: kept in, its sign-indefinite −2H/D part would reward
+  large kernels where the expansion breaks down.)"""
   mats = as_matrices(kernels, model.d)
   with float64():
     p = jax.tree.map(np.asarray, quadratic_pieces(jnp.asarray(mats), jax.tree.map(jnp.asarray, model_consts(model))))
-  q_mat = p["M"] + (p["G"] - 2 * p["H"]) / D
-  q_vec = p["mu"] - p["nu"] / D
-  c = np.linalg.lstsq(q_mat, q_vec, rcond=1e-13)[0]
-  return c, float(p["m00"] - 2 * c @ q_vec + c @ q_mat @ c)
+  q_mat = p["M"] + p["G"] / D
+  c = np.linalg.lstsq(q_mat, p["mu"], rcond=1e-13)[0]
+  return c, float(p["m00"] - 2 * c @ p["mu"] + c @ q_mat @ c)

@@ -22,9 +22,12 @@ z_i = x_iᵀx̂, and given the z_i the orthogonal parts of u are N(0, q||α||²)
     E[loss | x, z] = (a_∥u_∥ + b_∥|x|)² + q||a_⊥||²||α||² + τ²(u_∥² + q(d−1)||α||²) + σ²||α||²,
 
 with u_∥ = Σ_i α_i z_i − |x|, a = θ0 − β, b = γ − β (the "radial" path: D normals per prompt instead of D·d).
-Inputs are drawn in float32 and cast to float64; all arithmetic after that is float64. Every D in a list is evaluated on the same prompts (the first D context points of D_max
-sampled ones: common random numbers), and every parameter set in a leading batch axis on the same prompts.
-Prompts are processed in jit'd chunks in a Python loop; results are float64 means with standard errors.
+Inputs are drawn in float32 and cast to float64; all arithmetic after that is float64 (local ``jax.enable_x64``).
+
+Batching. Every D in a list is evaluated on the same prompts (the first D of D_max sampled context points:
+common random numbers, so ``MCResult.contrast`` gives tight differences; the D values are static, one
+compilation per list), and every parameter set of a leading batch axis too. Prompts run in jit'd, vmapped
+chunks in a Python loop; results are float64 means with standard errors.
 """
 
 from __future__ import annotations
@@ -42,24 +45,34 @@ from jaxicl.theory.common import DataModel, fail, float64
 
 class MCResult(NamedTuple):
   """Monte Carlo estimate: ``mean`` and standard error ``se`` of the loss, shape ``batch + (len(D),)`` (the D axis
-  is dropped when D was an int); ``D`` the context sizes; ``n_prompts`` prompts per estimate."""
+  is dropped when D was an int); ``D`` the context sizes; ``n_prompts`` prompts per estimate; ``cov`` the
+  covariance of the estimates across the D values, ``batch + (len(D), len(D))`` (they share prompts), or None."""
 
   mean: np.ndarray
   se: np.ndarray
   D: np.ndarray
   n_prompts: int
+  cov: np.ndarray | None = None
 
   def scaled(self) -> "MCResult":
     """D·L (mean and se multiplied by D)."""
-    return MCResult(self.mean * self.D, self.se * self.D, self.D, self.n_prompts)
+    cov = None if self.cov is None else self.cov * np.multiply.outer(self.D, self.D)
+    return MCResult(self.mean * self.D, self.se * self.D, self.D, self.n_prompts, cov)
+
+  def contrast(self, weights) -> tuple[np.ndarray, np.ndarray]:
+    """Σ_j a_j·mean_j over the D axis and its standard error (uses ``cov``; e.g. a = (1, −1) for L(D_1) − L(D_2))."""
+    a = np.asarray(weights, dtype=np.float64)
+    value = self.mean @ a
+    var = np.einsum("...ij,i,j->...", self.cov, a, a)
+    return value, np.sqrt(np.maximum(var, 0.0))
 
 
-_CHUNK_ELEMENTS = 1 << 21  # ~ floats per jit'd chunk (bounds memory; 16 MiB in float64)
+_CHUNK_ELEMENTS = 1 << 23  # ~ floats per jit'd chunk (bounds memory; 64 MiB in float64)
 
 
 def _prompt_losses(key, params, d_values, consts, *, d: int, d_max: int, matrix: bool, local: bool,
-                   conditional: bool, has_noise: bool):
-  """Losses of one prompt for every parameter set [P] and every D [nD] -> [P, nD]."""
+                   conditional: bool):
+  """Losses of one prompt for every parameter set [P] and every D in the static tuple ``d_values`` -> [P, nD]."""
   k_x, k_theta, k_eps = jax.random.split(key, 3)
   g = _normal(k_x, (d_max + 1, d)) @ consts["cov_sqrt"]
   x, xs = g[0], g[1:]
@@ -67,9 +80,8 @@ def _prompt_losses(key, params, d_values, consts, *, d: int, d_max: int, matrix:
     xs = x + consts["radius"] * xs
   tau = jnp.sqrt(consts["tau2"])
   if not conditional:
-    theta = consts["theta0"] + tau * jax.random.normal(k_theta, (d,))
-    ys = xs @ theta + jnp.sqrt(consts["noise"]) * jax.random.normal(k_eps, (d_max,))
-  positions = jnp.arange(d_max)
+    theta = consts["theta0"] + tau * _normal(k_theta, (d,))
+    ys = xs @ theta + jnp.sqrt(consts["noise"]) * _normal(k_eps, (d_max,))
 
   def per_param(p):
     if matrix:
@@ -79,19 +91,15 @@ def _prompt_losses(key, params, d_values, consts, *, d: int, d_max: int, matrix:
     logits = logits / consts["temperature"]
 
     def per_d(n):
-      masked = jnp.where((positions < n)[:, None], logits, -jnp.inf)
-      alpha = jax.nn.softmax(masked, axis=0) @ p["c"]  # [D_max], zero beyond n
+      alpha = jax.nn.softmax(logits[:n], axis=0) @ p["c"]  # [n]: the first n context points
       if conditional:
-        u = alpha @ xs - x
+        u = alpha @ xs[:n] - x
         mean_err = (consts["theta0"] - p["shift"]) @ u + (p["offset"] - p["shift"]) @ x
-        loss = mean_err**2 + consts["tau2"] * (u @ u)
-        if has_noise:
-          loss = loss + consts["noise"] * (alpha @ alpha)
-        return loss
-      y_hat = p["offset"] @ x + alpha @ (ys - xs @ p["shift"])
+        return mean_err**2 + consts["tau2"] * (u @ u) + consts["noise"] * (alpha @ alpha)
+      y_hat = p["offset"] @ x + alpha @ (ys[:n] - xs[:n] @ p["shift"])
       return (y_hat - theta @ x) ** 2
 
-    return jax.vmap(per_d)(d_values)
+    return jnp.stack([per_d(n) for n in d_values])
 
   return jax.vmap(per_param)(params)
 
@@ -106,7 +114,6 @@ def _prompt_losses_radial(key, params, d_values, consts, *, d: int, d_max: int, 
   q = consts["radius"] ** 2 if local else 1.0
   if local:
     z = rho + consts["radius"] * z  # components of x_i = x + r·g_i along x̂
-  positions = jnp.arange(d_max)
 
   def per_param(p):
     logits = (rho * z)[:, None] * p["kernels"][None, :] / consts["temperature"]
@@ -115,14 +122,13 @@ def _prompt_losses_radial(key, params, d_values, consts, *, d: int, d_max: int, 
     a_perp2 = a @ a - a_par**2
 
     def per_d(n):
-      masked = jnp.where((positions < n)[:, None], logits, -jnp.inf)
-      alpha = jax.nn.softmax(masked, axis=0) @ p["c"]
-      u_par = alpha @ z - rho
+      alpha = jax.nn.softmax(logits[:n], axis=0) @ p["c"]
+      u_par = alpha @ z[:n] - rho
       alpha2 = alpha @ alpha
       return ((a_par * u_par + b_par * rho) ** 2 + q * a_perp2 * alpha2
               + consts["tau2"] * (u_par**2 + q * (d - 1) * alpha2) + consts["noise"] * alpha2)
 
-    return jax.vmap(per_d)(d_values)
+    return jnp.stack([per_d(n) for n in d_values])
 
   return jax.vmap(per_param)(params)
 
@@ -132,15 +138,15 @@ def _normal(key, shape):
   return jax.random.normal(key, shape, dtype=jnp.float32).astype(jnp.float64)
 
 
-@functools.partial(jax.jit, static_argnames=("batch", "d", "d_max", "matrix", "local", "conditional", "has_noise",
+@functools.partial(jax.jit, static_argnames=("d_values", "batch", "d", "d_max", "matrix", "local", "conditional",
                                              "radial"))
-def _chunk_sums(key, params, d_values, consts, *, batch: int, d: int, d_max: int, matrix: bool, local: bool,
-                conditional: bool, has_noise: bool, radial: bool):
-  """Sum and sum of squares of the per-prompt losses over ``batch`` prompts -> ([P, nD], [P, nD])."""
+def _chunk_sums(key, params, d_values: tuple[int, ...], consts, *, batch: int, d: int, d_max: int, matrix: bool,
+                local: bool, conditional: bool, radial: bool):
+  """Sum and sum of products of the per-prompt losses over ``batch`` prompts -> ([P, nD], [P, nD, nD])."""
   fn = functools.partial(_prompt_losses_radial if radial else _prompt_losses, d=d, d_max=d_max, matrix=matrix,
-                         local=local, conditional=conditional, has_noise=has_noise)
+                         local=local, conditional=conditional)
   losses = jax.vmap(lambda k: fn(k, params, d_values, consts))(jax.random.split(key, batch))
-  return losses.sum(0), (losses**2).sum(0)
+  return losses.sum(0), jnp.einsum("bpi,bpj->pij", losses, losses)
 
 
 def _as_params(model: DataModel, c, kernels, offset, value_shift) -> tuple[dict, tuple[int, ...], bool]:
@@ -150,6 +156,8 @@ def _as_params(model: DataModel, c, kernels, offset, value_shift) -> tuple[dict,
   if c.ndim == 0:
     c = c[None]
   kernels = np.asarray(kernels, dtype=np.float64)
+  if kernels.ndim == 0:
+    kernels = kernels[None]
   if kernels.shape == c.shape:
     matrix = False
   elif kernels.shape == c.shape + (d, d):
@@ -205,30 +213,32 @@ def mc_loss(model: DataModel, c, kernels, D: int | Sequence[int], *, n_prompts: 
     fail("radial", radial, "needs conditional=True, cov=None (Σ = I) and scalar kernels")
   d, d_max, n_par, h = model.d, int(d_list.max()), params["c"].shape[0], params["c"].shape[1]
   if chunk is None:
-    per_prompt = d_max * ((1 if radial else d) + 2 * n_par * len(d_list) * h + 4)
+    per_prompt = d_max * (1 if radial else d) + 2 * n_par * h * int(d_list.sum()) + 4 * d_max
     chunk = int(max(8, min(n_prompts, _CHUNK_ELEMENTS // per_prompt)))
   n_chunks = math.ceil(n_prompts / chunk)
   consts = {"cov_sqrt": model.cov_sqrt(), "theta0": model.theta0(), "tau2": model.tau2_value,
             "noise": float(model.noise_var), "radius": float(model.local_radius or 0.0),
             "temperature": float(temperature)}
   static = dict(batch=chunk, d=d, d_max=d_max, matrix=matrix, local=model.local_radius is not None,
-                conditional=conditional, has_noise=model.noise_var > 0, radial=bool(radial))
+                conditional=conditional, radial=bool(radial))
   total = np.zeros((n_par, len(d_list)))
-  total_sq = np.zeros_like(total)
+  total_sq = np.zeros((n_par, len(d_list), len(d_list)))
   with float64():
     base = jax.random.PRNGKey(seed)
     args = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), (params, consts))
-    d_values = jnp.asarray(d_list)
+    d_values = tuple(int(n) for n in d_list)
     for i in range(n_chunks):
       s, s2 = _chunk_sums(jax.random.fold_in(base, i), args[0], d_values, args[1], **static)
       total += np.asarray(s)
       total_sq += np.asarray(s2)
   n = n_chunks * chunk
   mean = total / n
-  var = np.maximum(total_sq / n - mean**2, 0.0) * n / (n - 1)
-  se = np.sqrt(var / n)
-  shape = batch + ((len(d_list),) if np.ndim(D) else ())
-  return MCResult(mean.reshape(shape), se.reshape(shape), d_list if np.ndim(D) else d_list[0], n)
+  cov = (total_sq / n - np.einsum("pi,pj->pij", mean, mean)) * n / (n - 1) / n  # covariance of the means
+  se = np.sqrt(np.maximum(np.diagonal(cov, axis1=1, axis2=2), 0.0))
+  if np.ndim(D):
+    return MCResult(mean.reshape(batch + mean.shape[1:]), se.reshape(batch + se.shape[1:]), d_list, n,
+                    cov.reshape(batch + cov.shape[1:]))
+  return MCResult(mean.reshape(batch), se.reshape(batch), d_list[0], n)
 
 
 def mc_d_times_loss(model: DataModel, c, kernels, D: int | Sequence[int], **kwargs: Any) -> MCResult:

@@ -55,7 +55,8 @@ def isotropic(d: int, noise_var: float, tau2: float | None = None, temperature: 
       "isotropic",
       TheoryResult(single.constant, "closed form", {"s": single.s, "w": temperature * single.w, "c": 1 / single.w,
                                                      "signal": signal}, "one head, A = wI"),
-      TheoryResult(multi, "closed form", {"signal": signal, "attained": "limit w -> 0 of w_1 = -w_2 = w, c_1 = -c_2 = 1/(2w)"},
+      TheoryResult(multi, "closed form",
+                   {"signal": signal, "attained": "limit w -> 0 of w_1 = -w_2 = w, c_1 = -c_2 = 1/(2w)"},
                    "any h >= 2 full-rank heads (infimum)"))
 
 
@@ -138,7 +139,8 @@ def local_examples(d: int, noise_var: float, radius: float, tau2: float | None =
   p12 = -2 * p10 + 2 * sig * m
   coeffs = [-r * a0, p10, r * p10 - r * (sig - 4 * a0), p12, r * p12 - r * (4 * a0 - 2 * sig)]
   roots = np.polynomial.polynomial.polyroots(coeffs)
-  cands = [z.real for z in np.atleast_1d(roots) if abs(z.imag) < 1e-9 and z.real**2 < 0.5 and 1 + r * z.real != 0]
+  cands = [z.real for z in np.atleast_1d(roots) if abs(z.imag) < 1e-7 * (1 + abs(z)) and z.real**2 < 0.5
+           and 1 + r * z.real != 0]
   objective = lambda om: K.g_function(om * om, d, sigma2, sig) / (1 + r * om) ** 2
   omega = min(cands, key=objective)
   w_single = omega / r if r > 0 else 0.0
