@@ -256,15 +256,20 @@ def tiny() -> Config:
 
 @preset
 def small() -> Config:
-  """The small CPU preset: 3-layer GPT-2 (width 64, 4 heads) on d=5, 21 points; beats averaging clearly.
+  """The small CPU preset: 2-layer GPT-2 (width 64, 4 heads, flagged y tokens) on d=3, 15 points, with a
+  dims curriculum 1→3 (+1 every 1000 steps), 4000 steps.
 
-  `jaxicl train --config small --workdir runs/small` — about 1 minute on a 2-core CPU, seconds on a GPU.
+  `jaxicl train --config small --workdir runs/small` — about 2–3 minutes on a 2-core CPU, seconds on a GPU.
+  Measured on a 2-core CPU (2026-11-25, seed 0): excess risk ≈ 1.1–1.3 at n ≥ 8 against averaging's 0.85–1.7 and
+  OLS's 0 — it beats averaging and 3-NN at small n but is still early in the known GPT-2 ICL plateau; longer
+  runs (GPU) go further.
   """
   return Config(
-      task=tasks.TaskConfig(d=5, n_points=21, w_var=1.0),
-      model=ModelConfig(name="gpt2", width=64, n_layers=3, heads=(4,), max_points=32),
-      optim=OptimConfig(lr=1e-3, warmup_steps=100),
-      train=TrainConfig(steps=2000, batch_size=64, log_every=100, ckpt_every=500),
+      task=tasks.TaskConfig(d=3, n_points=15, w_var=1.0),
+      model=ModelConfig(name="gpt2", width=64, n_layers=2, heads=(4,), max_points=16, layout="interleaved_flag"),
+      optim=OptimConfig(lr=1e-3),
+      curriculum=CurriculumConfig(dims_start=1, dims_inc=1, every=1000),
+      train=TrainConfig(steps=4000, batch_size=64, log_every=250, ckpt_every=1000),
   )
 
 

@@ -12,7 +12,6 @@ are (``shard=runs``); both are plain ``jax.jit`` with ``NamedSharding``.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -245,7 +244,7 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = F
     if resume:
       restored = ckpt.restore_latest(engine.abstract_state())
       if restored is not None:
-        state = TrainState(*restored[1]) if not isinstance(restored[1], TrainState) else restored[1]
+        state = TrainState(*restored[1])
         history = _read_history(workdir, upto=restored[0])
   if state is None:
     state = engine.init()
@@ -354,8 +353,3 @@ def _read_history(workdir: str, upto: int) -> list[dict[str, Any]]:
 def _progress_bar(total: int, initial: int):
   from tqdm.auto import tqdm
   return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
-
-
-def replace(cfg: configs.Config, **sections: dict[str, Any]) -> configs.Config:
-  """``cfg`` with fields of sections replaced, e.g. ``replace(cfg, train={'steps': 10})``."""
-  return dataclasses.replace(cfg, **{k: dataclasses.replace(getattr(cfg, k), **v) for k, v in sections.items()})

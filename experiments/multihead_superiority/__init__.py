@@ -1,0 +1,18 @@
+"""Study 1 — multi-head superiority (Cui et al., arXiv 2401.17426; protocol in shared/studies.md).
+
+One-layer softmax attention trained on in-context linear regression: D·L vs D for single vs multi-head against
+the theory's constants C_single and C_multi (``jaxicl.theory``), heads vs embedding dimension (p/h < d),
+scenarios (noisy labels, correlated features, local examples, prior knowledge), read-in / lazy-training
+ablations and the learned head parameters vs the theory's optimum.
+
+    from experiments.multihead_superiority import main
+    summary = main(preset="quick", out="results/multihead_quick")   # or: jaxicl reproduce multihead ...
+
+Modules: ``presets`` (tiny / quick / full), ``run`` (``main``: training, evaluation, tables, summary),
+``heads`` (per-head kernel parameters of a trained model), ``analysis`` (theory lines), ``plots`` (figures).
+"""
+
+from experiments.multihead_superiority.presets import PRESETS, StudyPreset, get_preset
+from experiments.multihead_superiority.run import main
+
+__all__ = ["PRESETS", "StudyPreset", "get_preset", "main"]

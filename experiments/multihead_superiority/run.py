@@ -1,0 +1,626 @@
+"""Study 1, multi-head superiority: train one-layer softmax attention over D × h (× d, scenarios, ablations),
+measure D·L on held-out prompts, and compare with the theory's O(1/D) constants.
+
+Protocol (shared/studies.md, theory.md): x ~ N(0, I_d), θ ~ N(0, I_d/d), y = θᵀx + ε, tokens z_i = [x_i; y_i],
+query [x; 0]; the model is ``jaxicl.models`` ``softmax_icl`` (read-in W_in, h heads of width p/h, W_out; no
+residual, bias, MLP or LayerNorm), trained with Adam on fresh prompts every step (MSE against the noisy label y),
+and evaluated by the excess risk L = E(ŷ − θᵀx)² on ``eval_prompts`` held-out prompts. Each group (one shape) is
+one ``jaxicl.train.train`` call with all seeds (× learning rates) vmapped in one compiled program. Reported:
+mean over seeds ± standard error (SE = std/√n_seeds) of D·L.
+
+Outputs in ``out``:
+  * ``summary.json`` — preset, timings, the main table, the ordering check and the notes on gaps to theory;
+  * ``main_table.csv`` (d, D, h, D·L ± SE, C_single, C_multi, finite-D Monte Carlo optima), ``sweeps.csv``,
+    ``scenarios.csv``, ``ablations.csv``, ``heads.csv`` + ``heads.json``, ``theory.json``, ``groups.json``
+    (every group: config, per-run risks, learning rates, training-loss history);
+  * ``params/<group>.npz`` — trained parameters of every run (leading run axis; keys ``W_in/kernel`` …) and
+    ``groups/<group>.json`` — the record of that group (a finished group is reused when ``main`` is run again
+    with the same config, so an interrupted ``full`` run resumes);
+  * figures ``fig1_dl_vs_D.png``, ``fig2_heads_vs_embedding.png``, ``fig3_scenarios.png``,
+    ``fig4_ablations.png``, ``fig5_head_parameters.png``, ``fig0_loss_curves.png``.
+
+Entry point ``main(preset, out)``; command line ``jaxicl reproduce multihead --preset tiny|quick|full --out DIR``
+or ``python -m experiments.multihead_superiority.run --preset quick --out DIR``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.multihead_superiority import analysis, heads as heads_lib, plots
+from experiments.multihead_superiority.presets import VARIANTS, StudyPreset, get_preset
+from jaxicl import configs, evaluate, layouts, train
+from jaxicl.models import ICLModel, ModelConfig, build_model
+
+
+# ----------------------------------------------------------------------------------------------------- groups
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class Group:
+  """One shape of the study = one compiled training program (seeds and learning rates vmapped inside).
+
+  Attributes: d input dimension, D context examples, h heads, p embedding dimension, variant a key of
+  ``presets.VARIANTS``, read_in (False: fixed zero-padding read-in), lazy (W_in frozen at its random init).
+  """
+
+  d: int
+  D: int
+  h: int
+  p: int
+  variant: str = "clean"
+  read_in: bool = True
+  lazy: bool = False
+
+  @property
+  def name(self) -> str:
+    return (f"d{self.d}_D{self.D}_h{self.h}_p{self.p}_{self.variant}" + ("" if self.read_in else "_noreadin")
+            + ("_lazy" if self.lazy else ""))
+
+  @property
+  def mode(self) -> str:
+    """``full`` (learned read-in, all parameters trained), ``no_read_in`` or ``lazy``."""
+    return "no_read_in" if not self.read_in else ("lazy" if self.lazy else "full")
+
+  def config(self, spec: StudyPreset, seeds: tuple[int, ...]) -> configs.Config:
+    """The training ``Config`` of this group under ``spec``."""
+    return configs.Config(
+        task=VARIANTS[self.variant].task(self.d, self.D),
+        model=ModelConfig(name="softmax_icl", embed_dim=self.p, num_heads=self.h, read_in=self.read_in),
+        optim=configs.OptimConfig(lr=spec.lrs[0], schedule=spec.schedule, warmup_steps=spec.warmup_steps,
+                                  freeze=("W_in",) if self.lazy else ()),
+        train=configs.TrainConfig(steps=spec.steps, batch_size=spec.batch_size, seeds=seeds,
+                                  lrs=spec.lrs if len(spec.lrs) > 1 else (), log_every=spec.log_every,
+                                  eval_prompts=spec.eval_prompts))
+
+
+def plan(spec: StudyPreset) -> dict[Group, dict[str, Any]]:
+  """Every group of the preset -> {"seeds", "sections"}; a group shared by sections is trained once
+  (with the larger seed set)."""
+  groups: dict[Group, dict[str, Any]] = {}
+  side_seeds = spec.scenario_seeds or spec.seeds
+
+  def add(group: Group, section: str, seeds: tuple[int, ...]):
+    entry = groups.setdefault(group, {"seeds": seeds, "sections": []})
+    if len(seeds) > len(entry["seeds"]):
+      entry["seeds"] = seeds
+    if section not in entry["sections"]:
+      entry["sections"].append(section)
+
+  for d in spec.ds:
+    for D in spec.Ds:
+      for h in spec.hs:
+        add(Group(d, D, h, spec.p), "main", spec.seeds)
+  for i, sw in enumerate(spec.hsweeps):
+    for p in sw.ps:
+      for h in sw.hs:
+        add(Group(sw.d, sw.D, h, p), f"hsweep{i}", spec.seeds)
+  for i, sw in enumerate(spec.psweeps):
+    for h in sw.hs:
+      for p in sw.ps:
+        add(Group(sw.d, sw.D, h, p), f"psweep{i}", spec.seeds)
+  for variant in ("clean",) + tuple(spec.scenarios):
+    for D in spec.scenario_Ds:
+      for h in spec.scenario_hs:
+        add(Group(spec.scenario_d, D, h, spec.p, variant), "scenario", side_seeds)
+  for mode in ("full",) + tuple(spec.ablations):
+    for D in spec.ablation_Ds:
+      for h in spec.ablation_hs:
+        add(Group(spec.ablation_d, D, h, spec.p, read_in=mode != "no_read_in", lazy=mode == "lazy"), "ablation",
+            side_seeds)
+  return groups
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def stacked_risk(model: ICLModel, params: Any, prompts, chunk: int | None = None) -> np.ndarray:
+  """Excess risk E(ŷ − θᵀx)² at the query of every run [R] (params with a leading run axis R).
+
+  The same quantity as ``jaxicl.evaluate.model_risk`` per run (same prompts, same predictions), computed
+  for all runs at once: one compiled program, vmapped over runs, over fixed-size chunks of prompts (the last
+  chunk is zero-padded and its padding discarded, so nothing recompiles).
+  """
+  n_prompts, n_points = prompts.xs.shape[:2]
+  n_runs = jax.tree.leaves(params)[0].shape[0]
+  index = layouts.get_layout(model.layout).target_index(n_points)
+  if chunk is None:
+    embed = int(np.asarray(params["W_out"]["kernel"]).shape[1])
+    chunk = int(np.clip(2**23 // max(1, n_points * embed * n_runs), 16, 4096))
+  chunk = min(chunk, n_prompts)
+
+  @jax.jit
+  def sq_err(p, xs, ys, targets):
+    preds = jax.vmap(lambda q: model.apply(q, xs, ys))(p)  # [R, B, P]
+    return jnp.square(preds - targets[None, :, index])  # [R, B, P]
+
+  total = np.zeros((n_runs, len(index)))
+  for start in range(0, n_prompts, chunk):
+    xs, ys, tg = (np.asarray(a[start:start + chunk]) for a in (prompts.xs, prompts.ys, prompts.targets))
+    valid = xs.shape[0]
+    if valid < chunk:
+      pad = [(0, chunk - valid)]
+      xs = np.pad(xs, pad + [(0, 0), (0, 0)])
+      ys, tg = np.pad(ys, pad + [(0, 0)]), np.pad(tg, pad + [(0, 0)])
+    err = np.asarray(sq_err(params, xs, ys, tg), np.float64)
+    total += err[:, :valid].sum(axis=1)
+  return (total / n_prompts)[:, -1]
+
+
+def select_runs(cfg: configs.Config, final_loss: np.ndarray) -> list[int]:
+  """Per seed, the run (learning rate) with the lowest final training loss (training data only)."""
+  runs = cfg.runs
+  chosen = []
+  for seed in cfg.train.seeds:
+    idx = [r for r, (s, _) in enumerate(runs) if s == seed]
+    chosen.append(min(idx, key=lambda r: final_loss[r]))
+  return chosen
+
+
+def mean_se(values: Iterable[float]) -> tuple[float, float]:
+  """Mean and standard error (std with ddof=1 over √n; 0 for one value)."""
+  v = np.asarray(list(values), np.float64)
+  if v.size == 0:
+    return math.nan, math.nan
+  se = float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else 0.0
+  return float(v.mean()), se
+
+
+# ------------------------------------------------------------------------------------------- params on disk
+
+
+def flatten_params(params: Any) -> dict[str, np.ndarray]:
+  """Nested dict -> {"W_in/kernel": array, ...}."""
+  flat = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    flat["/".join(str(getattr(k, "key", k)) for k in path)] = np.asarray(leaf)
+  return flat
+
+
+def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
+  """Inverse of ``flatten_params``."""
+  tree: dict = {}
+  for key, value in flat.items():
+    node = tree
+    parts = key.split("/")
+    for part in parts[:-1]:
+      node = node.setdefault(part, {})
+    node[parts[-1]] = np.asarray(value)
+  return tree
+
+
+def load_group(out: str, name: str) -> tuple[dict, dict]:
+  """(record, stacked params [R, ...]) of a finished group written by ``main``."""
+  with open(os.path.join(out, "groups", name + ".json")) as f:
+    record = json.load(f)
+  with np.load(os.path.join(out, "params", name + ".npz")) as z:
+    params = unflatten_params({k: z[k] for k in z.files})
+  return record, params
+
+
+def group_model(record: dict) -> tuple[configs.Config, ICLModel]:
+  """The config and model of a group record."""
+  cfg = configs.from_dict(record["config"])
+  return cfg, build_model(cfg.model, cfg.task)
+
+
+def run_params(params: dict, run: int) -> dict:
+  """One run's parameters (drops the leading run axis)."""
+  return jax.tree.map(lambda a: a[run], params)
+
+
+# ---------------------------------------------------------------------------------------------- one group
+
+
+def run_group(group: Group, seeds: tuple[int, ...], sections: list[str], spec: StudyPreset, out: str,
+              log=print) -> tuple[dict, dict]:
+  """Trains (or reloads) one group, evaluates every run on the held-out prompts; returns (record, params)."""
+  cfg = group.config(spec, seeds)
+  cfg_dict = configs.to_dict(cfg)
+  rec_path = os.path.join(out, "groups", group.name + ".json")
+  if os.path.exists(rec_path) and os.path.exists(os.path.join(out, "params", group.name + ".npz")):
+    record, params = load_group(out, group.name)
+    if record.get("config") == json.loads(json.dumps(cfg_dict)) and record.get("eval_prompts") == spec.eval_prompts:
+      record["sections"] = sections
+      record["reused"] = True
+      log(f"  {group.name}: reused from {rec_path}")
+      return record, params
+  t0 = time.perf_counter()
+  result = train.train(cfg)
+  params = jax.tree.map(np.asarray, result.state.params)
+  t1 = time.perf_counter()
+  prompts = evaluate.eval_prompts(cfg.task, spec.eval_prompts)
+  risk = stacked_risk(result.model, params, prompts)
+  t2 = time.perf_counter()
+  history = {"step": [r["step"] for r in result.history], "loss": [r["loss"] for r in result.history]}
+  final_loss = np.asarray(result.history[-1]["loss"])
+  chosen = select_runs(cfg, final_loss)
+  D = group.D
+  dl = [float(D * risk[r]) for r in chosen]
+  dl_mean, dl_se = mean_se(dl)
+  record = {
+      "name": group.name, "group": dataclasses.asdict(group), "sections": sections, "seeds": list(seeds),
+      "lrs": list(cfg.lrs), "runs": [{"seed": s, "lr": lr, "risk": float(risk[r]), "dl": float(D * risk[r]),
+                                      "final_train_loss": float(final_loss[r])} for r, (s, lr) in enumerate(cfg.runs)],
+      "selected": chosen, "dl": dl, "dl_mean": dl_mean, "dl_se": dl_se, "loss_mean": dl_mean / D,
+      "train_s": t1 - t0, "eval_s": t2 - t1, "eval_prompts": spec.eval_prompts, "history": history,
+      "config": cfg_dict, "reused": False,
+  }
+  os.makedirs(os.path.dirname(rec_path), exist_ok=True)
+  os.makedirs(os.path.join(out, "params"), exist_ok=True)
+  np.savez(os.path.join(out, "params", group.name + ".npz"), **flatten_params(params))
+  with open(rec_path, "w") as f:
+    json.dump(record, f, indent=1)
+  log(f"  {group.name}: D·L = {dl_mean:.3f} ± {dl_se:.3f}  (train {t1 - t0:.1f} s, eval {t2 - t1:.1f} s)")
+  return record, params
+
+
+# -------------------------------------------------------------------------------------------------- tables
+
+
+def _write_csv(path: str, rows: list[dict]) -> None:
+  if not rows:
+    with open(path, "w") as f:
+      f.write("")
+    return
+  keys = list(rows[0])
+  for row in rows[1:]:
+    keys += [k for k in row if k not in keys]
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=keys)
+    writer.writeheader()
+    for row in rows:
+      writer.writerow({k: _fmt(row.get(k)) for k in keys})
+
+
+def _fmt(v):
+  if isinstance(v, float):
+    return f"{v:.6g}"
+  return v
+
+
+def _theory_for(group: Group, cache: dict) -> dict:
+  key = (group.variant, group.d, group.D if VARIANTS[group.variant].kappa is not None else 0)
+  if key not in cache:
+    cache[key] = analysis.variant_theory(VARIANTS[group.variant], group.d, group.D)
+  return cache[key]
+
+
+def _reference(h: int, theory: dict) -> float:
+  return theory["C_single"] if h == 1 else theory["C_multi"]
+
+
+def build_tables(spec: StudyPreset, records: dict[Group, dict], params: dict[Group, dict], log=print) -> dict:
+  """All tables of the study (lists of row dicts) plus theory extras; see the module docstring."""
+  log("theory constants, finite-D Monte Carlo optima, rank-limited optima and head analysis ...")
+  cache: dict = {}
+  theory = {g.name: _theory_for(g, cache) for g in records}
+  finite = {}
+  if spec.mc_prompts > 0:
+    for d in spec.ds:
+      finite[d] = analysis.finite_d_curves(d, 0.0, spec.Ds, spec.mc_prompts)
+  main_rows = []
+  for g, rec in sorted(records.items()):
+    if "main" not in rec["sections"]:
+      continue
+    th = theory[g.name]
+    row = {"d": g.d, "D": g.D, "h": g.h, "p": g.p, "n_seeds": len(rec["dl"]), "dl_mean": rec["dl_mean"],
+           "dl_se": rec["dl_se"], "C_single": th["C_single"], "C_multi": th["C_multi"],
+           "ratio_to_constant": rec["dl_mean"] / _reference(g.h, th)}
+    if g.d in finite:
+      j = finite[g.d]["D"].index(g.D)
+      row["mc_single_dl"] = finite[g.d]["single"][j]
+      row["mc_pair_dl"] = finite[g.d]["pair"][j]
+      row["ratio_to_finite_d"] = rec["dl_mean"] / (row["mc_single_dl"] if g.h == 1 else row["mc_pair_dl"])
+    main_rows.append(row)
+
+  sweep_rows = []
+  for kind, sweeps in (("hsweep", spec.hsweeps), ("psweep", spec.psweeps)):
+    for i, sw in enumerate(sweeps):
+      for g, rec in sorted(records.items()):
+        if f"{kind}{i}" not in rec["sections"]:
+          continue
+        rl = analysis.rank_limited(g.d, g.p, g.h, VARIANTS[g.variant].noise_var, g.D)
+        th = theory[g.name]
+        sweep_rows.append({"sweep": f"{kind}{i}", "d": g.d, "D": g.D, "h": g.h, "p": g.p, "p_over_h": g.p // g.h,
+                           "rank_limited": g.p // g.h < g.d, "dl_mean": rec["dl_mean"], "dl_se": rec["dl_se"],
+                           "theory_rank_limited_dl": rl["dl"], "theory_bias_floor_dl": rl["bias_floor_dl"],
+                           "theory_full_rank_dl": rl["full_rank_dl"], "theory_single_dl": rl["single_dl"],
+                           "C_single": th["C_single"], "C_multi": th["C_multi"]})
+
+  scenario_rows = []
+  for g, rec in sorted(records.items(), key=lambda kv: (kv[0].variant, kv[0].D, kv[0].h)):
+    if "scenario" not in rec["sections"]:
+      continue
+    v = VARIANTS[g.variant]
+    th = theory[g.name]
+    row = {"variant": g.variant, "scenario": v.scenario, "label": v.label, "d": g.d, "D": g.D, "h": g.h, "p": g.p,
+           "n_seeds": len(rec["dl"]), "dl_mean": rec["dl_mean"], "dl_se": rec["dl_se"], "C_single": th["C_single"],
+           "C_multi": th["C_multi"]}
+    row.update({f"extra_{k}": val for k, val in th["extras"].items()})
+    scenario_rows.append(row)
+
+  ablation_rows = []
+  for g, rec in sorted(records.items(), key=lambda kv: (kv[0].mode, kv[0].D, kv[0].h)):
+    if "ablation" not in rec["sections"]:
+      continue
+    th = theory[g.name]
+    ablation_rows.append({"mode": g.mode, "d": g.d, "D": g.D, "h": g.h, "p": g.p, "n_seeds": len(rec["dl"]),
+                          "dl_mean": rec["dl_mean"], "dl_se": rec["dl_se"], "C_single": th["C_single"],
+                          "C_multi": th["C_multi"]})
+
+  head_rows, head_groups = [], []
+  head_D = max(spec.Ds)
+  optima = {}
+  for g, rec in sorted(records.items()):
+    if not ("main" in rec["sections"] and g.d == spec.head_d and g.D == head_D):
+      continue
+    cfg = configs.from_dict(rec["config"])
+    noise = cfg.task.noise_var
+    if g.h not in optima:
+      optima[g.h] = analysis.optimal_heads(g.h, g.d, noise)
+    per_seed = []
+    for run in rec["selected"]:
+      hp = heads_lib.canonical(heads_lib.extract_heads(run_params(params[g], run), g.d, cfg.model))
+      summary = heads_lib.summarize_heads(hp)
+      summary.update(analysis.head_theory(hp, g.d, noise, g.D))
+      summary["seed"] = rec["runs"][run]["seed"]
+      summary["measured_dl"] = rec["runs"][run]["dl"]
+      per_seed.append(summary)
+      for k in range(g.h):
+        head_rows.append({"d": g.d, "D": g.D, "h": g.h, "seed": summary["seed"], "head": k, "w": summary["w"][k],
+                          "c": summary["c"][k], "c_times_w": summary["c"][k] * summary["w"][k],
+                          "anisotropy": summary["anisotropy"][k], "b_norm": summary["b_norm"][k],
+                          "u_norm": summary["u_norm"][k], "sum_cw": summary["sum_cw"], "sum_c": summary["sum_c"]})
+    fin = finite.get(g.d)
+    fin_w = None
+    if fin and g.D in fin["D"] and noise == 0.0:
+      fin_w = fin["single_w" if g.h == 1 else "pair_w"][fin["D"].index(g.D)]
+    head_groups.append({"group": g.name, "d": g.d, "D": g.D, "h": g.h, "per_seed": per_seed, "optimum": optima[g.h],
+                        "finite_d_optimal_w": fin_w,
+                        "abs_w_mean": mean_se(float(np.mean(np.abs(s["w"]))) for s in per_seed),
+                        "sum_cw_mean": mean_se(s["sum_cw"] for s in per_seed),
+                        "sum_c_mean": mean_se(s["sum_c"] for s in per_seed),
+                        "learned_heads_constant": mean_se(s["isotropic_constant"] for s in per_seed),
+                        "theory_predicted_dl": mean_se(s["predicted_dl"] for s in per_seed)})
+  return {"main": main_rows, "sweeps": sweep_rows, "scenarios": scenario_rows, "ablations": ablation_rows,
+          "heads": head_rows, "head_groups": head_groups, "finite_d": finite, "theory": theory}
+
+
+# --------------------------------------------------------------------------------------------------- notes
+
+
+def ordering(main_rows: list[dict]) -> list[dict]:
+  """Per (d, D): single-head D·L vs the best multi-head D·L, and whether multi is lower by more than 2 SE."""
+  out = []
+  for d in sorted({r["d"] for r in main_rows}):
+    for D in sorted({r["D"] for r in main_rows if r["d"] == d}):
+      rows = [r for r in main_rows if r["d"] == d and r["D"] == D]
+      single = [r for r in rows if r["h"] == 1]
+      multi = [r for r in rows if r["h"] > 1]
+      if not single or not multi:
+        continue
+      best = min(multi, key=lambda r: r["dl_mean"])
+      s = single[0]
+      gap_se = math.hypot(s["dl_se"], best["dl_se"])
+      out.append({"d": d, "D": D, "single_dl": s["dl_mean"], "single_se": s["dl_se"], "best_multi_h": best["h"],
+                  "multi_dl": best["dl_mean"], "multi_se": best["dl_se"],
+                  "multi_below_single": bool(best["dl_mean"] < s["dl_mean"]),
+                  "significant": bool(s["dl_mean"] - best["dl_mean"] > 2 * gap_se)})
+  return out
+
+
+def gap_notes(tables: dict) -> list[str]:
+  """Plain-language statements of how far training is from the constants, and why (numbers from the tables)."""
+  notes = []
+  main = tables["main"]
+  for d in sorted({r["d"] for r in main}):
+    for h in sorted({r["h"] for r in main if r["d"] == d}):
+      rows = sorted((r for r in main if r["d"] == d and r["h"] == h), key=lambda r: r["D"])
+      ref_name = "C_single" if h == 1 else "C_multi"
+      ref = rows[0][ref_name]
+      dls = ", ".join(f"{r['dl_mean']:.2f}±{r['dl_se']:.2f} (D={r['D']})" for r in rows)
+      pct = ", ".join(f"{100 * r['dl_mean'] / ref:.0f}%" for r in rows)
+      text = f"d={d}, h={h}: D·L = {dls} vs {ref_name} = {ref:.3f} ({pct} of it)."
+      if "mc_single_dl" in rows[0]:
+        key, fam = ("mc_single_dl", "single head") if h == 1 else ("mc_pair_dl", "symmetric pair of heads")
+        fin = ", ".join(f"{r[key]:.2f}" for r in rows)
+        rel = ", ".join(f"{100 * r['dl_mean'] / r[key]:.0f}%" for r in rows)
+        text += (f" The best {fam} at the same finite D (Monte Carlo, A = wI) has D·L = {fin}; the trained D·L is "
+                 f"{rel} of that finite-D optimum. The D·L limit itself is reached only as D → ∞ (finite-D bias "
+                 "of the softmax ratio estimator).")
+      if h > 1 and rows[0]["p"] // h < d:
+        text += f" Here p/h = {rows[0]['p'] // h} < d = {d}: heads are rank-limited."
+      notes.append(text)
+  for hg in tables["head_groups"]:
+    cw, cw_se = hg["sum_cw_mean"]
+    sc, sc_se = hg["sum_c_mean"]
+    const, const_se = hg["learned_heads_constant"]
+    pred, pred_se = hg["theory_predicted_dl"]
+    opt_c = "1/w* = {:.3f}".format(hg["optimum"]["c"][0]) if hg["h"] == 1 else "0 (zero-sum heads)"
+    text = (f"d={hg['d']}, D={hg['D']}, h={hg['h']} heads (sign-canonical): Σc_k w_k = {cw:.3f}±{cw_se:.3f} "
+            f"(theory: 1, unbiased; < 1 is shrinkage, optimal at finite D), Σc_k = {sc:.3f}±{sc_se:.3f} "
+            f"(theory: {opt_c}); theory's asymptotic D·L of the learned kernels = {pred:.2f}±{pred_se:.2f} "
+            f"(measured at D={hg['D']}: {np.mean([s['measured_dl'] for s in hg['per_seed']]):.2f}).")
+    aw, aw_se = hg["abs_w_mean"]
+    text += f" Mean |w_k| = {aw:.3f}±{aw_se:.3f} vs the asymptotic optimum {np.mean(np.abs(hg['optimum']['w'])):.3f}"
+    if hg.get("finite_d_optimal_w") is not None:
+      fam = "single head" if hg["h"] == 1 else "symmetric pair"
+      text += f" and the best {fam} at D={hg['D']} (Monte Carlo grid): |w| = {hg['finite_d_optimal_w']:.3f}"
+    text += "."
+    if abs(cw - 1) < 0.2 and np.isfinite(const):
+      if hg["h"] > 1:
+        text += (f" Kernels A_k = w_k I at the learned (c, w) have the D·L limit {const:.2f}±{const_se:.2f} vs "
+                 f"C_multi = {hg['optimum']['constant']:.2f} at |w| ≥ {hg['optimum'].get('w_min', 0):.3f}: "
+                 "the excess "
+                 "is the cost of the finite kernel scale the heads learned (C → C_multi only as w → 0, c ~ 1/w).")
+      else:
+        text += (f" The learned head's own D·L limit is {const:.2f}±{const_se:.2f} vs C_single = "
+                 f"{hg['optimum']['constant']:.2f} at w* = {hg['optimum']['w'][0]:.3f}.")
+    else:
+      text += " The heads are not (yet) the unbiased kernel smoother of the theory (Σc_k w_k far from 1)."
+    notes.append(text)
+  notes += section_notes(tables)
+  return notes
+
+
+EXTRA_LABELS = {
+    "isotropic_kernel_floor": "O(1) loss floor of heads with A_k ∝ I (no adaptation to Σ)",
+    "plain_average": "D·L of the plain average of the local labels",
+    "single_without_prior_path": "C_single without a prior path",
+    "multi_without_prior_path": "C_multi without a prior path",
+}
+
+
+def section_notes(tables: dict) -> list[str]:
+  """Notes on the sweeps, scenarios and ablations (measured D·L next to the theory's numbers)."""
+  notes = []
+  for sweep in sorted({r["sweep"] for r in tables["sweeps"]}):
+    rows = [r for r in tables["sweeps"] if r["sweep"] == sweep]
+    parts = [f"h={r['h']}, p={r['p']} (p/h={r['p_over_h']}{' < d' if r['rank_limited'] else ''}): "
+             f"{r['dl_mean']:.2f}±{r['dl_se']:.2f} [theory {r['theory_rank_limited_dl']:.2f}]" for r in rows]
+    notes.append(f"{sweep} (d={rows[0]['d']}, D={rows[0]['D']}): D·L " + "; ".join(parts) + ". Theory: best "
+                 "leading-order loss of heads on coordinate blocks (p/h < d costs only when p < d, or for one head, "
+                 "if training finds heads on complementary blocks with zero-sum weights).")
+  for variant in sorted({r["variant"] for r in tables["scenarios"]}):
+    rows = sorted((r for r in tables["scenarios"] if r["variant"] == variant), key=lambda r: (r["D"], r["h"]))
+    parts = [f"D={r['D']}, h={r['h']}: {r['dl_mean']:.2f}±{r['dl_se']:.2f}" for r in rows]
+    extras = {k[6:]: v for k, v in rows[0].items() if k.startswith("extra_") and _is_number(v)}
+    extra = ("; " + ", ".join(f"{EXTRA_LABELS.get(k, k)} = {v:.3g}" for k, v in extras.items())) if extras else ""
+    notes.append(f"scenario {variant} ({rows[0]['label']}): D·L " + "; ".join(parts) +
+                 f" vs C_single = {rows[0]['C_single']:.3g}, C_multi = {rows[0]['C_multi']:.3g}{extra}.")
+  for h in sorted({r["h"] for r in tables["ablations"]}):
+    rows = sorted((r for r in tables["ablations"] if r["h"] == h), key=lambda r: (r["mode"], r["D"]))
+    notes.append(f"ablation h={h}: " + "; ".join(f"{r['mode']} D={r['D']}: {r['dl_mean']:.2f}±{r['dl_se']:.2f}"
+                                                  for r in rows) + f" (C_single = {rows[0]['C_single']:.3g}, "
+                 f"C_multi = {rows[0]['C_multi']:.3g}).")
+  return notes
+
+
+def outlier_notes(records: dict) -> list[str]:
+  """Seeds whose D·L is > 1.5× the group's best seed: runs that did not converge within the step budget."""
+  notes = []
+  for g, rec in sorted(records.items()):
+    dl = np.asarray(rec["dl"])
+    if dl.size < 2:
+      continue
+    best = float(dl.min())
+    for r, value in zip(rec["selected"], dl):
+      if value > 1.5 * best:
+        run_rec = rec["runs"][r]
+        notes.append(f"{g.name}: seed {run_rec['seed']} has D·L = {value:.2f} vs {best:.2f} for the group's best seed "
+                     f"(final training loss {run_rec['final_train_loss']:.4g}): it did not converge within "
+                     f"{rec['config']['train']['steps']} steps (a plateau); it is kept in the mean ± SE.")
+  return notes
+
+
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# ---------------------------------------------------------------------------------------------------- main
+
+
+def main(preset: str = "quick", out: str = "results/multihead_superiority", *, verbose: bool = True) -> dict:
+  """Runs study 1 with ``preset`` (``tiny`` | ``quick`` | ``full``, see ``presets``), writes everything to ``out``
+  and returns the summary dict (also written to ``out/summary.json``)."""
+  spec = get_preset(preset)
+  log = print if verbose else (lambda *a, **k: None)
+  os.makedirs(out, exist_ok=True)
+  t_start = time.perf_counter()
+  planned = plan(spec)
+  log(f"study 1 (multi-head superiority), preset {preset!r}: {len(planned)} groups on {jax.default_backend()}")
+  records: dict[Group, dict] = {}
+  params: dict[Group, dict] = {}
+  for i, (group, entry) in enumerate(planned.items()):
+    log(f"[{i + 1}/{len(planned)}] {group.name} (seeds {entry['seeds']}, lrs {spec.lrs})")
+    records[group], params[group] = run_group(group, tuple(entry["seeds"]), entry["sections"], spec, out, log)
+  t_train = time.perf_counter()
+  tables = build_tables(spec, records, params, log)
+  t_theory = time.perf_counter()
+  figures = plots.make_figures(spec, records, tables, out)
+  t_plots = time.perf_counter()
+
+  _write_csv(os.path.join(out, "main_table.csv"), tables["main"])
+  _write_csv(os.path.join(out, "sweeps.csv"), tables["sweeps"])
+  _write_csv(os.path.join(out, "scenarios.csv"), tables["scenarios"])
+  _write_csv(os.path.join(out, "ablations.csv"), tables["ablations"])
+  _write_csv(os.path.join(out, "heads.csv"), tables["heads"])
+  with open(os.path.join(out, "heads.json"), "w") as f:
+    json.dump(tables["head_groups"], f, indent=1)
+  with open(os.path.join(out, "theory.json"), "w") as f:
+    json.dump({"per_group": tables["theory"], "finite_d": {str(k): v for k, v in tables["finite_d"].items()}}, f,
+              indent=1)
+  with open(os.path.join(out, "groups.json"), "w") as f:
+    json.dump({g.name: rec for g, rec in records.items()}, f, indent=1)
+
+  order = ordering(tables["main"])
+  summary = {
+      "study": "multihead_superiority", "preset": preset, "preset_doc": spec.doc.strip(), "out": out,
+      "backend": jax.default_backend(), "n_groups": len(records),
+      "n_trained": sum(not r["reused"] for r in records.values()),
+      "timing_s": {"total": time.perf_counter() - t_start, "train_and_eval": t_train - t_start,
+                   "theory_and_tables": t_theory - t_train, "figures": t_plots - t_theory},
+      "protocol": {"p": spec.p, "seeds": list(spec.seeds), "lrs": list(spec.lrs), "steps": spec.steps,
+                   "batch_size": spec.batch_size, "schedule": spec.schedule, "warmup_steps": spec.warmup_steps,
+                   "eval_prompts": spec.eval_prompts, "error_bars": "mean over seeds ± SE (std/sqrt(n))",
+                   "lr_selection": "per seed, lowest final training loss" if len(spec.lrs) > 1 else "single lr"},
+      "main_table": tables["main"], "ordering": order, "notes": gap_notes(tables) + outlier_notes(records),
+      "sweeps": tables["sweeps"], "scenarios": tables["scenarios"], "ablations": tables["ablations"],
+      "heads": [{k: v for k, v in hg.items() if k != "per_seed"} for hg in tables["head_groups"]],
+      "figures": figures,
+      "tables": ["main_table.csv", "sweeps.csv", "scenarios.csv", "ablations.csv", "heads.csv", "heads.json",
+                 "theory.json", "groups.json"],
+  }
+  with open(os.path.join(out, "summary.json"), "w") as f:
+    json.dump(summary, f, indent=1)
+  if verbose:
+    print(format_summary(summary))
+  return summary
+
+
+def format_summary(summary: dict) -> str:
+  """The printed summary table: D, h, D·L mean ± SE, C_single, C_multi (+ finite-D optima), ordering, notes."""
+  lines = [f"\nStudy 1 summary (preset {summary['preset']}, {summary['n_groups']} groups, "
+           f"{summary['timing_s']['total']:.0f} s on {summary['backend']})"]
+  head = (f"{'d':>3} {'D':>5} {'h':>3} {'D·L mean ± SE':>18} {'C_single':>9} {'C_multi':>8} {'MC 1-head':>10} "
+          f"{'MC pair':>8}")
+  lines.append(head)
+  lines.append("-" * len(head))
+  for r in summary["main_table"]:
+    dl = f"{r['dl_mean']:.3f} ± {r['dl_se']:.3f}"
+    mc1 = f"{r['mc_single_dl']:.2f}" if "mc_single_dl" in r else "-"
+    mc2 = f"{r['mc_pair_dl']:.2f}" if "mc_pair_dl" in r else "-"
+    lines.append(f"{r['d']:>3} {r['D']:>5} {r['h']:>3} {dl:>18} {r['C_single']:>9.3f} {r['C_multi']:>8.3f} "
+                 f"{mc1:>10} {mc2:>8}")
+  for o in summary["ordering"]:
+    verdict = "multi < single" if o["multi_below_single"] else "multi >= single"
+    lines.append(f"d={o['d']} D={o['D']}: single {o['single_dl']:.2f}±{o['single_se']:.2f}, best multi "
+                 f"(h={o['best_multi_h']}) {o['multi_dl']:.2f}±{o['multi_se']:.2f}: {verdict}"
+                 f"{' (> 2 SE)' if o['significant'] else ''}")
+  lines += ["notes:"] + [f"  - {n}" for n in summary["notes"]]
+  return "\n".join(lines)
+
+
+def _cli(argv: list[str] | None = None) -> int:
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
+  ap.add_argument("--out", required=True)
+  args = ap.parse_args(argv)
+  main(args.preset, args.out)
+  return 0
+
+
+if __name__ == "__main__":
+  raise SystemExit(_cli())

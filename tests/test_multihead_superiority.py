@@ -1,0 +1,193 @@
+"""Study 1 (multi-head superiority): head extraction, planning, the tiny preset end to end, the notebook.
+
+The tiny preset runs once through the real command line (``jaxicl reproduce multihead``) in a subprocess and
+once more inside the notebook; both share a persistent XLA compilation cache and cheap XLA CPU flags, so the
+second run mostly loads compiled programs (the tiny preset's numbers are meaningless; only plumbing is tested).
+"""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:  # ``experiments`` is a top-level package of the repository (not always installed)
+  sys.path.insert(0, REPO)
+
+from experiments.multihead_superiority import heads as H  # noqa: E402
+from experiments.multihead_superiority import presets, run  # noqa: E402
+from jaxicl import configs, evaluate, tasks  # noqa: E402
+from jaxicl.models import ModelConfig, build_model  # noqa: E402
+FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+
+
+def _prompts(d: int, D: int, n: int, seed: int = 0):
+  return tasks.sample_batch(jax.random.PRNGKey(seed), tasks.TaskConfig(d=d, n_points=D + 1, noise_var=0.1), n)
+
+
+def _softmax_smoother(xs, ys, w, c):
+  """ŷ = Σ_k c_k Σ_i y_i softmax_i(w_k x_iᵀx): theory.md's predictor, written out independently."""
+  xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+  out = np.zeros(xs.shape[0])
+  for b in range(xs.shape[0]):
+    dots = xs[b, :-1] @ xs[b, -1]
+    for wk, ck in zip(w, c):
+      a = np.exp(wk * dots - np.max(wk * dots))
+      out[b] += ck * np.sum(a / a.sum() * ys[b, :-1])
+  return out
+
+
+@pytest.mark.parametrize("read_in", [True, False])
+def test_handset_heads_are_extracted_exactly(read_in):
+  d, w, c = 2, [0.4, -0.25], [1.5, -2.0]
+  model_cfg = ModelConfig(name="softmax_icl", embed_dim=8, num_heads=2, read_in=read_in)
+  params = H.handset_params(d, model_cfg, w, c)
+  hp = H.extract_heads(params, d, model_cfg)
+  np.testing.assert_allclose(hp.A, np.asarray(w)[:, None, None] * np.eye(d), atol=1e-6)
+  np.testing.assert_allclose(hp.w, w, atol=1e-6)
+  np.testing.assert_allclose(hp.c, c, atol=1e-6)
+  np.testing.assert_allclose(hp.b, 0.0, atol=1e-7)
+  np.testing.assert_allclose(hp.u, 0.0, atol=1e-7)
+  np.testing.assert_allclose(hp.anisotropy, 0.0, atol=1e-6)
+  summary = H.summarize_heads(hp)
+  assert summary["sum_cw"] == pytest.approx(0.4 * 1.5 + 0.25 * 2.0, abs=1e-6)
+  assert summary["sum_c"] == pytest.approx(-0.5, abs=1e-6)
+  # The hand-set model computes exactly the theory's kernel smoother with these (w, c).
+  prompts = _prompts(d, 12, 16)
+  model = build_model(model_cfg, tasks.TaskConfig(d=d, n_points=13))
+  preds = np.asarray(model.apply(params, prompts.xs, prompts.ys))[:, 0]
+  np.testing.assert_allclose(preds, _softmax_smoother(prompts.xs, prompts.ys, w, c), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["softmax_icl", "linear_icl"])
+def test_extracted_heads_reproduce_random_models(name):
+  """For arbitrary parameters (all terms A_k, b_k, c_k, u_k non-zero) the extracted kernel smoother, evaluated
+  without the model code, gives the model's predictions: the extraction formula is the model."""
+  d, D = 3, 10
+  model_cfg = ModelConfig(name=name, embed_dim=12, num_heads=3)
+  model = build_model(model_cfg, tasks.TaskConfig(d=d, n_points=D + 1))
+  params = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(3)))
+  params["W_out"]["kernel"] = params["W_out"]["kernel"] * 100.0  # undo the small read-out init
+  hp = H.extract_heads(params, d, model_cfg)
+  assert np.all(np.abs(hp.b) > 0) and np.all(np.abs(hp.u) > 0)
+  prompts = _prompts(d, D, 32, seed=1)
+  preds = np.asarray(model.apply(params, prompts.xs, prompts.ys))[:, 0]
+  np.testing.assert_allclose(H.kernel_predict(hp, prompts.xs, prompts.ys, softmax=name == "softmax_icl"), preds,
+                             rtol=2e-4, atol=2e-5)
+
+
+def test_plan_shares_groups_and_every_config_builds():
+  for name in ("tiny", "quick", "full"):
+    spec = presets.get_preset(name)
+    planned = run.plan(spec)
+    names = [g.name for g in planned]
+    assert len(names) == len(set(names))
+    for g, entry in planned.items():
+      cfg = g.config(spec, tuple(entry["seeds"]))
+      build_model(cfg.model, cfg.task)  # validates p, h, read-in (no compilation)
+      assert cfg.task.n_points == g.D + 1
+  quick = run.plan(presets.get_preset("quick"))
+  assert len(quick) == 19
+  shared = quick[run.Group(5, 50, 4, 32)]
+  assert set(shared["sections"]) == {"main", "hsweep0", "psweep0", "scenario", "ablation"} and len(shared["seeds"]) == 3
+  strong = next(g for g in quick if g.variant == "prior_strong")
+  assert strong.config(presets.get_preset("quick"), (0,)).task.tau2 == pytest.approx(1.0 / strong.D)
+
+
+def test_lr_selection_uses_training_loss_per_seed():
+  cfg = configs.Config(train=configs.TrainConfig(seeds=(0, 1), lrs=(1e-3, 1e-2)))
+  # runs are lr-major: (0, 1e-3), (1, 1e-3), (0, 1e-2), (1, 1e-2)
+  assert run.select_runs(cfg, np.array([0.5, 0.1, 0.2, 0.3])) == [2, 1]
+  assert run.mean_se([1.0, 3.0]) == pytest.approx((2.0, 1.0))
+
+
+def _env(cache: str) -> dict:
+  env = dict(os.environ)
+  env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu",
+             PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
+  return env
+
+
+@pytest.fixture(scope="module")
+def xla_cache(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+@pytest.fixture(scope="module")
+def tiny_out(tmp_path_factory, xla_cache):
+  out = str(tmp_path_factory.mktemp("mh_tiny"))
+  proc = subprocess.run([sys.executable, "-m", "jaxicl.cli", "reproduce", "multihead", "--preset", "tiny",
+                         "--out", out], cwd=REPO, env=_env(xla_cache), capture_output=True, text=True, timeout=900)
+  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  assert "Study 1 summary" in proc.stdout and "C_single" in proc.stdout
+  return out
+
+
+def _finite(x) -> bool:
+  return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_tiny_preset_writes_figures_and_tables(tiny_out):
+  with open(os.path.join(tiny_out, "summary.json")) as f:
+    summary = json.load(f)
+  for key in ("preset", "main_table", "ordering", "notes", "sweeps", "scenarios", "ablations", "heads", "figures",
+              "timing_s", "protocol"):
+    assert key in summary, key
+  assert summary["preset"] == "tiny" and summary["n_groups"] == len(run.plan(presets.get_preset("tiny")))
+  assert {(r["D"], r["h"]) for r in summary["main_table"]} == {(8, 1), (8, 2)}
+  for r in summary["main_table"]:
+    for k in ("dl_mean", "dl_se", "C_single", "C_multi", "mc_single_dl", "mc_pair_dl"):
+      assert _finite(r[k]), (k, r)
+    assert r["C_multi"] == pytest.approx(3.0) and r["C_single"] == pytest.approx(11.09, abs=0.01)  # d = 2, σ² = 0
+  assert all(_finite(r["theory_rank_limited_dl"]) for r in summary["sweeps"])
+  assert {r["variant"] for r in summary["scenarios"]} == {"clean", "noise1", "prior_strong"}
+  assert {r["mode"] for r in summary["ablations"]} == {"full", "lazy"}
+  assert {hg["h"] for hg in summary["heads"]} == {1, 2}
+  for path in summary["figures"].values():
+    assert os.path.getsize(path) > 5000 and open(path, "rb").read(4) == b"\x89PNG"
+  for table in ("main_table.csv", "sweeps.csv", "scenarios.csv", "ablations.csv", "heads.csv"):
+    with open(os.path.join(tiny_out, table)) as f:
+      rows = list(csv.DictReader(f))
+    assert rows and all(math.isfinite(float(r["dl_mean" if table != "heads.csv" else "w"])) for r in rows), table
+  with open(os.path.join(tiny_out, "heads.csv")) as f:
+    assert len(list(csv.DictReader(f))) == 2 * (1 + 2)  # seeds × (heads of h=1 + heads of h=2)
+
+
+def test_table_rows_agree_with_reevaluating_saved_params(tiny_out):
+  """D·L in the table = the library's ``evaluate.model_risk`` of the saved parameters on the same prompts."""
+  with open(os.path.join(tiny_out, "summary.json")) as f:
+    row = next(r for r in json.load(f)["main_table"] if r["h"] == 2)
+  name = run.Group(row["d"], row["D"], row["h"], row["p"]).name
+  record, params = run.load_group(tiny_out, name)
+  cfg, model = run.group_model(record)
+  prompts = evaluate.eval_prompts(cfg.task, record["eval_prompts"])
+  dl = []
+  for r in record["selected"]:
+    risk = float(evaluate.model_risk(model, run.run_params(params, r), prompts)[0])
+    assert risk == pytest.approx(record["runs"][r]["risk"], rel=1e-4)
+    dl.append(row["D"] * risk)
+  assert np.mean(dl) == pytest.approx(row["dl_mean"], rel=1e-4)
+  assert np.std(dl, ddof=1) / np.sqrt(len(dl)) == pytest.approx(row["dl_se"], rel=1e-3, abs=1e-6)
+
+
+def test_notebook_executes_with_tiny_preset(tiny_out, xla_cache, tmp_path, monkeypatch):
+  nbformat = pytest.importorskip("nbformat")
+  nbclient = pytest.importorskip("nbclient")
+  for key, value in _env(xla_cache).items():
+    monkeypatch.setenv(key, value)
+  monkeypatch.setenv("JAXICL_PRESET", "tiny")
+  monkeypatch.setenv("JAXICL_OUT", str(tmp_path / "nb_out"))
+  nb = nbformat.read(os.path.join(REPO, "notebooks", "multihead_superiority.ipynb"), as_version=4)
+  nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                          resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
+  with open(tmp_path / "nb_out" / "summary.json") as f:
+    assert json.load(f)["preset"] == "tiny"
+  outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
+  assert "Study 1 summary" in outputs
