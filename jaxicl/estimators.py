@@ -21,9 +21,11 @@ Numerical conventions:
   * ``bayes`` with σ² = 0 is the noiseless limit θ0 + X⁺(y − Xθ0) (exact posterior mean as σ² → 0);
     τ² = 0 gives θ0.
   * ``pool_bayes`` floors the likelihood variance at ``POOL_NOISE_FLOOR`` = 1e-6 (so σ² = 0 works).
-  * ``lasso`` runs Gram-based cyclic coordinate descent, by default in float64 inside a local
-    ``jax.enable_x64`` context (x64 is never switched on globally; the result is cast back), until the
-    largest coordinate change of a sweep is <= tol·max|w| (tol = 1e-10) or ``max_sweeps`` sweeps.
+  * ``lasso`` follows the exact homotopy (LARS-lasso) path, checks the result against the KKT conditions
+    after an active-set Newton polish, and falls back to coordinate descent (tol = 1e-10 relative
+    change, at most 1000 sweeps) if the check fails; see ``lasso_weights``. It computes in the inputs'
+    dtype; ``predict`` and ``tune`` run it in float64 inside a local ``jax.enable_x64`` context
+    (``in_float64``; x64 is never switched on globally).
 """
 
 from __future__ import annotations
@@ -41,11 +43,8 @@ from jaxicl import tasks
 
 POOL_NOISE_FLOOR = 1e-6  # smallest likelihood variance used by pool_bayes (σ² = 0 prompts)
 LASSO_TOL = 1e-10  # relative coordinate-change tolerance of the lasso coordinate descent
-LASSO_MAX_SWEEPS = 20_000  # cap on lasso coordinate-descent sweeps (each sweep updates all d coordinates)
+LASSO_MAX_SWEEPS = 1000  # cap on the fallback coordinate-descent sweeps of lasso (each updates all d coordinates)
 _LASSO_ROUND = 5  # coordinate-descent sweeps between two active-set Newton attempts
-_LASSO_STAGES = 12  # continuation thresholds λ_k = max(nα, max|Xᵀy|·ratio^k), the last one nα itself
-_LASSO_STAGE_RATIO = 0.3
-_LASSO_STAGE_SWEEPS = 200  # sweep cap of each intermediate continuation stage
 
 EstimatorFn = Callable[..., jax.Array]  # (xs_Nxd, ys_N, **hparams) -> preds_N
 
@@ -107,8 +106,10 @@ def _masked(X: jax.Array, y: jax.Array, mask: jax.Array | None) -> tuple[jax.Arr
 def _svd_ridge(X: jax.Array, y: jax.Array, lam: jax.Array | float) -> jax.Array:
   """w = V diag(s/(s²+λ)) Uᵀy, singular values s <= rcond·s_max dropped: (XᵀX+λI)⁻¹Xᵀy, or X⁺y at λ = 0.
 
-  λ = +inf gives w = 0. X [n, d], y [n] -> [d].
+  λ = +inf gives w = 0; so does an empty X (n = 0). X [n, d], y [n] -> [d].
   """
+  if X.shape[0] == 0:
+    return jnp.zeros(X.shape[1], X.dtype)
   u, s, vt = jnp.linalg.svd(X, full_matrices=False)
   rcond = 10 * max(X.shape) * jnp.finfo(X.dtype).eps
   keep = s > rcond * s[0]
@@ -209,67 +210,68 @@ def pool_bayes_weights(
   return jnp.exp(log_post) @ jnp.asarray(pool, log_post.dtype)
 
 
-def _lasso_cd(X: jax.Array, y: jax.Array, alpha, mask, tol, max_sweeps: int) -> jax.Array:
-  """Minimizes ½||Xw − y||² + nα||w||₁ (same minimizer as the 1/(2n)-scaled objective).
+def _spd_solve(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
+  """matrix⁻¹ rhs by Cholesky for a symmetric positive definite matrix; NaN if it is not PD. [d, d], [d] -> [d]."""
+  chol = jnp.linalg.cholesky(matrix)
+  return jax.scipy.linalg.cho_solve((chol, True), rhs)
 
-  Cyclic coordinate descent, w_j ← S(b_j − Σ_{k≠j} G_jk w_k, λ) / G_jj with G = XᵀX, b = Xᵀy, λ = nα and S
-  the soft threshold (an all-zero column keeps w_j = 0), in rounds of ``_LASSO_ROUND`` sweeps. After each
-  round an active-set Newton step solves G_AA w_A = b_A − λ·sign(w_A) on the current support A; it is
-  accepted (and the solve ends) iff it satisfies the lasso KKT conditions: same signs on A and
-  |(Gw − b)_j| <= λ off A (relative slack 1e-9). Otherwise coordinate descent goes on until a sweep's
-  largest change is <= tol·max|w| or ``max_sweeps`` sweeps. The path is followed by warm-started
-  continuation over ``_LASSO_STAGES`` thresholds λ_k = max(λ, max|b|·ratio^k) (at most
-  ``_LASSO_STAGE_SWEEPS`` sweeps for each intermediate stage), which keeps supports small when n < d.
+
+def _lasso_homotopy(gram: jax.Array, b: jax.Array, target: jax.Array, max_steps: int) -> jax.Array:
+  """The lasso path (LARS-lasso homotopy) of ½wᵀGw − bᵀw + λ||w||₁ from λ = max|b| (w = 0) to ``target``.
+
+  On the path c = b − Gw satisfies c_A = λ·s_A on the support A (signs s) and |c_j| <= λ off it; while λ
+  falls by γ, w_A moves along u_A = G_AA⁻¹ s_A. Each step goes to the nearest kink (a variable whose |c_j|
+  reaches λ joins A; an active w_j that reaches 0 leaves) or to ``target``; at most ``max_steps`` steps.
+  A variable that just left may not re-enter at the next step. G [d, d], b [d] -> w [d].
   """
-  X, y, n = _masked(X, y, mask)
-  d = X.shape[1]
-  gram = X.T @ X
-  b = X.T @ y
-  diag = jnp.diag(gram)
-  has_data = diag > 0
-  safe_diag = jnp.where(has_data, diag, 1.0)
-  target = n * alpha
-  b_max = jnp.max(jnp.abs(b))
+  d = b.shape[0]
+  dtype = b.dtype
+  index = jnp.arange(d)
+  lam0 = jnp.max(jnp.abs(b))
+  first = jnp.argmax(jnp.abs(b))
+  floor = 100 * jnp.finfo(dtype).eps * lam0  # steps below this are kinks just passed, not ahead
 
-  def solve(w_init, threshold, sweep_cap):
-    slack = 1e-9 * (threshold + b_max)
+  def step(state):
+    w, active, sign, lam, dropped, steps, _ = state
+    a = active.astype(dtype)
+    u = _spd_solve(gram * jnp.outer(a, a) + jnp.diag(1.0 - a), a * sign)
+    c = b - gram @ w
+    gu = gram @ u
 
-    def update(j, w):
-      rho = b[j] - gram[j] @ w + diag[j] * w[j]
-      new = jnp.sign(rho) * jnp.maximum(jnp.abs(rho) - threshold, 0.0) / safe_diag[j]
-      return w.at[j].set(jnp.where(has_data[j], new, 0.0))
+    def ahead(gamma, ok):
+      return jnp.where(ok & jnp.isfinite(gamma) & (gamma > floor), gamma, jnp.inf)
 
-    def newton(w):
-      active = w != 0
-      a = active.astype(X.dtype)
-      sign = jnp.sign(w)
-      system = gram * jnp.outer(a, a) + jnp.diag(1.0 - a)
-      candidate = jnp.linalg.solve(system, a * (b - threshold * sign))
-      grad = gram @ candidate - b
-      kkt = jnp.where(active, jnp.sign(candidate) == sign, jnp.abs(grad) <= threshold + slack)
-      return candidate, jnp.all(kkt) & jnp.all(jnp.isfinite(candidate))
+    may_enter = ~active & (index != dropped)
+    enter_at = jnp.minimum(ahead((lam - c) / (1.0 - gu), may_enter), ahead((lam + c) / (1.0 + gu), may_enter))
+    leave_at = ahead(-w / jnp.where(u != 0, u, 1.0), active & (u != 0))
+    j_in, j_out = jnp.argmin(enter_at), jnp.argmin(leave_at)
+    gamma_in, gamma_out, gamma_end = enter_at[j_in], leave_at[j_out], lam - target
+    at_end = gamma_end <= jnp.minimum(gamma_in, gamma_out)
+    enter = ~at_end & (gamma_in <= gamma_out)
+    leave = ~at_end & ~enter
+    w = w + jnp.minimum(jnp.minimum(gamma_in, gamma_out), gamma_end) * u
+    new_sign = jnp.sign(b[j_in] - gram[j_in] @ w)
+    active = active.at[j_in].set(active[j_in] | enter)
+    active = active.at[j_out].set(active[j_out] & ~leave)
+    sign = sign.at[j_in].set(jnp.where(enter, new_sign, sign[j_in]))
+    sign = sign.at[j_out].set(jnp.where(leave, 0.0, sign[j_out]))
+    w = w.at[j_out].set(jnp.where(leave, 0.0, w[j_out]))
+    lam = lam - jnp.minimum(jnp.minimum(gamma_in, gamma_out), gamma_end)
+    return w, active, sign, lam, jnp.where(leave, j_out, -1), steps + 1, at_end
 
-    def round_(state):
-      w, _, sweeps, _ = state
-      w_prev = jax.lax.fori_loop(0, _LASSO_ROUND - 1, lambda _, v: jax.lax.fori_loop(0, d, update, v), w)
-      w_new = jax.lax.fori_loop(0, d, update, w_prev)
-      candidate, solved = newton(w_new)
-      return jnp.where(solved, candidate, w_new), jnp.max(jnp.abs(w_new - w_prev)), sweeps + _LASSO_ROUND, solved
+  def not_done(state):
+    return ~state[-1] & (state[-2] < max_steps)
 
-    def not_done(state):
-      w, change, sweeps, solved = state
-      return ~solved & (change > tol * jnp.max(jnp.abs(w))) & (sweeps < sweep_cap)
-
-    candidate, solved = newton(w_init)
-    init = (jnp.where(solved, candidate, w_init), jnp.asarray(jnp.inf, X.dtype), jnp.asarray(0, jnp.int32), solved)
-    return jax.lax.while_loop(not_done, round_, init)[0]
-
-  def stage(k, w):
-    threshold = jnp.maximum(target, b_max * _LASSO_STAGE_RATIO ** (k + 1))
-    return solve(w, threshold, _LASSO_STAGE_SWEEPS)
-
-  w = jax.lax.fori_loop(0, _LASSO_STAGES - 1, stage, jnp.zeros(d, X.dtype))
-  return solve(w, target, max_sweeps)
+  init = (
+      jnp.zeros(d, dtype),
+      index == first,
+      jnp.zeros(d, dtype).at[first].set(jnp.sign(b[first])),
+      lam0,
+      jnp.asarray(-1, index.dtype),
+      jnp.asarray(0, jnp.int32),
+      lam0 <= target,
+  )
+  return jax.lax.while_loop(not_done, step, init)[0]
 
 
 def lasso_weights(
@@ -279,23 +281,90 @@ def lasso_weights(
     mask: jax.Array | None = None,
     tol: float = LASSO_TOL,
     max_sweeps: int = LASSO_MAX_SWEEPS,
-    x64: bool = True,
 ) -> jax.Array:
-  """ŵ = argmin (1/(2n))||Xw − y||² + α||w||₁ (scikit-learn's ``Lasso`` objective, no intercept).
+  """ŵ = argmin (1/(2n))||Xw − y||² + α||w||₁ (scikit-learn's ``Lasso``, no intercept). [n, d], [n] -> [d].
 
-  Coordinate descent (see module docstring); with ``x64`` it runs in float64 inside a local
-  ``jax.enable_x64`` context (needs a backend with float64; pass ``x64=False`` and e.g. tol=1e-6 on TPU).
-  Returns X's float dtype. [n, d], [n] -> [d].
+  Solves the equivalent ½||Xw − y||² + λ||w||₁, λ = nα, with G = XᵀX, b = Xᵀy, in X's float dtype:
+    1. the homotopy path (``_lasso_homotopy``, at most 4d + 20 kinks), exact in exact arithmetic;
+    2. a check / polish: the active-set Newton step G_AA w_A = b_A − λ·sign(w_A) on the support A is
+       accepted (and the solve ends) iff it meets the lasso KKT conditions: the same signs on A and
+       |(Gw − b)_j| <= λ + slack off A, slack = 1000·eps(dtype)·(λ + max|b|);
+    3. a fallback if not accepted: cyclic coordinate descent from there, w_j ← S(b_j − Σ_{k≠j} G_jk w_k, λ)/G_jj
+       (S the soft threshold; an all-zero column keeps w_j = 0) in rounds of ``_LASSO_ROUND`` sweeps, each
+       followed by the check of step 2, until a sweep's largest change is <= tol·max|w| or ``max_sweeps``.
+  float32 matched scikit-learn to 1e-4 on random problems too, but its check is looser (slack ∝ eps) and
+  fails, sending it to the slower fallback, more often at tiny λ (≈ eps·max|b|); ``predict`` and ``tune`` run
+  lasso in float64 by default (``in_float64``).
   """
   check_hparams("lasso", alpha=alpha, tol=tol, max_sweeps=max_sweeps)
-  X, y = _as_float(X), _as_float(y)
-  if not x64:
-    return _lasso_cd(X, y, alpha, mask, tol, max_sweeps)
-  with jax.enable_x64(True):
-    f64 = jnp.float64
-    mask64 = None if mask is None else jnp.asarray(mask).astype(f64)
-    w = _lasso_cd(X.astype(f64), y.astype(f64), jnp.asarray(alpha).astype(f64), mask64, tol, max_sweeps)
-    return w.astype(X.dtype)
+  X, y, n = _masked(X, y, mask)
+  d = X.shape[1]
+  gram = X.T @ X
+  b = X.T @ y
+  diag = jnp.diag(gram)
+  has_data = diag > 0
+  safe_diag = jnp.where(has_data, diag, 1.0)
+  threshold = n * jnp.asarray(alpha, X.dtype)
+  slack = 1000 * jnp.finfo(X.dtype).eps * (threshold + jnp.max(jnp.abs(b)))
+
+  def update(j, w):
+    rho = b[j] - gram[j] @ w + diag[j] * w[j]
+    new = jnp.sign(rho) * jnp.maximum(jnp.abs(rho) - threshold, 0.0) / safe_diag[j]
+    return w.at[j].set(jnp.where(has_data[j], new, 0.0))
+
+  def newton(w):
+    active = w != 0
+    a = active.astype(X.dtype)
+    sign = jnp.sign(w)
+    candidate = _spd_solve(gram * jnp.outer(a, a) + jnp.diag(1.0 - a), a * (b - threshold * sign))
+    grad = gram @ candidate - b
+    kkt = jnp.where(active, jnp.sign(candidate) == sign, jnp.abs(grad) <= threshold + slack)
+    return candidate, jnp.all(kkt) & jnp.all(jnp.isfinite(candidate))
+
+  def round_(state):
+    w, _, sweeps, _ = state
+    w_prev = jax.lax.fori_loop(0, _LASSO_ROUND - 1, lambda _, v: jax.lax.fori_loop(0, d, update, v), w)
+    w_new = jax.lax.fori_loop(0, d, update, w_prev)
+    candidate, solved = newton(w_new)
+    return jnp.where(solved, candidate, w_new), jnp.max(jnp.abs(w_new - w_prev)), sweeps + _LASSO_ROUND, solved
+
+  def not_done(state):
+    w, change, sweeps, solved = state
+    return ~solved & (change > tol * jnp.max(jnp.abs(w))) & (sweeps < max_sweeps)
+
+  w_path = _lasso_homotopy(gram, b, threshold, 4 * d + 20)
+  w_path = jnp.where(jnp.all(jnp.isfinite(w_path)), w_path, 0.0)  # a singular support: start CD from 0
+  candidate, solved = newton(w_path)
+  init = (jnp.where(solved, candidate, w_path), jnp.asarray(jnp.inf, X.dtype), jnp.asarray(0, jnp.int32), solved)
+  return jax.lax.while_loop(not_done, round_, init)[0]
+
+
+def in_float64(fn: Callable[..., Any]) -> Callable[..., Any]:
+  """``fn`` traced, compiled and run in float64 inside a local ``jax.enable_x64`` context.
+
+  Floating array arguments are cast to float64; floating outputs are cast back to the first floating
+  argument's dtype as JAX stores it outside the context (float32 for float64 input unless x64 is on globally).
+  x64 must be on while the whole computation is traced and compiled, so the wrapper
+  cannot be used inside ``jit``/``vmap`` (``ValueError``); jit ``fn`` itself to compile it once per shape.
+  Needs a backend with float64 (CPU, GPU).
+  """
+
+  def wrapped(*args):
+    leaves = jax.tree.leaves(args)
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+      raise ValueError("in_float64: arguments are traced; call it outside jit/vmap (or enable x64 yourself)")
+    floats = [leaf for leaf in leaves if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)]
+    out_dtype = jax.dtypes.canonicalize_dtype(floats[0].dtype if floats else jnp.float32)
+
+    def is_float(a) -> bool:
+      return hasattr(a, "dtype") and jnp.issubdtype(a.dtype, jnp.floating)
+
+    with jax.enable_x64(True):
+      args64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if is_float(a) else a, args)
+      out = fn(*args64)
+      return jax.tree.map(lambda o: o.astype(out_dtype) if is_float(o) else o, out)
+
+  return wrapped
 
 
 def knn_predict(X: jax.Array, y: jax.Array, x_query: jax.Array, k: int, mask: jax.Array | None = None) -> jax.Array:
@@ -365,11 +434,13 @@ def lasso(
     alpha: float | jax.Array,
     tol: float = LASSO_TOL,
     max_sweeps: int = LASSO_MAX_SWEEPS,
-    x64: bool = True,
 ) -> jax.Array:
-  """Lasso (scikit-learn objective, no intercept) per prefix (``lasso_weights``). [N, d], [N] -> [N]."""
+  """Lasso (scikit-learn objective, no intercept) per prefix (``lasso_weights``), in xs's float dtype.
+
+  [N, d], [N] -> [N]; ``in_float64(lasso)`` (or ``predict``) for sklearn-level accuracy at small α.
+  """
   check_hparams("lasso", alpha=alpha, tol=tol, max_sweeps=max_sweeps)
-  return _prefixwise_linear(lasso_weights, xs, ys, alpha=alpha, tol=tol, max_sweeps=max_sweeps, x64=x64)
+  return _prefixwise_linear(lasso_weights, xs, ys, alpha=alpha, tol=tol, max_sweeps=max_sweeps)
 
 
 def averaging(xs: jax.Array, ys: jax.Array) -> jax.Array:
@@ -412,6 +483,8 @@ ESTIMATORS: dict[str, EstimatorFn] = {
     "pto": pto,
 }
 
+_BUILTIN = dict(ESTIMATORS)  # users may add or replace entries of ESTIMATORS
+
 _WEIGHTS: dict[str, Callable[..., jax.Array]] = {
     "ols": ols_weights,
     "ridge": ridge_weights,
@@ -423,16 +496,22 @@ _WEIGHTS: dict[str, Callable[..., jax.Array]] = {
     "pto": pto_weights,
 }
 
-_STATIC_HPARAMS = ("k", "max_sweeps", "x64", "tol")  # Python values fixed at trace time (not vmapped in tune)
+_FLOAT64_BY_DEFAULT = ("lasso",)  # estimators predict / tune run in float64 unless told otherwise
+_STATIC_HPARAMS = ("k", "max_sweeps", "tol")  # Python values fixed at trace time (not vmapped in tune)
 
 
 def _query_prediction(name: str, xs: jax.Array, ys: jax.Array, n_context: int | jax.Array, **hparams) -> jax.Array:
-  """The prediction for point ``n_context`` from points 0..n_context-1 only (one fit, not N). -> []."""
+  """The prediction for point ``n_context`` from points 0..n_context-1 only. -> [].
+
+  One masked fit for the built-in estimators; an estimator registered by a user runs prefix-wise.
+  """
   xs, ys = _as_float(xs), _as_float(ys)
   mask = _query_mask(xs.shape[0], n_context).astype(xs.dtype)
-  if name == "knn":
+  if name in _WEIGHTS and ESTIMATORS[name] is _BUILTIN[name]:
+    return _WEIGHTS[name](xs, ys, mask=mask, **hparams) @ xs[n_context]
+  if name == "knn" and ESTIMATORS[name] is _BUILTIN[name]:
     return knn_predict(xs, ys, xs[n_context], mask=mask, **hparams)
-  return _WEIGHTS[name](xs, ys, mask=mask, **hparams) @ xs[n_context]
+  return ESTIMATORS[name](xs, ys, **hparams)[n_context]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -463,7 +542,9 @@ def _prior_hparams(name: str, task_cfg: tasks.TaskConfig | None) -> dict[str, An
   return {"pool": jnp.asarray(tasks.task_pool(task_cfg), jnp.float32), "noise_var": task_cfg.noise_var}
 
 
-def _bind(name: str, task_cfg: tasks.TaskConfig | None, hparams: dict[str, Any], free: Sequence[str] = ()) -> dict[str, Any]:
+def _bind(
+    name: str, task_cfg: tasks.TaskConfig | None, hparams: dict[str, Any], free: Sequence[str] = ()
+) -> dict[str, Any]:
   """Checked keyword arguments for estimator ``name``: the task prior, overridden by ``hparams``.
 
   ``free`` names hyper-parameters supplied later (tuning grids); all others without a default must be bound.
@@ -473,7 +554,8 @@ def _bind(name: str, task_cfg: tasks.TaskConfig | None, hparams: dict[str, Any],
   if unknown:
     raise ValueError(f"{name}: unknown hyper-parameter(s) {unknown}; accepted: {list(params)}")
   bound = {**_prior_hparams(name, task_cfg), **hparams}
-  missing = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty and p not in bound and p not in free]
+  required = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty]
+  missing = [p for p in required if p not in bound and p not in free]
   if missing:
     hint = " (or pass task_cfg=TaskConfig(...))" if name in ("bayes", "pool_bayes") else ""
     raise ValueError(f"{name}: missing hyper-parameter(s) {missing}{hint}")
@@ -497,14 +579,68 @@ def batched(fn: EstimatorFn) -> Callable[[jax.Array, jax.Array], jax.Array]:
   return jax.vmap(fn)
 
 
-def predict(name: str, xs: jax.Array, ys: jax.Array, task_cfg: tasks.TaskConfig | None = None, **hparams) -> jax.Array:
-  """Prefix-wise predictions of estimator ``name`` for a batch: [B, N, d], [B, N] -> [B, N] (jitted)."""
-  return jax.jit(batched(get_estimator(name, task_cfg, **hparams)))(xs, ys)
+def predict(
+    name: str,
+    xs: jax.Array,
+    ys: jax.Array,
+    task_cfg: tasks.TaskConfig | None = None,
+    *,
+    float64: bool | None = None,
+    **hparams,
+) -> jax.Array:
+  """Prefix-wise predictions of estimator ``name`` for a batch: [B, N, d], [B, N] -> [B, N] (jitted).
+
+  Numeric hyper-parameters are passed to the compiled function as arguments, so calls that differ only
+  in their values (and not in ``k``, ``tol``, ``max_sweeps`` or shapes) reuse one compile. ``float64`` runs
+  it in float64 (``in_float64``, outside any trace); ``None`` means only for lasso.
+  """
+  fn = _lookup(name)
+  bound = _bind(name, task_cfg, hparams)
+  static = tuple(sorted((k, v) for k, v in bound.items() if _is_static(k, v)))
+  numeric = {k: v for k, v in bound.items() if not _is_static(k, v)}
+  run = _compiled_batched(fn, static)
+  if _use_float64(name, float64):
+    return in_float64(run)(xs, ys, numeric)
+  return run(xs, ys, numeric)
+
+
+@functools.lru_cache(maxsize=128)
+def _compiled_batched(fn: EstimatorFn, static: tuple[tuple[str, Any], ...]) -> Callable[..., jax.Array]:
+  """jit(vmap over prompts) of ``fn`` with the static hyper-parameters bound: (xs, ys, numeric dict) -> preds."""
+
+  def run(xs, ys, numeric):
+    return jax.vmap(lambda x, y: fn(x, y, **dict(static), **numeric))(xs, ys)
+
+  return jax.jit(run)
+
+
+def _is_static(key: str, value: Any) -> bool:
+  """Whether a hyper-parameter is fixed at trace time (``k``, ``tol``, ``max_sweeps``, non-numeric values)."""
+  numeric = isinstance(value, (int, float, np.number, np.ndarray, jax.Array)) and not isinstance(value, bool)
+  return key in _STATIC_HPARAMS or not numeric
+
+
+def _use_float64(name: str, float64: bool | None) -> bool:
+  return name in _FLOAT64_BY_DEFAULT if float64 is None else bool(float64)
 
 
 def excess_risk(preds: jax.Array, targets: jax.Array) -> jax.Array:
   """Mean over prompts of (pred − target)²: [B, N], [B, N] -> [N]."""
   return jnp.mean((jnp.asarray(preds) - jnp.asarray(targets)) ** 2, axis=0)
+
+
+def _grid_risks(
+    name: str, n_context: int, fixed: dict[str, Any], numeric: dict[str, jax.Array], xs, ys, target
+) -> jax.Array:
+  """Risk of each of the G grid points ``numeric`` ({name: [G]}; {} for one point): [G] (vmapped over G and B)."""
+
+  def risk_of(point: dict[str, jax.Array]) -> jax.Array:
+    def one_prompt(x, y):
+      return _query_prediction(name, x, y, n_context, **fixed, **point)
+
+    return jnp.mean((jax.vmap(one_prompt)(xs, ys) - target) ** 2)
+
+  return jax.vmap(risk_of)(numeric) if numeric else risk_of({})[None]
 
 
 def tune(
@@ -516,15 +652,18 @@ def tune(
     n_context: int,
     *,
     task_cfg: tasks.TaskConfig | None = None,
+    float64: bool | None = None,
     **fixed,
 ) -> tuple[dict[str, Any], np.ndarray]:
   """Grid search: the hyper-parameters minimizing the excess risk at query index ``n_context``.
 
   risk(g) = mean_b (ŷ_b(g) − targets[b, n_context])², ŷ_b(g) the prediction for point n_context of prompt b
-  from its points 0..n_context-1. Numeric hyper-parameters (``lam``, ``alpha``, ``lr``, ``steps``, …) are
-  vmapped over the grid in one compile; static ones (``k``, ``tol``, ``max_sweeps``, ``x64``) are looped.
-  xs [B, N, d], ys [B, N], targets [B, N]. Returns (best hyper-parameters as given in ``grid``, risks with
-  shape ``[len(v) for v in grid.values()]``; NaN/inf risks, e.g. divergent GD, are never picked unless all are).
+  from its points 0..n_context-1 (one fit per prompt, not N). Numeric hyper-parameters (``lam``, ``alpha``,
+  ``lr``, ``steps``, …) are vmapped over the grid in one compile; static ones (``k``, ``tol``, ``max_sweeps``)
+  are looped. ``fixed`` binds the others; ``task_cfg`` gives the prior of bayes / pool_bayes; ``float64`` as
+  in ``predict``. xs [B, N, d], ys [B, N], targets [B, N].
+  Returns (best hyper-parameters, values as given in ``grid``; risks [len(v) for v in grid.values()]).
+  NaN risks (e.g. divergent GD) rank as +inf.
   """
   _lookup(name)
   if not grid:
@@ -538,10 +677,10 @@ def tune(
     if len(values) == 0:
       raise ValueError(f"{name}: grid[{key!r}] is empty")
     for value in values:
-      if not np.isscalar(value) and np.ndim(value) != 0:
+      if np.ndim(value) != 0:
         raise ValueError(f"{name}: grid[{key!r}] values must be scalars, got {value!r}")
       check_hparams(name, **{key: value})
-  bound = _bind(name, task_cfg, fixed, free=tuple(grid))
+  bound = {k: v for k, v in _bind(name, task_cfg, fixed, free=tuple(grid)).items() if k not in grid}
   xs, ys, targets = _as_float(xs), _as_float(ys), _as_float(targets)
   n_points = xs.shape[1]
   if not isinstance(n_context, (int, np.integer)) or not 0 <= n_context < n_points:
@@ -549,31 +688,22 @@ def tune(
   target = targets[:, n_context]
 
   keys = list(grid)
-  static_keys = [k for k in keys if k in _STATIC_HPARAMS]
-  numeric_keys = [k for k in keys if k not in _STATIC_HPARAMS]
+  static_keys = [k for k in keys if any(_is_static(k, v) for v in grid[k])]
+  numeric_keys = [k for k in keys if k not in static_keys]
   numeric_points = list(itertools.product(*(range(len(grid[k])) for k in numeric_keys)))
-
-  def numeric_array(key: str, index: Sequence[int]) -> jax.Array:
-    values = [grid[key][i] for i in index]
-    dtype = jnp.int32 if all(_is_int(v) for v in values) else xs.dtype
-    return jnp.asarray(values, dtype)
+  numeric = {}
+  for j, key in enumerate(numeric_keys):
+    values = [grid[key][point[j]] for point in numeric_points]
+    numeric[key] = jnp.asarray(values, jnp.int32 if all(_is_int(v) for v in values) else xs.dtype)
 
   risks = np.empty([len(grid[k]) for k in keys], np.float64)
   for static_index in itertools.product(*(range(len(grid[k])) for k in static_keys)):
     static = {k: grid[k][i] for k, i in zip(static_keys, static_index)}
-
-    def risk_of(numeric: dict[str, jax.Array], static=static) -> jax.Array:
-      def one_prompt(x, y):
-        return _query_prediction(name, x, y, n_context, **bound, **static, **numeric)
-
-      return jnp.mean((jax.vmap(one_prompt)(xs, ys) - target) ** 2)
-
-    numeric = {k: numeric_array(k, [p[j] for p in numeric_points]) for j, k in enumerate(numeric_keys)}
-    flat = np.asarray(jax.jit(jax.vmap(risk_of))(numeric)) if numeric_keys else np.asarray(jax.jit(risk_of)({}))[None]
+    fn = jax.jit(functools.partial(_grid_risks, name, int(n_context), {**bound, **static}))
+    flat = np.asarray((in_float64(fn) if _use_float64(name, float64) else fn)(numeric, xs, ys, target))
     for point, risk in zip(numeric_points, flat):
-      index = dict(zip(static_keys, static_index)) | dict(zip(numeric_keys, point))
-      risks[tuple(index[k] for k in keys)] = risk
+      where = dict(zip(static_keys, static_index)) | dict(zip(numeric_keys, point))
+      risks[tuple(where[k] for k in keys)] = risk
   ranked = np.where(np.isnan(risks), np.inf, risks)
   best_index = np.unravel_index(np.argmin(ranked), risks.shape)
-  best = {k: grid[k][i] for k, i in zip(keys, best_index)}
-  return best, risks
+  return {k: grid[k][i] for k, i in zip(keys, best_index)}, risks

@@ -1,0 +1,259 @@
+"""Classical ICL estimators: closed forms, prefix-wise = separate fits, sklearn's Lasso, Bayes optimality,
+jit/vmap, tuning and bad input."""
+
+import warnings
+
+import jax
+import numpy as np
+import pytest
+from sklearn.linear_model import Lasso
+
+from jaxicl import estimators as E
+from jaxicl import tasks
+
+KEY = jax.random.PRNGKey(0)
+
+
+def _problem(n_points: int = 9, d: int = 4, seed: int = 0, noise: float = 0.1):
+  """Random float32 prompt: xs [N, d] ~ N(0, I), ys = xs w + noise."""
+  rng = np.random.default_rng(seed)
+  xs = rng.standard_normal((n_points, d))
+  ys = xs @ rng.standard_normal(d) + noise * rng.standard_normal(n_points)
+  return xs.astype(np.float32), ys.astype(np.float32)
+
+
+def _batch(cfg, n, key=KEY):
+  return jax.tree.map(np.asarray, jax.jit(tasks.sample_batch, static_argnums=(1, 2))(key, cfg, n))
+
+
+def test_ols_and_ridge_equal_numpy_closed_forms_for_every_prefix():
+  xs, ys = _problem(n_points=9, d=4)
+  X, y = xs.astype(np.float64), ys.astype(np.float64)
+  ols, ridge = np.asarray(E.ols(xs, ys)), np.asarray(E.ridge(xs, ys, lam=0.5))
+  for i in range(9):
+    w_ols = np.linalg.pinv(X[:i]) @ y[:i] if i else np.zeros(4)
+    w_ridge = np.linalg.solve(X[:i].T @ X[:i] + 0.5 * np.eye(4), X[:i].T @ y[:i])
+    np.testing.assert_allclose(ols[i], X[i] @ w_ols, rtol=1e-3, atol=1e-4, err_msg=f"ols prefix {i}")
+    np.testing.assert_allclose(ridge[i], X[i] @ w_ridge, rtol=1e-4, atol=1e-5, err_msg=f"ridge prefix {i}")
+  # n < d: the minimum-norm interpolant (lstsq's answer), and λ = 0 ridge is the same thing.
+  w = np.asarray(E.ols_weights(xs[:2], ys[:2]))
+  np.testing.assert_allclose(w, np.linalg.lstsq(X[:2], y[:2], rcond=None)[0], rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(xs[:2] @ w, ys[:2], atol=1e-5)
+  np.testing.assert_allclose(E.ridge(xs, ys, lam=0.0), ols, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "name,hparams,fit",
+    [
+        ("ridge", {"lam": 0.3}, lambda X, y, xq: E.ridge_weights(X, y, 0.3) @ xq),
+        ("gd", {"lr": 0.1, "steps": 7}, lambda X, y, xq: E.gd_weights(X, y, 0.1, 7) @ xq),
+        ("pto", {"lr": 0.2, "steps": 5}, lambda X, y, xq: E.pto_weights(X, y, 0.2, 5) @ xq),
+        ("knn", {"k": 2}, lambda X, y, xq: E.knn_predict(X, y, xq, 2)),
+        ("averaging", {}, lambda X, y, xq: E.averaging_weights(X, y) @ xq),
+    ],
+)
+def test_prefixwise_equals_separate_fits(name, hparams, fit):
+  xs, ys = _problem(n_points=7, d=3, seed=1)
+  preds = np.asarray(E.get_estimator(name, **hparams)(xs, ys))
+  assert preds.shape == (7,) and preds[0] == 0.0
+  separate = [float(jax.jit(fit)(xs[:i], ys[:i], xs[i])) for i in range(1, 7)]
+  np.testing.assert_allclose(preds[1:], separate, rtol=1e-5, atol=1e-6)
+
+
+def _sklearn_lasso(X, y, alpha):
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # a ConvergenceWarning would make the reference meaningless
+    return Lasso(alpha=alpha, fit_intercept=False, tol=1e-10, max_iter=100000).fit(X, y).coef_
+
+
+def test_prefixwise_lasso_equals_separate_sklearn_fits():
+  xs, ys = _problem(n_points=10, d=4, seed=2)
+  preds = np.asarray(jax.jit(lambda x, y: E.lasso(x, y, alpha=0.05))(xs, ys))  # float32 path
+  X, y = xs.astype(np.float64), ys.astype(np.float64)
+  assert preds[0] == 0.0
+  for i in range(1, 10):
+    np.testing.assert_allclose(preds[i], X[i] @ _sklearn_lasso(X[:i], y[:i], 0.05), atol=1e-4, err_msg=f"prefix {i}")
+
+
+_LASSO64 = E.in_float64(jax.jit(E.lasso_weights))
+
+
+def test_lasso_matches_sklearn():
+  rng = np.random.default_rng(0)
+  rows, cols = 32, 20  # every problem is embedded in one padded shape: masked rows, all-zero columns
+  for n, d, alpha in [(30, 8, 0.1), (30, 8, 0.005), (6, 15, 0.05), (12, 20, 0.01), (18, 20, 0.001)]:
+    X = rng.standard_normal((n, d))
+    y = X @ (rng.standard_normal(d) * (rng.random(d) < 0.3)) + 0.1 * rng.standard_normal(n)
+    reference = _sklearn_lasso(X, y, alpha)
+    X_pad = np.zeros((rows, cols))
+    X_pad[:n, :d], X_pad[n:] = X, rng.standard_normal((rows - n, cols))
+    y_pad = np.r_[y, rng.standard_normal(rows - n)]
+    mask = (np.arange(rows) < n).astype(np.float64)
+    w = np.asarray(_LASSO64(X_pad, y_pad, alpha, mask))
+    np.testing.assert_allclose(w[:d], reference, atol=1e-4, err_msg=f"n={n} d={d} alpha={alpha}")
+    assert np.all(w[d:] == 0.0)
+    alpha_max = np.abs(X.T @ y).max() / n  # above it everything is thresholded away
+    assert np.all(np.asarray(_LASSO64(X_pad, y_pad, 1.01 * alpha_max, mask)) == 0.0)
+    assert np.any(np.asarray(_LASSO64(X_pad, y_pad, 0.9 * alpha_max, mask)) != 0.0)
+  # float32 and no mask: fine for a moderate α.
+  w32 = jax.jit(E.lasso_weights)(X.astype(np.float32), y.astype(np.float32), 0.05)
+  np.testing.assert_allclose(w32, _sklearn_lasso(X, y, 0.05), atol=1e-4)
+
+
+def test_gd_matches_a_numpy_loop_and_approaches_ols():
+  xs, ys = _problem(n_points=20, d=4, seed=3)
+  X, y = xs.astype(np.float64), ys.astype(np.float64)
+  w = np.zeros(4)
+  for _ in range(6):  # the hand loop: w ← w − η (1/n) Xᵀ(Xw − y)
+    w = w - 0.15 * X.T @ (X @ w - y) / len(y)
+  np.testing.assert_allclose(E.gd_weights(xs, ys, 0.15, 6), w, rtol=1e-5, atol=1e-6)
+  last = np.asarray(E.gd(xs, ys, lr=0.15, steps=6))[-1]
+  np.testing.assert_allclose(last, X[-1] @ _gd_np(X[:-1], y[:-1], 0.15, 6), rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(E.gd_weights(xs, ys, 0.2, 2000), np.linalg.lstsq(X, y, rcond=None)[0], atol=1e-4)
+  assert np.all(np.asarray(E.gd_weights(xs, ys, 0.2, 0)) == 0.0)
+
+
+def _gd_np(X, y, lr, steps):
+  w = np.zeros(X.shape[1])
+  for _ in range(steps):
+    w = w - lr * X.T @ (X @ w - y) / len(y)
+  return w
+
+
+def test_averaging_pto_and_knn_closed_forms():
+  xs, ys = _problem(n_points=6, d=3, seed=4)
+  X, y = xs.astype(np.float64), ys.astype(np.float64)
+  avg = np.asarray(E.averaging(xs, ys))
+  for i in range(1, 6):
+    np.testing.assert_allclose(avg[i], X[i] @ (X[:i].T @ y[:i] / i), rtol=1e-5, atol=1e-6)
+  r_hat = X.T @ y / 6
+  w_tilde = _gd_np(X * r_hat, y, 0.3, 4)
+  np.testing.assert_allclose(E.pto_weights(xs, ys, 0.3, 4), r_hat * w_tilde, rtol=1e-4, atol=1e-6)
+  # knn by hand: 1-d points 0, 1, 10, 0.4, 9 with labels 1, 2, 3, 4, 5 and k = 2.
+  kx = np.array([[0.0], [1.0], [10.0], [0.4], [9.0]], np.float32)
+  ky = np.array([1.0, 2.0, 3.0, 4.0, 5.0], np.float32)
+  # query 0: empty -> 0; query 1: only x=0 -> 1; query 2 (x=10): {1, 0} -> 1.5;
+  # query 3 (x=0.4): {0, 1} -> 1.5; query 4 (x=9): {10, 1} -> 2.5.
+  np.testing.assert_allclose(E.knn(kx, ky, k=2), [0.0, 1.0, 1.5, 1.5, 2.5])
+  np.testing.assert_allclose(E.knn(kx, ky, k=1), [0.0, 1.0, 2.0, 1.0, 3.0])
+
+
+def _sq_errors(name, b, cfg, index, **hparams):
+  preds = E.predict(name, b.xs, b.ys, task_cfg=cfg, **hparams)
+  return (np.asarray(preds)[:, index] - b.targets[:, index]) ** 2
+
+
+def test_bayes_has_the_lowest_risk_on_its_own_prior():
+  cfg = tasks.TaskConfig(d=5, n_points=7, noise_var=0.25, prior_mean=(0.6, -0.5, 0.4, 0.3, -0.4))
+  b = _batch(cfg, 4000)
+  index = 5  # n = d context points
+  bayes = _sq_errors("bayes", b, cfg, index)
+  others = {
+      "ols": _sq_errors("ols", b, cfg, index),
+      "ridge": _sq_errors("ridge", b, cfg, index, lam=1.0),
+      "averaging": _sq_errors("averaging", b, cfg, index),
+      "gd": _sq_errors("gd", b, cfg, index, lr=0.1, steps=10),
+  }
+  risks = {name: err.mean() for name, err in others.items()}
+  assert min(risks.values()) > bayes.mean(), (bayes.mean(), risks)
+  runner_up = others[min(risks, key=risks.get)]  # ridge(λ=1): close to σ²/τ² = 1.25 but shrinks to 0, not θ0
+  diff = runner_up - bayes
+  assert diff.mean() > 3 * diff.std() / np.sqrt(len(diff)), (bayes.mean(), risks)
+
+
+def test_pool_bayes_beats_bayes_on_a_small_pool_and_both_are_exact_when_noiseless():
+  cfg = tasks.TaskConfig(d=5, n_points=8, noise_var=0.25, pool_size=4)
+  b = _batch(cfg, 3000)
+  diff = _sq_errors("bayes", b, cfg, 3) - _sq_errors("pool_bayes", b, cfg, 3)
+  assert diff.mean() > 3 * diff.std() / np.sqrt(len(diff))
+  # Noise-free labels (the targets) with σ² = 0: the pool posterior concentrates on the true task after a
+  # few points (floor variance 1e-6), the Gaussian posterior mean is exact from n = d on.
+  clean = dict(task_cfg=cfg, noise_var=0.0)
+  pool_risk = np.asarray(E.excess_risk(E.predict("pool_bayes", b.xs, b.targets, **clean), b.targets))
+  bayes_risk = np.asarray(E.excess_risk(E.predict("bayes", b.xs, b.targets, **clean), b.targets))
+  assert pool_risk[0] > 0.05 and np.all(pool_risk[3:] < 1e-6), pool_risk
+  assert bayes_risk[4] > 1e-3 and np.all(bayes_risk[5:] < 1e-6), bayes_risk
+
+
+def test_bayes_edge_cases_of_the_prior():
+  xs, ys = _problem(n_points=6, d=3, seed=5)
+  theta0 = np.array([0.3, -0.2, 0.5], np.float32)
+  point_prior = np.asarray(E.bayes(xs, ys, theta0, tau2=0.0, noise_var=0.5))
+  np.testing.assert_allclose(point_prior, xs @ theta0, rtol=1e-6)  # τ² = 0: the prior mean, whatever the data
+  X, y = xs.astype(np.float64), ys.astype(np.float64)
+  tau2, noise = 0.7, 0.2
+  i = 4
+  w = theta0 + np.linalg.solve(X[:i].T @ X[:i] + noise / tau2 * np.eye(3), X[:i].T @ (y[:i] - X[:i] @ theta0))
+  np.testing.assert_allclose(E.bayes(xs, ys, theta0, tau2, noise)[i], X[i] @ w, rtol=1e-4)
+  assert np.isclose(E.bayes(xs, ys, theta0, tau2, noise)[0], xs[0] @ theta0)
+
+
+def test_jit_and_vmap_match_the_per_prompt_loop():
+  rng = np.random.default_rng(6)
+  xs = rng.standard_normal((3, 6, 3)).astype(np.float32)
+  ys = rng.standard_normal((3, 6)).astype(np.float32)
+  prior = {"prior_mean": np.array([0.3, 0.0, -0.2], np.float32), "tau2": 0.5, "noise_var": 0.1}
+  for name, hparams in [
+      ("ols", {}), ("ridge", {"lam": 0.2}), ("bayes", prior), ("pool_bayes", {"pool": xs[0, :4], "noise_var": 0.1}),
+      ("gd", {"lr": 0.1, "steps": 3}), ("pto", {"lr": 0.1, "steps": 3}), ("knn", {"k": 2}), ("lasso", {"alpha": 0.05}),
+  ]:
+    fn = E.get_estimator(name, **hparams)
+    batched = np.asarray(jax.jit(E.batched(fn))(xs, ys))
+    one = jax.jit(fn)
+    loop = np.stack([np.asarray(one(x, y)) for x, y in zip(xs, ys)])
+    assert batched.shape == (3, 6)
+    np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-6, err_msg=name)
+    if name in ("ridge", "knn"):  # eager (no jit) too
+      np.testing.assert_allclose(fn(xs[0], ys[0]), loop[0], rtol=1e-5, atol=1e-6, err_msg=name)
+  # predict passes numeric hyper-parameters as traced arguments
+  reference = E.batched(E.get_estimator("gd", lr=0.1, steps=3))(xs, ys)
+  np.testing.assert_allclose(E.predict("gd", xs, ys, lr=0.1, steps=3), reference, rtol=1e-5, atol=1e-6)
+
+
+def test_tune_picks_the_grid_point_with_the_lowest_held_out_risk():
+  rng = np.random.default_rng(7)  # w ~ N(0, τ²I), τ² = 1/4, σ² = 1/2: the Bayes ridge is λ = σ²/τ² = 2
+  xs = rng.standard_normal((2000, 8, 4)).astype(np.float32)
+  targets = np.einsum("bnd,bd->bn", xs, 0.5 * rng.standard_normal((2000, 4))).astype(np.float32)
+  ys = (targets + np.sqrt(0.5) * rng.standard_normal((2000, 8))).astype(np.float32)
+  b = tasks.Prompt(xs=xs, ys=ys, targets=targets, w=None)
+  lams = [0.01, 0.3, 2.0, 50.0]
+  best, risks = E.tune("ridge", {"lam": lams}, b.xs, b.ys, b.targets, n_context=4)
+  assert risks.shape == (4,) and best["lam"] == lams[int(np.argmin(risks))]
+  assert best["lam"] == 2.0  # the Bayes choice σ²/τ² = 2
+  for lam, risk in zip(lams, risks):
+    preds = E.predict("ridge", b.xs, b.ys, lam=lam)
+    np.testing.assert_allclose(risk, E.excess_risk(preds, b.targets)[4], rtol=1e-4)
+  best, risks = E.tune("gd", {"lr": [0.05, 0.3, 50.0], "steps": [1, 10]}, b.xs, b.ys, b.targets, n_context=6)
+  assert risks.shape == (3, 2) and not np.isfinite(risks[2, 1])  # lr = 50 diverges and is never picked
+  assert best == {"lr": 0.3, "steps": 10}
+  best, risks = E.tune("knn", {"k": [1, 4]}, b.xs, b.ys, b.targets, n_context=6)
+  assert risks[1] < risks[0] and best == {"k": 4}
+
+
+_EMPTY = (np.zeros((2, 3, 2)), np.zeros((2, 3)), np.zeros((2, 3)))  # xs, ys, targets of 2 prompts
+
+
+@pytest.mark.parametrize(
+    "call,field",
+    [
+        (lambda: E.get_estimator("nope"), "nope"),
+        (lambda: E.get_estimator("ridge", lam=-1.0), "lam"),
+        (lambda: E.get_estimator("ridge"), "lam"),
+        (lambda: E.get_estimator("ridge", lamb=1.0), "lamb"),
+        (lambda: E.get_estimator("lasso", alpha=-0.1), "alpha"),
+        (lambda: E.get_estimator("knn", k=0), "k"),
+        (lambda: E.get_estimator("gd", lr=0.0, steps=3), "lr"),
+        (lambda: E.get_estimator("gd", lr=0.1, steps=-1), "steps"),
+        (lambda: E.get_estimator("pto", lr=0.1, steps=2.5), "steps"),
+        (lambda: E.get_estimator("bayes"), "task_cfg"),
+        (lambda: E.get_estimator("pool_bayes", tasks.TaskConfig()), "pool_size"),
+        (lambda: E.ridge(np.zeros((3, 2)), np.zeros(3), lam=-1.0), "lam"),
+        (lambda: E.tune("ridge", {"lamda": [1.0]}, *_EMPTY, 1), "lamda"),
+        (lambda: E.tune("ridge", {"lam": [1.0]}, *_EMPTY, 3), "n_context"),
+        (lambda: E.tune("gd", {"lr": [0.1, -1.0]}, *_EMPTY, 1, steps=2), "lr"),
+        (lambda: jax.jit(E.in_float64(E.ols_weights))(np.zeros((3, 2)), np.zeros(3)), "in_float64"),
+    ],
+)
+def test_bad_input_raises_value_error_naming_the_field(call, field):
+  with pytest.raises(ValueError, match=field):
+    call()
