@@ -1,0 +1,386 @@
+"""Interpretability tools for trained ICL models: head importance, pruning, per-layer probing, attention maps.
+
+Shape legend: B prompts, N points, P predictions per prompt (P = N for gpt2), L layers, H = max_l H_l
+heads (the width of a head mask), M = L·H single-head masks, R runs (seeds × learning rates), T tokens,
+E decoder width, F probe features.
+
+Everything is a pure function of (model, params, prompts): nothing is trained or mutated.
+
+Head importance. With m_(l,k) the [L, H] mask that is 1 everywhere except 0 at (l, k),
+
+    I[l, k] = R(m_(l,k)) − R(1),   R(m) = mean over the chosen prediction points of E_prompts (ŷ_m − wᵀx)²,
+
+the excess-risk increase when head (l, k) is removed (its output zeroed before the output projection,
+which is exactly dropping that head's slice of W_O). All M masks are stacked into one [M, L, H] array and
+the risk is vmapped over them (and over runs), so one compiled program evaluates every head of every
+seed. Heads that do not exist (k ≥ H_l) get NaN.
+
+Pruning. ``pruning_mask`` keeps every head of the layers in ``keep_all`` and the ``top_k`` most
+important heads of every other layer; the default (keep_all=(0,), top_k=1) is the study's "all heads in
+layer 1, one head in each later layer". The pruned model is the trained model evaluated through the
+mask (``masked_risk``), with no retraining.
+
+Probing. For each layer l = 0..L (0 = embeddings, l = output of block l) the hidden state h_l(t) at each
+prediction position t (the x_i token) is a feature vector; one linear read-out ŷ = aᵀh + c per layer,
+shared over positions, is fitted in closed form (ridge, float64) on one prompt set and evaluated on
+another, against the noise-free targets wᵀx_i: probe risk [L+1, P].
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxicl import layouts, tasks
+from jaxicl.models import ICLModel
+
+Params = Any
+
+
+# ----------------------------------------------------------------------------------------------
+# Masks
+
+
+def mask_shape(n_heads: Sequence[int]) -> tuple[int, int]:
+  """(L, H) of the head mask of a model with ``n_heads`` heads per layer."""
+  return len(n_heads), max(n_heads)
+
+
+def valid_heads(n_heads: Sequence[int]) -> np.ndarray:
+  """bool [L, H]: True where head (l, k) exists (k < H_l)."""
+  L, H = mask_shape(n_heads)
+  return np.arange(H)[None, :] < np.asarray(n_heads)[:, None]
+
+
+def full_mask(n_heads: Sequence[int]) -> np.ndarray:
+  """The all-ones head mask [L, H] (float32)."""
+  return np.ones(mask_shape(n_heads), np.float32)
+
+
+def single_head_masks(n_heads: Sequence[int]) -> np.ndarray:
+  """The M = L·H masks removing one head each, stacked: [M, L, H], mask m = l·H + k zeroes (l, k)."""
+  L, H = mask_shape(n_heads)
+  masks = np.ones((L * H, L, H), np.float32)
+  masks[np.arange(L * H), np.arange(L * H) // H, np.arange(L * H) % H] = 0.0
+  return masks
+
+
+# ----------------------------------------------------------------------------------------------
+# Risks
+
+
+def masked_risk(model: ICLModel, params: Params, prompts: tasks.Prompt, head_mask: jax.Array | None) -> jax.Array:
+  """Excess risk at each prediction point [P] of the model through ``head_mask`` [L, H] (pure; jit/vmap-safe).
+
+  R_t = mean_b (ŷ_bt − wᵀx_{b, idx(t)})², idx the layout's target index.
+  """
+  index = layouts.get_layout(model.layout).target_index(prompts.xs.shape[1])
+  preds = model.apply(params, prompts.xs, prompts.ys, head_mask=head_mask)
+  return jnp.mean(jnp.square(preds - prompts.targets[:, index]), axis=0)
+
+
+def _reduce(risks: jax.Array, points: Sequence[int] | np.ndarray | None) -> jax.Array:
+  """Mean over the last axis [..., P] -> [...], over all points or the given point indices."""
+  if points is None:
+    return jnp.mean(risks, axis=-1)
+  return jnp.mean(risks[..., np.asarray(points)], axis=-1)
+
+
+def mask_risks(model: ICLModel, params: Params, prompts: tasks.Prompt, masks: jax.Array,
+               batch_size: int | None = None) -> jax.Array:
+  """Risk curves of one parameter set under each of a stack of masks: [M, L, H] -> [M, P].
+
+  vmapped over the masks; ``batch_size`` bounds how many are vmapped at once (``jax.lax.map``) to cap memory.
+  """
+  fn = lambda m: masked_risk(model, params, prompts, m)
+  if batch_size is None:
+    return jax.vmap(fn)(masks)
+  return jax.lax.map(fn, masks, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _importance_risks(model: ICLModel, params: Params, prompts: tasks.Prompt, masks: jax.Array,
+                      batch_size: int | None) -> tuple[jax.Array, jax.Array]:
+  """(risks under each single-head mask [M, P], full-model risk [P]); compiled once per model and shapes."""
+  return mask_risks(model, params, prompts, masks, batch_size), masked_risk(model, params, prompts, None)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _importance_risks_runs(model: ICLModel, run_params: Params, prompts: tasks.Prompt, masks: jax.Array,
+                           batch_size: int | None) -> tuple[jax.Array, jax.Array]:
+  """``_importance_risks`` vmapped over the leading run axis: ([R, M, P], [R, P])."""
+  return jax.vmap(lambda p: (mask_risks(model, p, prompts, masks, batch_size),
+                             masked_risk(model, p, prompts, None)))(run_params)
+
+
+def _importance_from(risks_masked: jax.Array, risk_full: jax.Array, n_heads: Sequence[int],
+                     points) -> np.ndarray:
+  """[..., M, P], [..., P] -> importance [..., L, H] (NaN where the head does not exist)."""
+  L, H = mask_shape(n_heads)
+  delta = _reduce(risks_masked, points) - _reduce(risk_full, points)[..., None]  # [..., M]
+  imp = np.asarray(delta, np.float64).reshape(delta.shape[:-1] + (L, H))
+  return np.where(valid_heads(n_heads), imp, np.nan)
+
+
+def head_importance(model: ICLModel, params: Params, prompts: tasks.Prompt, *, points=None,
+                    batch_size: int | None = None) -> np.ndarray:
+  """I [L, H]: excess-risk increase when each single head is masked (NaN for non-existent heads).
+
+  ``points``: prediction indices the risk is averaged over (None: all P). One jitted vmap over the
+  L·H single-head masks (compiled once per model object and prompt shape).
+  """
+  masks = jnp.asarray(single_head_masks(model.n_heads))
+  risks, full = _importance_risks(model, params, prompts, masks, batch_size)
+  return _importance_from(risks, full, model.n_heads, points)
+
+
+def head_importance_runs(model: ICLModel, run_params: Params, prompts: tasks.Prompt, *, points=None,
+                         batch_size: int | None = None) -> np.ndarray:
+  """``head_importance`` for every run of a stacked parameter tree (leading R axis): [R, L, H].
+
+  vmapped over runs and over masks in one program.
+  """
+  masks = jnp.asarray(single_head_masks(model.n_heads))
+  risks, full = _importance_risks_runs(model, run_params, prompts, masks, batch_size)
+  return _importance_from(risks, full, model.n_heads, points)
+
+
+def zero_head(params: Params, layer: int, head: int, n_heads: Sequence[int]) -> Params:
+  """A copy of ``params`` with head (layer, head)'s slice of the output projection set to 0.
+
+  gpt2: ``block_l/attn/out/kernel[head]`` ([H, K, E]); one-layer models: rows head·K..(head+1)·K of
+  ``W_out/kernel`` ([p, 1]). The output bias is shared by all heads and is left alone.
+  """
+  params = jax.tree.map(lambda a: a, params)  # new containers, shared leaves
+  if f"block_{layer}" in params:
+    block = dict(params[f"block_{layer}"])
+    attn = dict(block["attn"])
+    out = dict(attn["out"])
+    out["kernel"] = jnp.asarray(out["kernel"]).at[head].set(0.0)
+    attn["out"], block["attn"] = out, attn
+    params = dict(params)
+    params[f"block_{layer}"] = block
+    return params
+  if "W_out" in params and layer == 0:
+    kernel = jnp.asarray(params["W_out"]["kernel"])
+    width = kernel.shape[0] // n_heads[0]
+    params = dict(params)
+    params["W_out"] = {**params["W_out"], "kernel": kernel.at[head * width:(head + 1) * width].set(0.0)}
+    return params
+  raise ValueError(f"zero_head: no layer {layer} in a parameter tree with keys {sorted(params)}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pruning
+
+
+def pruning_mask(importance: np.ndarray, n_heads: Sequence[int], *, keep_all: Sequence[int] = (0,),
+                 top_k: int = 1) -> np.ndarray:
+  """Head mask [L, H]: all heads of the layers in ``keep_all``, the ``top_k`` most important of the others.
+
+  ``importance`` [L, H] (NaN for missing heads; ties go to the lower head index). Policies:
+  keep_all=(0,), top_k=1 — the study's pruning (layer 1 whole, one head per later layer);
+  keep_all=(), top_k=k — top-k in every layer; keep_all=range(1, L), top_k=1 — the mirrored control
+  (layer 1 cut to one head). A given mask needs no policy: pass it to ``masked_risk`` directly.
+  """
+  importance = np.asarray(importance, np.float64)
+  valid = valid_heads(n_heads)
+  if importance.shape != valid.shape:
+    raise ValueError(f"importance has shape {importance.shape}; expected [L, H] = {list(valid.shape)}")
+  if top_k < 1:
+    raise ValueError(f"top_k={top_k}: must be >= 1")
+  mask = np.zeros(valid.shape, np.float32)
+  for layer, h in enumerate(n_heads):
+    if layer in tuple(keep_all):
+      mask[layer, :h] = 1.0
+      continue
+    scores = np.where(np.isnan(importance[layer, :h]), -np.inf, importance[layer, :h])
+    order = np.argsort(-scores, kind="stable")
+    mask[layer, order[:top_k]] = 1.0
+  return mask
+
+
+def pruned_risk(model: ICLModel, params: Params, prompts: tasks.Prompt, importance: np.ndarray | None = None, *,
+                mask: np.ndarray | None = None, **policy) -> tuple[np.ndarray, np.ndarray]:
+  """(mask [L, H], risk [P]) of the pruned model: the trained ``params`` evaluated through the mask, no retraining.
+
+  The mask is ``mask`` if given, else ``pruning_mask(importance, model.n_heads, **policy)``.
+  """
+  if mask is None:
+    if importance is None:
+      raise ValueError("pruned_risk: pass an importance map (with a policy) or a mask")
+    mask = pruning_mask(importance, model.n_heads, **policy)
+  mask = np.asarray(mask, np.float32)
+  risk = masked_risk_runs(model, jax.tree.map(lambda a: jnp.asarray(a)[None], params), prompts, mask[None])[0]
+  return mask, risk
+
+
+def pruning_masks_runs(importance_runs: np.ndarray, n_heads: Sequence[int], **policy) -> np.ndarray:
+  """``pruning_mask`` for each run: [R, L, H] -> [R, L, H]."""
+  return np.stack([pruning_mask(imp, n_heads, **policy) for imp in importance_runs])
+
+
+def masked_risk_runs(model: ICLModel, run_params: Params, prompts: tasks.Prompt, masks: np.ndarray | None) -> np.ndarray:
+  """Risk curves [R, P] of every run through its own mask ([R, L, H]; None = full model)."""
+  R = jax.tree.leaves(run_params)[0].shape[0]
+  if masks is None:
+    masks = np.broadcast_to(full_mask(model.n_heads), (R,) + mask_shape(model.n_heads))
+  return np.asarray(_masked_risk_runs(model, run_params, prompts, jnp.asarray(masks, jnp.float32)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _masked_risk_runs(model: ICLModel, run_params: Params, prompts: tasks.Prompt, masks: jax.Array) -> jax.Array:
+  return jax.vmap(lambda p, m: masked_risk(model, p, prompts, m))(run_params, masks)
+
+
+def head_usage(importance: np.ndarray, n_heads: Sequence[int]) -> dict[str, list[float]]:
+  """Per-layer summaries of an importance map [L, H] (negative importances clipped to 0):
+
+  * ``effective_heads`` — (Σ_k I⁺)² / Σ_k (I⁺)², between 1 (one head carries it all) and H_l (all equal);
+    NaN if no head matters (Σ I⁺ = 0);
+  * ``top1_share`` — max_k I⁺ / Σ_k I⁺.
+  """
+  eff, top = [], []
+  for layer, h in enumerate(n_heads):
+    imp = np.clip(np.nan_to_num(np.asarray(importance[layer, :h], np.float64)), 0.0, None)
+    total = imp.sum()
+    eff.append(float(total**2 / np.sum(imp**2)) if total > 0 else float("nan"))
+    top.append(float(imp.max() / total) if total > 0 else float("nan"))
+  return {"effective_heads": eff, "top1_share": top}
+
+
+# ----------------------------------------------------------------------------------------------
+# Probing
+
+
+def hidden_states(model: ICLModel, params: Params, xs: jax.Array, ys: jax.Array, head_mask: jax.Array | None = None,
+                  chunk: int = 512) -> np.ndarray:
+  """Residual-stream states at the prediction positions of every layer: [L+1, B, P, E] (float32 numpy).
+
+  Layer 0 is the embedding (read-in + positions), layer l the output of block l (before the final LN).
+  Needs a gpt2 model (``aux["hidden"]``).
+  """
+  positions = layouts.get_layout(model.layout).pred_positions(xs.shape[1])
+  out = []
+  for start in range(0, xs.shape[0], chunk):
+    aux = _capture(model, params, xs[start:start + chunk], ys[start:start + chunk], head_mask)
+    out.append(np.asarray(aux["hidden"][:, :, positions]))
+  return np.concatenate(out, axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _capture(model: ICLModel, params: Params, xs: jax.Array, ys: jax.Array, head_mask: jax.Array | None) -> dict:
+  """``model.apply(..., capture=True)``'s aux dict (attention weights, hidden states), jitted per model."""
+  return model.apply(params, xs, ys, head_mask=head_mask, capture=True)[1]
+
+
+def fit_probe(features: np.ndarray, y: np.ndarray, lam: float = 1e-6) -> tuple[np.ndarray, float]:
+  """Closed-form ridge read-out with intercept: (a, c) minimising (1/M)||F a + c − y||² + λ·s·||a||².
+
+  features [M, F], y [M]; s = mean feature variance (so λ is scale-free). Solved in float64 on
+  centred data: a = (C + λ s I)⁻¹ Fᶜᵀ yᶜ / M, c = ȳ − aᵀ f̄.
+  """
+  f = np.asarray(features, np.float64)
+  t = np.asarray(y, np.float64)
+  mean_f, mean_t = f.mean(0), t.mean()
+  fc, tc = f - mean_f, t - mean_t
+  cov = fc.T @ fc / f.shape[0]
+  scale = max(float(np.trace(cov)) / cov.shape[0], 1e-30)
+  a = np.linalg.solve(cov + lam * scale * np.eye(cov.shape[0]), fc.T @ tc / f.shape[0])
+  return a, float(mean_t - mean_f @ a)
+
+
+def apply_probe(probe: tuple[np.ndarray, float], features: np.ndarray) -> np.ndarray:
+  """ŷ = F a + c: [..., F] -> [...]."""
+  a, c = probe
+  return np.asarray(features, np.float64) @ a + c
+
+
+def probe_risks(model: ICLModel, params: Params, fit_prompts: tasks.Prompt, eval_prompts: tasks.Prompt,
+                head_mask: jax.Array | None = None, lam: float = 1e-6, fit_target: str = "ys") -> np.ndarray:
+  """Per-layer linear-probe excess risk [L+1, P].
+
+  For every layer l = 0..L a probe (``fit_probe``) is fitted on the hidden states at all prediction
+  positions of ``fit_prompts`` (labels: ``fit_target`` = "ys" (noisy) or "targets"), then evaluated on
+  ``eval_prompts``: risk[l, t] = mean_b (probe_l(h_l(b, t)) − wᵀx_{b, idx(t)})².
+  """
+  index = layouts.get_layout(model.layout).target_index(fit_prompts.xs.shape[1])
+  h_fit = hidden_states(model, params, fit_prompts.xs, fit_prompts.ys, head_mask)  # [L+1, B, P, E]
+  h_eval = hidden_states(model, params, eval_prompts.xs, eval_prompts.ys, head_mask)
+  y_fit = np.asarray(getattr(fit_prompts, fit_target))[:, index].reshape(-1)
+  target = np.asarray(eval_prompts.targets)[:, index]
+  risks = []
+  for layer in range(h_fit.shape[0]):
+    probe = fit_probe(h_fit[layer].reshape(-1, h_fit.shape[-1]), y_fit, lam)
+    risks.append(np.mean((apply_probe(probe, h_eval[layer]) - target) ** 2, axis=0))
+  return np.stack(risks)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention maps
+
+
+def attention_maps(model: ICLModel, params: Params, xs: jax.Array, ys: jax.Array,
+                   head_mask: jax.Array | None = None) -> list[np.ndarray]:
+  """Attention weights of every layer for prompts xs [B, N, d], ys [B, N]: a list of L arrays [B, H_l, T, T]."""
+  return [np.asarray(w) for w in _capture(model, params, xs, ys, head_mask)["attn"]]
+
+
+# ----------------------------------------------------------------------------------------------
+# Plots (matplotlib, Agg)
+
+
+def _plt():
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  return plt
+
+
+def plot_importance(importance: np.ndarray, path: str, title: str = "") -> str:
+  """Heatmap of an importance map [L, H] (rows = layers from 1, columns = heads; NaN cells blank)."""
+  plt = _plt()
+  imp = np.asarray(importance, np.float64)
+  fig, ax = plt.subplots(figsize=(1.0 + 0.6 * imp.shape[1], 0.8 + 0.55 * imp.shape[0]))
+  im = ax.imshow(np.ma.masked_invalid(imp), cmap="viridis", aspect="auto")
+  for (l, k), v in np.ndenumerate(imp):
+    if np.isfinite(v):
+      ax.text(k, l, f"{v:.2g}", ha="center", va="center", fontsize=7, color="w")
+  ax.set_xticks(range(imp.shape[1]), [str(k + 1) for k in range(imp.shape[1])])
+  ax.set_yticks(range(imp.shape[0]), [str(l + 1) for l in range(imp.shape[0])])
+  ax.set_xlabel("head")
+  ax.set_ylabel("layer")
+  ax.set_title(title, fontsize=9)
+  fig.colorbar(im, ax=ax, label="risk increase when masked")
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return path
+
+
+def plot_attention(maps: list[np.ndarray], path: str, prompt: int = 0, title: str = "") -> str:
+  """Grid of attention maps (rows = layers, columns = heads) of prompt ``prompt``; queries on the y axis."""
+  plt = _plt()
+  L, H = len(maps), max(m.shape[1] for m in maps)
+  fig, axes = plt.subplots(L, H, figsize=(1.8 * H, 1.8 * L), squeeze=False)
+  for l, m in enumerate(maps):
+    for k in range(H):
+      ax = axes[l, k]
+      ax.set_xticks([])
+      ax.set_yticks([])
+      if k < m.shape[1]:
+        ax.imshow(m[prompt, k], cmap="magma", vmin=0.0)
+        ax.set_title(f"L{l + 1} H{k + 1}", fontsize=7)
+      else:
+        ax.axis("off")
+  fig.suptitle(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+  return path
