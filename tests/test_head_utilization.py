@@ -10,42 +10,21 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, reproduce, subprocess_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # ``experiments`` is a top-level package of the repository (not always installed)
-  sys.path.insert(0, REPO)
-
-from experiments.head_utilization import run  # noqa: E402
-from jaxicl import estimators, tasks  # noqa: E402
-
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-
-
-def _env(cache: str) -> dict:
-  env = dict(os.environ)
-  env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu",
-             PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
-  return env
-
-
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("hu_xla_cache"))
+from experiments.head_utilization import run
+from jaxicl import estimators, tasks
 
 
 @pytest.fixture(scope="module")
 def tiny_out(tmp_path_factory, xla_cache):
   out = str(tmp_path_factory.mktemp("hu_tiny"))
-  proc = subprocess.run([sys.executable, "-m", "jaxicl.cli", "reproduce", "head-utilization", "--preset", "tiny",
-                         "--out", out], cwd=REPO, env=_env(xla_cache), capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  proc = reproduce("head-utilization", out, xla_cache)
   assert "Study 2 summary" in proc.stdout
   return out
 
@@ -134,7 +113,7 @@ def test_notebook_executes_with_tiny_preset(tiny_out, xla_cache, tmp_path, monke
   (spec_dir / "kernel.json").write_text(json.dumps({
       "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
       "display_name": "Python 3 (test)", "language": "python"}))
-  for key, value in _env(xla_cache).items():
+  for key, value in subprocess_env(xla_cache).items():
     monkeypatch.setenv(key, value)
   monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter") + os.pathsep + os.environ.get("JUPYTER_PATH", ""))
   monkeypatch.setenv("JAXICL_PRESET", "tiny")

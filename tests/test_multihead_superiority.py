@@ -9,22 +9,16 @@ import csv
 import json
 import math
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, reproduce, subprocess_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # ``experiments`` is a top-level package of the repository (not always installed)
-  sys.path.insert(0, REPO)
-
-from experiments.multihead_superiority import heads as H  # noqa: E402
-from experiments.multihead_superiority import presets, run  # noqa: E402
-from jaxicl import configs, evaluate, tasks  # noqa: E402
-from jaxicl.models import ModelConfig, build_model  # noqa: E402
-FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+from experiments.multihead_superiority import heads as H
+from experiments.multihead_superiority import presets, run
+from jaxicl import configs, evaluate, tasks
+from jaxicl.models import ModelConfig, build_model
 
 
 def _prompts(d: int, D: int, n: int, seed: int = 0):
@@ -107,25 +101,10 @@ def test_lr_selection_uses_training_loss_per_seed():
   assert run.mean_se([1.0, 3.0]) == pytest.approx((2.0, 1.0))
 
 
-def _env(cache: str) -> dict:
-  env = dict(os.environ)
-  env.update(JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu",
-             PYTHONPATH=REPO + os.pathsep + env.get("PYTHONPATH", ""))
-  return env
-
-
-@pytest.fixture(scope="module")
-def xla_cache(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("xla_cache"))
-
-
 @pytest.fixture(scope="module")
 def tiny_out(tmp_path_factory, xla_cache):
   out = str(tmp_path_factory.mktemp("mh_tiny"))
-  proc = subprocess.run([sys.executable, "-m", "jaxicl.cli", "reproduce", "multihead", "--preset", "tiny",
-                         "--out", out], cwd=REPO, env=_env(xla_cache), capture_output=True, text=True, timeout=900)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+  proc = reproduce("multihead", out, xla_cache)
   assert "Study 1 summary" in proc.stdout and "C_single" in proc.stdout
   return out
 
@@ -180,7 +159,7 @@ def test_table_rows_agree_with_reevaluating_saved_params(tiny_out):
 def test_notebook_executes_with_tiny_preset(tiny_out, xla_cache, tmp_path, monkeypatch):
   nbformat = pytest.importorskip("nbformat")
   nbclient = pytest.importorskip("nbclient")
-  for key, value in _env(xla_cache).items():
+  for key, value in subprocess_env(xla_cache).items():
     monkeypatch.setenv(key, value)
   monkeypatch.setenv("JAXICL_PRESET", "tiny")
   monkeypatch.setenv("JAXICL_OUT", str(tmp_path / "nb_out"))
