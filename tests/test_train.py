@@ -236,3 +236,11 @@ def test_config_round_trips_through_json(tmp_path):
   path.write_text(json.dumps(configs.to_dict(cfg)))
   assert configs.get_config(str(path)) == cfg
   assert cfg.model.heads == (8, 1, 1) and cfg.optim.freeze == ("read_in",)
+
+
+def test_cli_reports_a_bad_config_value_and_exits_2(tmp_path, capsys):
+  from jaxicl import cli
+  assert cli.main(["train", "--config", "tiny", "--set", "task.d=0", "--workdir", str(tmp_path / "w")]) == 2
+  assert "TaskConfig.d=0" in capsys.readouterr().err
+  assert cli.main(["eval", "--workdir", str(tmp_path / "missing")]) == 2
+  assert "config.json" in capsys.readouterr().err
