@@ -12,7 +12,6 @@ import os
 import sys
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -56,8 +55,3 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
-
-
-def abstract_like(state: Any) -> Any:
-  """``jax.ShapeDtypeStruct`` tree (with shardings) of a concrete state, for restoring."""
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state)

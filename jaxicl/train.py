@@ -25,7 +25,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxicl import configs, layouts, tasks
-from jaxicl.checkpoint import Checkpointer, abstract_like
+from jaxicl.checkpoint import Checkpointer
 from jaxicl.models import ICLModel, build_model
 
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")

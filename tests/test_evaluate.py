@@ -2,7 +2,6 @@
 
 import json
 
-import jax
 import numpy as np
 
 from jaxicl import configs, evaluate, estimators, tasks, train

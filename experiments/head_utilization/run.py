@@ -416,16 +416,8 @@ def plot_risk_vs_n(sc: StudyConfig, records: dict, baselines: dict, path: str) -
         _mean_band(ax, n, rec["pruned_risk"], f"{L}×{H} pruned (all L1, 1 later)", "--")
     for label in ("OLS", "Lasso"):
       ax.plot(n, baselines[sigma][label]["risk"], ":", color="gray" if label == "OLS" else "k", label=label)
-    ax.set_yscale("log")
-    ax.axvline(sc.d, color="gray", lw=0.5)
-    ax.set_xlabel("in-context examples n")
-    ax.set_ylabel("excess risk")
-    ax.set_title(f"σ = {sigma:g} (d={sc.d}, s={sc.sparsity})", fontsize=9)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+    _risk_axes(ax, sc, sigma)
+  return _save(fig, path)
 
 
 def plot_importance_panels(imp: np.ndarray, seeds: tuple[int, ...], path: str, title: str) -> str:
@@ -470,10 +462,7 @@ def plot_probes(records: dict, sigma: float, n_layers: int, heads: int, path: st
   ax.set_ylabel("probe excess risk (mean over n)")
   ax.set_title(f"linear probes, σ = {sigma:g}, {n_layers} layers", fontsize=9)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return _save(fig, path)
 
 
 def plot_baselines(sc: StudyConfig, sigma: float, baselines: dict, records: dict, path: str) -> str:
@@ -487,12 +476,22 @@ def plot_baselines(sc: StudyConfig, sigma: float, baselines: dict, records: dict
   for (s, L, H), rec in records.items():
     if s == sigma and H > 1:
       ax.plot(n, rec["risk"].mean(0), "k--", lw=1.5, label=f"transformer {L}×{H}")
+  _risk_axes(ax, sc, sigma)
+  return _save(fig, path)
+
+
+def _risk_axes(ax, sc, sigma: float) -> None:
+  """Log-scale excess risk vs n, with n = d marked."""
   ax.set_yscale("log")
   ax.axvline(sc.d, color="gray", lw=0.5)
   ax.set_xlabel("in-context examples n")
   ax.set_ylabel("excess risk")
   ax.set_title(f"σ = {sigma:g}, d={sc.d}, s={sc.sparsity}", fontsize=9)
   ax.legend(fontsize=7)
+
+
+def _save(fig, path: str) -> str:
+  import matplotlib.pyplot as plt
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
