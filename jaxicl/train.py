@@ -252,6 +252,7 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = F
   total = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
   bar = _progress_bar(total, step) if progress else None
   metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "w" if step == 0 else "a") if workdir else None
+  board = _tensorboard(workdir)
   try:
     while step < total:
       length = min(cfg.train.log_every, total - step)
@@ -272,6 +273,10 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = F
       if metrics_file:
         metrics_file.write(json.dumps(record) + "\n")
         metrics_file.flush()
+      if board is not None:
+        for r, loss in enumerate(record["loss"]):
+          board.add_scalar(f"loss/run{r}", loss, step)
+        board.add_scalar("steps_per_s", record["steps_per_s"], step)
       if bar is not None:
         bar.update(length)
         bar.set_postfix(loss=f"{float(np.mean(record['loss'])):.4g}", steps_s=f"{record['steps_per_s']:.0f}")
@@ -282,6 +287,8 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = F
       bar.close()
     if metrics_file:
       metrics_file.close()
+    if board is not None:
+      board.close()
     if ckpt:
       ckpt.close()
   return TrainResult(state=state, history=history, model=engine.model, config=cfg)
@@ -348,6 +355,17 @@ def _read_history(workdir: str, upto: int) -> list[dict[str, Any]]:
   with open(path, "w") as f:  # drop records past the checkpoint: they will be recomputed
     f.writelines(json.dumps(r) + "\n" for r in records)
   return records
+
+
+def _tensorboard(workdir: str | None):
+  """A TensorBoard writer on ``workdir/tensorboard`` when tensorboardX is installed (else None)."""
+  if workdir is None:
+    return None
+  try:
+    from tensorboardX import SummaryWriter
+  except ImportError:
+    return None
+  return SummaryWriter(os.path.join(workdir, "tensorboard"))
 
 
 def _progress_bar(total: int, initial: int):

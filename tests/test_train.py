@@ -244,3 +244,26 @@ def test_cli_reports_a_bad_config_value_and_exits_2(tmp_path, capsys):
   assert "TaskConfig.d=0" in capsys.readouterr().err
   assert cli.main(["eval", "--workdir", str(tmp_path / "missing")]) == 2
   assert "config.json" in capsys.readouterr().err
+
+
+def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
+  pytest.importorskip("tensorboardX")
+  import glob
+  import struct
+
+  from tensorboardX.proto import event_pb2
+
+  train.train(_tiny("train.steps=20", "train.log_every=10", "train.seeds=0,1"), str(tmp_path))
+  records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+  assert [r["step"] for r in records] == [10, 20] and len(records[0]["loss"]) == 2
+  (path,) = glob.glob(str(tmp_path / "tensorboard" / "events.*"))
+  data, i, scalars = open(path, "rb").read(), 0, {}
+  while i < len(data):  # TFRecord framing: length, crc, payload, crc
+    n = struct.unpack("<Q", data[i:i + 8])[0]
+    event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+    i += 16 + n
+    for v in event.summary.value:
+      scalars[(v.tag, event.step)] = v.simple_value
+  for r in records:
+    for run, loss in enumerate(r["loss"]):
+      assert scalars[(f"loss/run{run}", r["step"])] == pytest.approx(loss, rel=1e-6)
