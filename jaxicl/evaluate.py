@@ -7,6 +7,7 @@ Excess risk at n = E(ŷ_n − wᵀx_n)², the prediction for point n from the n 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any
@@ -39,16 +40,58 @@ def eval_prompts(task: tasks.TaskConfig, n_prompts: int, seed: int = EVAL_SEED) 
   return jax.jit(tasks.sample_batch, static_argnums=(1, 2))(jax.random.PRNGKey(seed), task, n_prompts)
 
 
+def pointwise_risk(model: ICLModel, params: Any, prompts: tasks.Prompt,
+                   head_mask: jax.Array | None = None) -> jax.Array:
+  """Excess risk at each prediction point [P] (pure; jit/vmap-safe): R_t = mean_b (ŷ_bt − wᵀx_{b, idx(t)})²."""
+  index = layouts.get_layout(model.layout).target_index(prompts.xs.shape[1])
+  preds = model.apply(params, prompts.xs, prompts.ys, head_mask=head_mask)
+  return jnp.mean(jnp.square(preds - prompts.targets[:, index]), axis=0)
+
+
+@functools.lru_cache(maxsize=32)
+def _runs_sq_err(model: ICLModel):
+  """Compiled once per model: summed squared errors [R, P] of every run (its own head mask) on a prompt chunk,
+  counting only the first ``valid`` prompts (the chunk is zero-padded to a fixed size)."""
+
+  @jax.jit
+  def sq_err(run_params, masks, xs, ys, targets, valid):
+    index = layouts.get_layout(model.layout).target_index(xs.shape[1])
+    keep = (jnp.arange(xs.shape[0]) < valid).astype(jnp.float32)[:, None]
+
+    def one(p, m):
+      preds = model.apply(p, xs, ys, head_mask=m)
+      return jnp.sum(keep * jnp.square(preds - targets[:, index]), axis=0)
+
+    return jax.vmap(one)(run_params, masks)
+
+  return sq_err
+
+
+def run_risks(model: ICLModel, run_params: Any, prompts: tasks.Prompt, head_masks: np.ndarray | None = None,
+              chunk: int = 1024) -> np.ndarray:
+  """Excess risk at each prediction point of every run [R, P]; params (and optional masks [R, L, H]) carry a
+  leading run axis R. One compiled program for all runs, over fixed-size prompt chunks (the last is padded)."""
+  n_runs = jax.tree.leaves(run_params)[0].shape[0]
+  if head_masks is None:
+    head_masks = np.ones((n_runs, len(model.n_heads), max(model.n_heads)), np.float32)
+  n_prompts = prompts.xs.shape[0]
+  chunk = min(chunk, n_prompts)
+  sq_err = _runs_sq_err(model)
+  total = 0.0
+  for start in range(0, n_prompts, chunk):
+    parts = [np.asarray(a[start:start + chunk]) for a in (prompts.xs, prompts.ys, prompts.targets)]
+    valid = parts[0].shape[0]
+    parts = [np.pad(a, [(0, chunk - valid)] + [(0, 0)] * (a.ndim - 1)) for a in parts]
+    total = total + np.asarray(sq_err(run_params, jnp.asarray(head_masks, jnp.float32), *parts, valid), np.float64)
+  return total / n_prompts
+
+
 def model_risk(model: ICLModel, params: Any, prompts: tasks.Prompt, head_mask: jax.Array | None = None,
                chunk: int = 1024) -> np.ndarray:
-  """Excess risk of the model at each of its prediction points [P] (P = N for gpt2, 1 for one-layer models)."""
-  index = layouts.get_layout(model.layout).target_index(prompts.xs.shape[1])
-  apply = jax.jit(lambda p, xs, ys, m: model.apply(p, xs, ys, head_mask=m))
-  sq = []
-  for start in range(0, prompts.xs.shape[0], chunk):
-    xs, ys, tg = prompts.xs[start:start + chunk], prompts.ys[start:start + chunk], prompts.targets[start:start + chunk]
-    sq.append(np.asarray(jnp.square(apply(params, xs, ys, head_mask) - tg[:, index])))
-  return np.concatenate(sq).mean(0)
+  """Excess risk of one parameter set at each of its prediction points [P] (P = N for gpt2, 1 for one-layer models)."""
+  stacked = jax.tree.map(lambda a: jnp.asarray(a)[None], params)
+  masks = None if head_mask is None else np.asarray(head_mask, np.float32)[None]
+  return run_risks(model, stacked, prompts, masks, chunk)[0]
 
 
 def evaluate(model: ICLModel, params: Any, task: tasks.TaskConfig, n_prompts: int = 1024,

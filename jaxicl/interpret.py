@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import layouts, tasks
+from jaxicl import evaluate, layouts, tasks
 from jaxicl.models import ICLModel
 
 Params = Any
@@ -75,13 +75,8 @@ def single_head_masks(n_heads: Sequence[int]) -> np.ndarray:
 
 
 def masked_risk(model: ICLModel, params: Params, prompts: tasks.Prompt, head_mask: jax.Array | None) -> jax.Array:
-  """Excess risk at each prediction point [P] of the model through ``head_mask`` [L, H] (pure; jit/vmap-safe).
-
-  R_t = mean_b (ŷ_bt − wᵀx_{b, idx(t)})², idx the layout's target index.
-  """
-  index = layouts.get_layout(model.layout).target_index(prompts.xs.shape[1])
-  preds = model.apply(params, prompts.xs, prompts.ys, head_mask=head_mask)
-  return jnp.mean(jnp.square(preds - prompts.targets[:, index]), axis=0)
+  """Excess risk at each prediction point [P] of the model through ``head_mask`` [L, H] (pure; jit/vmap-safe)."""
+  return evaluate.pointwise_risk(model, params, prompts, head_mask)
 
 
 def _reduce(risks: jax.Array, points: Sequence[int] | np.ndarray | None) -> jax.Array:
@@ -227,15 +222,7 @@ def pruning_masks_runs(importance_runs: np.ndarray, n_heads: Sequence[int], **po
 
 def masked_risk_runs(model: ICLModel, run_params: Params, prompts: tasks.Prompt, masks: np.ndarray | None) -> np.ndarray:
   """Risk curves [R, P] of every run through its own mask ([R, L, H]; None = full model)."""
-  R = jax.tree.leaves(run_params)[0].shape[0]
-  if masks is None:
-    masks = np.broadcast_to(full_mask(model.n_heads), (R,) + mask_shape(model.n_heads))
-  return np.asarray(_masked_risk_runs(model, run_params, prompts, jnp.asarray(masks, jnp.float32)))
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _masked_risk_runs(model: ICLModel, run_params: Params, prompts: tasks.Prompt, masks: jax.Array) -> jax.Array:
-  return jax.vmap(lambda p, m: masked_risk(model, p, prompts, m))(run_params, masks)
+  return evaluate.run_risks(model, run_params, prompts, masks)
 
 
 def head_usage(importance: np.ndarray, n_heads: Sequence[int]) -> dict[str, list[float]]:

@@ -68,9 +68,10 @@ def run_group(cfg: configs.Config, workdir: str, progress: bool = False) -> list
       return json.load(f)
   result = train.train(cfg, workdir, progress=progress)
   prompts = evaluate.eval_prompts(cfg.task, cfg.train.eval_prompts)
+  risks = evaluate.run_risks(result.model, result.state.params, prompts)  # [R, P], one program for all runs
   rows = []
   for r, (seed, lr) in enumerate(cfg.runs):
-    risk = evaluate.model_risk(result.model, train.run_params(result.state, r), prompts)
+    risk = risks[r]
     rows.append({"seed": seed, "optim.lr": lr, "final_loss": result.history[-1]["loss"][r],
                  "excess_risk_last": float(risk[-1]), "excess_risk_mean": float(np.mean(risk)),
                  "steps": cfg.train.steps})

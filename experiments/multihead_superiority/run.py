@@ -35,12 +35,11 @@ import time
 from typing import Any, Iterable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from experiments.multihead_superiority import analysis, heads as heads_lib, plots
 from experiments.multihead_superiority.presets import VARIANTS, StudyPreset, get_preset
-from jaxicl import configs, evaluate, layouts, train
+from jaxicl import configs, evaluate, train
 from jaxicl.models import ICLModel, ModelConfig, build_model
 
 
@@ -126,36 +125,14 @@ def plan(spec: StudyPreset) -> dict[Group, dict[str, Any]]:
 
 
 def stacked_risk(model: ICLModel, params: Any, prompts, chunk: int | None = None) -> np.ndarray:
-  """Excess risk E(ŷ − θᵀx)² at the query of every run [R] (params with a leading run axis R).
-
-  The same quantity as ``jaxicl.evaluate.model_risk`` per run (same prompts, same predictions), computed
-  for all runs at once: one compiled program, vmapped over runs, over fixed-size chunks of prompts (the last
-  chunk is zero-padded and its padding discarded, so nothing recompiles).
-  """
-  n_prompts, n_points = prompts.xs.shape[:2]
-  n_runs = jax.tree.leaves(params)[0].shape[0]
-  index = layouts.get_layout(model.layout).target_index(n_points)
+  """Excess risk E(ŷ − θᵀx)² at the query of every run [R] (params with a leading run axis R):
+  ``jaxicl.evaluate.run_risks`` (one compiled program for all runs), with a prompt chunk sized to memory."""
+  n_points = prompts.xs.shape[1]
   if chunk is None:
+    n_runs = jax.tree.leaves(params)[0].shape[0]
     embed = int(np.asarray(params["W_out"]["kernel"]).shape[1])
     chunk = int(np.clip(2**23 // max(1, n_points * embed * n_runs), 16, 4096))
-  chunk = min(chunk, n_prompts)
-
-  @jax.jit
-  def sq_err(p, xs, ys, targets):
-    preds = jax.vmap(lambda q: model.apply(q, xs, ys))(p)  # [R, B, P]
-    return jnp.square(preds - targets[None, :, index])  # [R, B, P]
-
-  total = np.zeros((n_runs, len(index)))
-  for start in range(0, n_prompts, chunk):
-    xs, ys, tg = (np.asarray(a[start:start + chunk]) for a in (prompts.xs, prompts.ys, prompts.targets))
-    valid = xs.shape[0]
-    if valid < chunk:
-      pad = [(0, chunk - valid)]
-      xs = np.pad(xs, pad + [(0, 0), (0, 0)])
-      ys, tg = np.pad(ys, pad + [(0, 0)]), np.pad(tg, pad + [(0, 0)])
-    err = np.asarray(sq_err(params, xs, ys, tg), np.float64)
-    total += err[:, :valid].sum(axis=1)
-  return (total / n_prompts)[:, -1]
+  return evaluate.run_risks(model, params, prompts, chunk=chunk)[:, -1]
 
 
 def select_runs(cfg: configs.Config, final_loss: np.ndarray) -> list[int]:
