@@ -39,9 +39,14 @@ Initialisation.
     W_out ~ N(0, (0.01)²/p), i.e. the read-out starts ~100× smaller than LeCun: the initial
     prediction is ≈ 0 (initial loss ≈ E y²), so early training is not dominated by the random
     kernel's noise, while W_out ≠ 0 keeps gradients flowing to all other parameters from step 1.
-  * gpt2: the GPT-2 scheme: every kernel and the positional embedding N(0, 0.02²), the two
+  * gpt2 blocks: the GPT-2 scheme: every kernel and the positional embedding N(0, 0.02²), the two
     residual-branch output projections (attention ``out``, MLP ``proj``) N(0, 0.02²/(2L)), biases 0,
     LayerNorm scale 1 / bias 0.
+  * gpt2 ``read_in`` / ``read_out`` (``io_init``): ``fan_in`` (default) draws kernel and bias from
+    U(±1/√fan_in), the default of a plain linear layer in PyTorch, which the GPT-2 ICL reference keeps
+    for these two layers; ``gpt2`` draws the kernels from N(0, 0.02²) with zero biases. With ``gpt2`` a
+    token's content enters the residual stream at ~2× the positional embedding's scale and training sits
+    far longer on the loss plateau (benchmarks/learning_speed.py measures both against the reference).
 
 Parameter trees (top-level names are relied on by lazy training):
   one-layer:
@@ -83,6 +88,7 @@ ONE_LAYER_MODELS = ("softmax_icl", "linear_icl")
 GPT2_LAYOUTS = ("interleaved", "interleaved_flag")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION_IMPLS = ("einsum", "xla", "auto")
+IO_INITS = ("fan_in", "gpt2")
 W_OUT_INIT_SCALE = 0.01  # W_out ~ N(0, W_OUT_INIT_SCALE² / p) in the one-layer models
 GPT2_INIT_STD = 0.02
 
@@ -118,6 +124,8 @@ class ModelConfig:
     layout: gpt2 token layout, ``interleaved`` or ``interleaved_flag`` (one-layer models always
       use ``theory``).
     dtype: compute dtype ``float32`` or ``bfloat16`` (parameters stay float32).
+    io_init: gpt2 read-in / read-out initialisation, ``fan_in`` (U(±1/√fan_in), kernel and bias) or
+      ``gpt2`` (N(0, 0.02²) kernel, zero bias); see the module docstring.
     attention_impl: ``einsum`` | ``xla`` | ``auto`` (xla unless attention weights are requested).
   """
 
@@ -134,6 +142,7 @@ class ModelConfig:
   max_points: int = 101
   layout: str = "interleaved"
   dtype: str = "float32"
+  io_init: str = "fan_in"
   attention_impl: str = "auto"
 
   def __post_init__(self):
@@ -184,6 +193,8 @@ def validate(cfg: ModelConfig) -> None:
     _fail("layout", cfg.layout, f"unknown gpt2 layout; known: {GPT2_LAYOUTS}")
   if cfg.dtype not in DTYPES:
     _fail("dtype", cfg.dtype, f"unknown dtype; known: {tuple(DTYPES)}")
+  if cfg.io_init not in IO_INITS:
+    _fail("io_init", cfg.io_init, f"unknown; known: {IO_INITS}")
   if cfg.attention_impl not in ATTENTION_IMPLS:
     _fail("attention_impl", cfg.attention_impl, f"unknown; known: {ATTENTION_IMPLS}")
   for field in ("read_in", "mlp"):
@@ -330,6 +341,19 @@ class OneLayerAttention(nn.Module):
 # GPT-2-style decoder
 
 
+def fan_in_uniform(fan_in: int) -> Callable:
+  """U(±1/√fan_in) for any shape: PyTorch's default for a linear layer's weight and bias."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def io_initializers(io_init: str, fan_in: int) -> tuple[Callable, Callable]:
+  """(kernel_init, bias_init) of the gpt2 read-in / read-out layers (``ModelConfig.io_init``)."""
+  if io_init == "gpt2":
+    return nn.initializers.normal(GPT2_INIT_STD), nn.initializers.zeros
+  return fan_in_uniform(fan_in), fan_in_uniform(fan_in)
+
+
 class MultiHeadAttention(nn.Module):
   """Causal multi-head self-attention [B, T, E] -> [B, T, E]; head outputs masked before ``out``."""
 
@@ -414,7 +438,8 @@ class GPT2(nn.Module):
       raise ValueError(f"ModelConfig.max_points={cfg.max_points}: a prompt of {n_tokens // 2} points needs "
                        f"{n_tokens} positions > 2·max_points")
     init = nn.initializers.normal(GPT2_INIT_STD)
-    x = nn.Dense(cfg.width, dtype=dtype, param_dtype=jnp.float32, kernel_init=init,
+    in_kernel, in_bias = io_initializers(cfg.io_init, tokens.shape[-1])
+    x = nn.Dense(cfg.width, dtype=dtype, param_dtype=jnp.float32, kernel_init=in_kernel, bias_init=in_bias,
                  name="read_in")(tokens.astype(dtype))
     pos = self.param("pos_embed", init, (2 * cfg.max_points, cfg.width), jnp.float32)
     x = x + pos[:n_tokens].astype(dtype)[None]
@@ -428,7 +453,9 @@ class GPT2(nn.Module):
       hidden.append(x)
       weights.append(w)
     x = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name="ln_f")(x)
-    y = nn.Dense(1, dtype=dtype, param_dtype=jnp.float32, kernel_init=init, name="read_out")(x)[..., 0]
+    out_kernel, out_bias = io_initializers(cfg.io_init, cfg.width)
+    y = nn.Dense(1, dtype=dtype, param_dtype=jnp.float32, kernel_init=out_kernel, bias_init=out_bias,
+                 name="read_out")(x)[..., 0]
     stacked = jnp.stack(hidden).astype(jnp.float32) if capture else None
     return y.astype(jnp.float32), tuple(weights), stacked
 
