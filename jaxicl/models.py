@@ -91,6 +91,7 @@ ATTENTION_IMPLS = ("einsum", "xla", "auto")
 IO_INITS = ("fan_in", "gpt2")
 W_OUT_INIT_SCALE = 0.01  # W_out ~ N(0, W_OUT_INIT_SCALE² / p) in the one-layer models
 GPT2_INIT_STD = 0.02
+LAYER_NORM_EPS = 1e-5  # GPT-2's LayerNorm epsilon (Flax's default is 1e-6)
 
 Params = Any
 
@@ -414,7 +415,7 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, head_mask: jax.Array | None,
                want_weights: bool) -> tuple[jax.Array, jax.Array | None]:
-    ln = lambda name: nn.LayerNorm(dtype=self.dtype, param_dtype=jnp.float32, name=name)
+    ln = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, param_dtype=jnp.float32, name=name)
     a, weights = MultiHeadAttention(self.num_heads, self.width, self.scale, self.use_xla, self.out_std,
                                     self.dtype, name="attn")(ln("ln_1")(x), head_mask, want_weights)
     x = x + a
@@ -452,7 +453,7 @@ class GPT2(nn.Module):
                    name=f"block_{layer}")(x, _head_mask_for_layer(head_mask, layer, h), capture)
       hidden.append(x)
       weights.append(w)
-    x = nn.LayerNorm(dtype=dtype, param_dtype=jnp.float32, name="ln_f")(x)
+    x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, name="ln_f")(x)
     out_kernel, out_bias = io_initializers(cfg.io_init, cfg.width)
     y = nn.Dense(1, dtype=dtype, param_dtype=jnp.float32, kernel_init=out_kernel, bias_init=out_bias,
                  name="read_out")(x)[..., 0]

@@ -1,0 +1,83 @@
+"""The benchmarks compare like with like: jaxicl's gpt2 and the PyTorch/Hugging Face reference
+(benchmarks/reference.py) compute the same predictions, loss and gradients from the same weights.
+Needs the optional [bench] extra (torch, transformers)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import reference  # noqa: E402
+
+from jaxicl import tasks, train  # noqa: E402
+from jaxicl.models import ModelConfig, build_model  # noqa: E402
+
+D, N, WIDTH, LAYERS, HEADS = 5, 11, 32, 2, 4
+
+
+def _pair(seed: int = 0):
+  task = tasks.TaskConfig(d=D, n_points=N, w_var=1.0)
+  model = build_model(ModelConfig(name="gpt2", width=WIDTH, n_layers=LAYERS, heads=(HEADS,), max_points=N), task)
+  params = model.init(jax.random.PRNGKey(seed))
+  # Perturb every parameter so that zero-initialised biases and unit LayerNorm scales are checked too.
+  leaves, treedef = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.PRNGKey(seed + 1), len(leaves))
+  params = jax.tree.unflatten(treedef, [p + 0.05 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  ref = reference.Reference(D, N, WIDTH, LAYERS, HEADS).double()
+  reference.port_weights(params, ref, LAYERS)
+  ref = ref.double()
+  prompts = tasks.sample_batch(jax.random.PRNGKey(seed + 2), task, 16)
+  return model, params, ref, prompts
+
+
+def _close(ours, theirs, what: str, ulps: float = 64) -> None:
+  """jaxicl computes in float32, the reference here in float64: the gap is float32 rounding, bounded by a
+  few dozen ulps of the array's largest entry through these two shallow layers (a convention difference —
+  LayerNorm epsilon, GELU form, attention scale — is orders of magnitude larger)."""
+  ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+  tol = ulps * np.finfo(np.float32).eps * np.abs(theirs).max()
+  assert np.abs(ours - theirs).max() <= tol, f"{what}: max gap {np.abs(ours - theirs).max():.3g} > {tol:.3g}"
+
+
+def test_same_weights_give_the_same_predictions_loss_and_gradients():
+  model, params, ref, prompts = _pair()
+  ours = model.apply(params, prompts.xs, prompts.ys)
+  loss, grads = jax.value_and_grad(lambda p: train.prediction_loss(model, p, prompts, N))(params)
+  txs = torch.as_tensor(np.array(prompts.xs), dtype=torch.float64)
+  tys = torch.as_tensor(np.array(prompts.ys), dtype=torch.float64)
+  theirs = ref(txs, tys)
+  ref_loss = ((theirs - tys) ** 2).mean()
+  ref_loss.backward()
+  _close(ours, theirs.detach().numpy(), "predictions")
+  _close(loss, ref_loss.item(), "loss")
+  _close(grads["read_in"]["kernel"], ref.read_in.weight.grad.numpy().T, "d read_in")
+  _close(grads["read_out"]["bias"], ref.read_out.bias.grad.numpy(), "d read_out bias")
+  qkv = ref.backbone.h[0].attn.c_attn.weight.grad.numpy()
+  _close(np.asarray(grads["block_0"]["attn"]["key"]["kernel"]).reshape(WIDTH, WIDTH), qkv[:, WIDTH:2 * WIDTH],
+         "d key kernel")
+  _close(grads["block_1"]["mlp"]["fc"]["kernel"], ref.backbone.h[1].mlp.c_fc.weight.grad.numpy(), "d fc kernel")
+  _close(grads["pos_embed"][:2 * N], ref.backbone.wpe.weight.grad.numpy(), "d pos_embed")
+
+
+def test_read_in_and_read_out_use_the_reference_init():
+  """Default io_init: U(±1/√fan_in) kernel and bias, the reference's nn.Linear default (bounds and variance)."""
+  task = tasks.TaskConfig(d=D, n_points=N, w_var=1.0)
+  model = build_model(ModelConfig(name="gpt2", width=256, n_layers=1, heads=(4,), max_points=N), task)
+  params = model.init(jax.random.PRNGKey(0))
+  ref = reference.Reference(D, N, 256, 1, 4)
+  for ours, theirs, fan_in in ((params["read_in"]["kernel"], ref.read_in.weight, D),
+                               (params["read_out"]["kernel"], ref.read_out.weight, 256)):
+    ours, theirs = np.asarray(ours).ravel(), theirs.detach().numpy().ravel()
+    bound = 1 / np.sqrt(fan_in)
+    assert np.abs(ours).max() <= bound and np.abs(theirs).max() <= bound
+    # Var of U(±b) is b²/3; the sample variance of n draws has relative SE sqrt(0.8/n) (kurtosis 1.8).
+    for sample in (ours, theirs):
+      assert abs(sample.var() / (bound**2 / 3) - 1) < 5 * np.sqrt(0.8 / sample.size)
