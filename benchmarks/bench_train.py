@@ -1,157 +1,258 @@
-"""Training throughput of the standard ICL setup (GPT-2 12 layers × 8 heads × 256, d=20, 41 points).
+"""Training speed of jaxicl beside the PyTorch/Hugging Face reference of the same model, in one process.
 
-Prints, from one run on one device: steps/s and prompts/s for batch sizes × {float32, bfloat16},
-model FLOPs utilisation (XLA's FLOP count of one step / step time / the device's peak), and the
-throughput of N seeds trained concurrently (vmapped) against one seed at a time. With PyTorch and
-transformers installed, a Hugging Face GPT-2 reference of the same model and batch is timed in the
-same process (eager and ``torch.compile``) and printed as ratios.
+For each model (``small``: d=5, N=11, GPT-2 2 layers × 4 heads × 64, the learning-speed setting;
+``standard``: Garg et al.'s d=20, N=41, 12 × 8 × 256) at one batch size, on whatever device runs it:
 
-  python benchmarks/bench_train.py                     # GPU: batch 64 and 1024, fp32 and bf16
-  python benchmarks/bench_train.py --cpu-quick         # CPU reference run: small batch, few steps
+  * compile time of one jaxicl training program (lower + compile of a ``--chunk``-step scan), and of
+    ``torch.compile`` (its first steps);
+  * steps/s and prompts/s: the median of ``--repeats`` interleaved timings (jaxicl chunk, torch eager,
+    torch.compile, in turn) so that load changes hit all three alike; torch uses the best thread count of
+    1..nproc (searched first, stated in the table);
+  * achieved FLOP/s ÷ the machine's matmul peak measured here in the same dtype (a jitted square matmul),
+    with the FLOPs of one step from XLA's cost analysis (the same count is used for the reference);
+  * time to result (``small`` only): median steps to a windowed training loss < 3.0 over ≥ 3 seeds
+    (benchmarks/learning_speed.py, run here or read from ``--learning-speed-json``) × the median time per
+    step, + compile time.
+
+  python benchmarks/bench_train.py --models small --batch 64                    # CPU: ~10-20 min
+  python benchmarks/bench_train.py --models small,standard --batch 64 --md out.md --json out.json
+  python benchmarks/bench_train.py --models standard --batch 1024 --dtype bfloat16   # accelerator MFU
+
+Needs the [bench] extra (torch, transformers) for the reference columns; without it, jaxicl alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import platform
+import statistics
+import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import configs, train
-
-# Dense peak TFLOP/s per device kind (bf16 tensor core; fp32 runs on TF32 tensor cores by default on GPU).
-PEAK_TFLOPS = {"H100": {"bfloat16": 989.0, "float32": 494.0}, "H200": {"bfloat16": 989.0, "float32": 494.0},
-               "A100": {"bfloat16": 312.0, "float32": 156.0}, "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
-               "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0}}
+MODELS = {
+    "small": dict(d=5, n_points=11, width=64, layers=2, heads=4, lr=1e-3),
+    "standard": dict(d=20, n_points=41, width=256, layers=12, heads=8, lr=1e-4),
+}
 
 
-def peak_tflops(dtype: str) -> float | None:
-  kind = jax.devices()[0].device_kind
-  for name, peaks in PEAK_TFLOPS.items():
-    if name.lower() in kind.lower():
-      return peaks[dtype]
-  return None
-
-
-def time_jaxicl(batch: int, dtype: str, steps: int, seeds: int = 1, repeats: int = 3) -> dict:
-  """steps/s of the compiled chunk (compile excluded; best of ``repeats``) and FLOPs of one step."""
-  cfg = configs.get_config("standard", [f"train.batch_size={batch}", f"model.dtype={dtype}",
-                                        "train.seeds=" + ",".join(map(str, range(seeds))),
-                                        "curriculum.dims_start=None", "curriculum.points_start=None"])
-  engine = train.Engine(cfg)
-  state = engine.init()
-  state, losses = engine.run_chunk(state, steps)  # compile + warm up
-  jax.block_until_ready(losses)
-  best = np.inf
+def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
+  """Measured FLOP/s of a jitted n×n matmul in ``dtype`` on the default device (best of ``repeats``)."""
+  a = jnp.ones((n, n), dtype)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = math.inf
   for _ in range(repeats):
     t0 = time.perf_counter()
-    state, losses = engine.run_chunk(state, steps)
-    jax.block_until_ready(losses)
+    f(a).block_until_ready()
     best = min(best, time.perf_counter() - t0)
-  cost = engine._chunk.lower(state, 1).compile().cost_analysis()
+  return 2 * n**3 / best
+
+
+def jaxicl_bench(spec: dict, batch: int, dtype: str, chunk: int):
+  """(step closure, compile seconds, FLOPs per step) of jaxicl's compiled training chunk for ``spec``."""
+  from jaxicl import configs, train
+  cfg = configs.get_config("tiny", [
+      f"task.d={spec['d']}", f"task.n_points={spec['n_points']}", "task.w_var=1.0", f"model.width={spec['width']}",
+      f"model.n_layers={spec['layers']}", f"model.heads={spec['heads']}", f"model.max_points={spec['n_points']}",
+      "model.mlp=true", f"model.dtype={dtype}", f"optim.lr={spec['lr']}", f"train.batch_size={batch}",
+      f"train.log_every={chunk}"])
+  engine = train.Engine(cfg)
+  holder = {"state": engine.init()}
+  t0 = time.perf_counter()
+  compiled = engine._chunk.lower(holder["state"], chunk).compile()
+  compile_s = time.perf_counter() - t0
+  cost = engine._chunk.lower(holder["state"], 1).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-  steps_per_s = steps / best
-  peak = peak_tflops(dtype)
-  return {"impl": "jaxicl", "batch": batch, "dtype": dtype, "seeds": seeds, "steps_per_s": steps_per_s,
-          "prompts_per_s": steps_per_s * batch * seeds, "step_tflop": flops / 1e12,
-          "mfu": (flops * steps_per_s / (peak * 1e12)) if peak else None}
+  flops = float(cost.get("flops", math.nan)) if cost else math.nan
+
+  def run() -> None:
+    holder["state"], losses = compiled(holder["state"])
+    jax.block_until_ready(losses)
+
+  run()
+  return run, compile_s, flops
 
 
-def time_torch(batch: int, dtype: str, steps: int, compile_model: bool) -> dict | None:
-  """The PyTorch + Hugging Face GPT-2 reference (Garg et al.'s model) on the same device; None without torch."""
+def torch_bench(spec: dict, batch: int, dtype: str, compile_model: bool):
+  """(step closure running one training step, compile seconds) of the reference, or None without torch."""
   try:
     import torch
-    from transformers import GPT2Config, GPT2Model
+    import reference
   except ImportError:
     return None
   device = "cuda" if torch.cuda.is_available() else "cpu"
-  d, n_points = 20, 41
-
-  class Reference(torch.nn.Module):
-    def __init__(self):
-      super().__init__()
-      conf = GPT2Config(n_positions=2 * n_points, n_embd=256, n_layer=12, n_head=8, resid_pdrop=0.0,
-                        embd_pdrop=0.0, attn_pdrop=0.0, use_cache=False)
-      self.read_in = torch.nn.Linear(d, 256)
-      self.backbone = GPT2Model(conf)
-      self.read_out = torch.nn.Linear(256, 1)
-
-    def forward(self, xs, ys):
-      tokens = torch.stack([xs, torch.nn.functional.pad(ys[..., None], (0, d - 1))], dim=2).flatten(1, 2)
-      h = self.backbone(inputs_embeds=self.read_in(tokens)).last_hidden_state
-      return self.read_out(h)[:, ::2, 0]
-
-  model = Reference().to(device)
-  opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+  torch.manual_seed(0)
+  model = reference.Reference(spec["d"], spec["n_points"], spec["width"], spec["layers"], spec["heads"]).to(device)
+  opt = torch.optim.Adam(model.parameters(), lr=spec["lr"])
+  fwd = torch.compile(model) if compile_model else model
   autocast = torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+  gen = torch.Generator(device=device).manual_seed(0)
 
-  def step():
-    xs = torch.randn(batch, n_points, d, device=device)
-    w = torch.randn(batch, d, 1, device=device)
+  def step() -> None:
+    xs = torch.randn(batch, spec["n_points"], spec["d"], generator=gen, device=device)
+    w = torch.randn(batch, spec["d"], 1, generator=gen, device=device)
     ys = (xs @ w)[..., 0]
     with autocast:
       loss = ((fwd(xs, ys).float() - ys) ** 2).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    if device == "cuda":
+      torch.cuda.synchronize()
 
-  fwd = torch.compile(model) if compile_model else model
-  for _ in range(3):
-    step()
-  if device == "cuda":
-    torch.cuda.synchronize()
   t0 = time.perf_counter()
-  for _ in range(steps):
-    step()
-  if device == "cuda":
-    torch.cuda.synchronize()
-  steps_per_s = steps / (time.perf_counter() - t0)
-  return {"impl": "torch.compile" if compile_model else "torch eager", "batch": batch, "dtype": dtype, "seeds": 1,
-          "steps_per_s": steps_per_s, "prompts_per_s": steps_per_s * batch}
+  step()
+  step()
+  return step, (time.perf_counter() - t0) if compile_model else 0.0
+
+
+def best_torch_threads(spec: dict, batch: int, dtype: str, steps: int) -> int:
+  """The torch thread count in 1..nproc with the most eager steps/s (CPU only)."""
+  import torch
+  if torch.cuda.is_available():
+    return torch.get_num_threads()
+  best, best_rate = 1, 0.0
+  for threads in range(1, (os.cpu_count() or 1) + 1):
+    torch.set_num_threads(threads)
+    step, _ = torch_bench(spec, batch, dtype, False)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+      step()
+    rate = steps / (time.perf_counter() - t0)
+    if rate > best_rate:
+      best, best_rate = threads, rate
+  torch.set_num_threads(best)
+  return best
+
+
+def bench_model(name: str, batch: int, dtype: str, chunk: int, repeats: int, compile_torch: bool) -> list[dict]:
+  """Interleaved timings of jaxicl, torch eager and torch.compile for model ``name``: one row each."""
+  spec = MODELS[name]
+  ours, compile_s, flops = jaxicl_bench(spec, batch, dtype, chunk)
+  impls = {"jaxicl": (lambda: ours(), chunk, compile_s)}
+  threads = None
+  try:
+    import torch  # noqa: F401
+    have_torch = True
+  except ImportError:
+    have_torch = False
+  if have_torch:
+    threads = best_torch_threads(spec, batch, dtype, max(3, chunk // 10))
+    eager, _ = torch_bench(spec, batch, dtype, False)
+    impls["torch eager"] = (eager, 1, 0.0)
+    if compile_torch:
+      try:
+        compiled, torch_compile_s = torch_bench(spec, batch, dtype, True)
+        impls["torch.compile"] = (compiled, 1, torch_compile_s)
+      except Exception as e:  # noqa: BLE001 -- inductor needs a working C++ toolchain; report, don't fail
+        print(f"torch.compile unavailable: {type(e).__name__}: {str(e)[:200]}", file=sys.stderr)
+  per_step = {k: [] for k in impls}
+  for _ in range(repeats):
+    for impl, (fn, steps_per_call, _) in impls.items():
+      calls = 1 if impl == "jaxicl" else chunk
+      t0 = time.perf_counter()
+      for _ in range(calls):
+        fn()
+      per_step[impl].append((time.perf_counter() - t0) / (calls * steps_per_call))
+  rows = []
+  for impl, (_, _, comp) in impls.items():
+    sec = statistics.median(per_step[impl])
+    rows.append({"model": name, "impl": impl, "batch": batch, "dtype": dtype, "compile_s": comp,
+                 "steps_per_s": 1 / sec, "prompts_per_s": batch / sec, "sec_per_step": sec, "flops_per_step": flops,
+                 "torch_threads": threads if impl != "jaxicl" else None})
+  return rows
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--cpu-quick", action="store_true", help="small CPU reference run")
-  parser.add_argument("--steps", type=int, default=None)
-  parser.add_argument("--sweep-seeds", type=int, default=None)
-  parser.add_argument("--json", default=None, help="also write the rows here")
+  parser.add_argument("--models", default="small")
+  parser.add_argument("--batch", type=int, default=64)
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+  parser.add_argument("--chunk", type=int, default=50, help="steps per timed jaxicl chunk (and torch block)")
+  parser.add_argument("--repeats", type=int, default=7)
+  parser.add_argument("--no-torch-compile", action="store_true")
+  parser.add_argument("--learning-speed-json", default=None,
+                      help="steps to result from benchmarks/learning_speed.py --json (else measured here)")
+  parser.add_argument("--no-time-to-result", action="store_true", help="skip the steps-to-result measurement")
+  parser.add_argument("--md", default=None)
+  parser.add_argument("--json", default=None)
   args = parser.parse_args()
-  batches = [8] if args.cpu_quick else [64, 1024]
-  steps = args.steps or (3 if args.cpu_quick else 50)
-  n_seeds = args.sweep_seeds or (4 if args.cpu_quick else 64)
+  for name in args.models.split(","):
+    if name not in MODELS:
+      parser.error(f"--models: unknown model {name!r}; known: {sorted(MODELS)}")
+  for flag in ("batch", "chunk", "repeats"):
+    if getattr(args, flag) < 1:
+      parser.error(f"--{flag}={getattr(args, flag)}: must be >= 1")
+
+  peak = matmul_peak(args.dtype)
   rows = []
-  for batch in batches:
-    for dtype in ("float32", "bfloat16"):
-      ours = time_jaxicl(batch, dtype, steps)
-      rows.append(ours)
-      for compiled in (False, True):
-        ref = time_torch(batch, dtype, steps, compiled)
-        if ref:
-          ref["jaxicl_speedup"] = ours["steps_per_s"] / ref["steps_per_s"]
-          rows.append(ref)
-  one = next(r for r in rows if r["impl"] == "jaxicl" and r["batch"] == batches[0] and r["dtype"] == "float32")
-  sweep = time_jaxicl(batches[0], "float32", steps, seeds=n_seeds)
-  sweep["vs_one_seed_at_a_time"] = sweep["prompts_per_s"] / one["prompts_per_s"]
-  eager = next((r for r in rows if r["impl"] == "torch eager" and r["batch"] == batches[0]
-                and r["dtype"] == "float32"), None)
-  if eager:
-    sweep["vs_torch_eager_seed_after_seed"] = sweep["prompts_per_s"] / eager["prompts_per_s"]
-  rows.append(sweep)
-  print(f"device: {jax.devices()[0].device_kind} × {len(jax.devices())}, jax {jax.__version__}")
-  print(f"{'impl':14s} {'batch':>6s} {'dtype':>9s} {'seeds':>5s} {'steps/s':>9s} {'prompts/s':>10s} "
-        f"{'MFU':>6s}  ratio")
+  for name in args.models.split(","):
+    rows += bench_model(name, args.batch, args.dtype, args.chunk, args.repeats, not args.no_torch_compile)
   for r in rows:
-    mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "-"
-    ratio = "  ".join(f"{k}={v:.2f}" for k, v in r.items() if k.startswith(("jaxicl_", "vs_")))
-    print(f"{r['impl']:14s} {r['batch']:6d} {r['dtype']:>9s} {r['seeds']:5d} {r['steps_per_s']:9.2f} "
-          f"{r['prompts_per_s']:10.0f} {mfu:>6s}  {ratio}")
+    r["flop_per_s"] = r["flops_per_step"] * r["steps_per_s"]
+    r["fraction_of_matmul_peak"] = r["flop_per_s"] / peak
+
+  result_steps = None
+  if "small" in args.models.split(",") and not args.no_time_to_result:
+    if args.learning_speed_json:
+      with open(args.learning_speed_json) as f:
+        result_steps = json.load(f)["median_steps_to_threshold"]
+    else:
+      import learning_speed
+      print("measuring steps to result (benchmarks/learning_speed.py, 3 seeds) ...", file=sys.stderr)
+      out = {}
+      curves, _ = learning_speed.train_jaxicl("fan_in", [0, 1, 2], 2500, 50)
+      out["jaxicl io_init=fan_in"] = float(np.median([learning_speed.steps_to(list(c), 50, 3.0) or math.inf
+                                                      for c in curves]))
+      try:
+        ref = [learning_speed.train_reference(s, 2500, 50)[0] for s in range(3)]
+        out["reference"] = float(np.median([learning_speed.steps_to(list(c), 50, 3.0) or math.inf for c in ref]))
+      except ImportError:
+        pass
+      result_steps = out
+  if result_steps:
+    ours_steps = next((v for k, v in result_steps.items() if k.startswith("jaxicl io_init=fan_in")), None)
+    ref_steps = next((v for k, v in result_steps.items() if not k.startswith("jaxicl")), None)
+    for r in rows:
+      if r["model"] != "small":
+        continue
+      steps = ours_steps if r["impl"] == "jaxicl" else ref_steps
+      if steps is not None and math.isfinite(steps):
+        r["steps_to_result"] = steps
+        r["time_to_result_s"] = r["compile_s"] + steps * r["sec_per_step"]
+
+  device = jax.devices()[0]
+  header = (f"device: {device.device_kind} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores) × "
+            f"{len(jax.devices())}, jax {jax.__version__}; measured {args.dtype} matmul peak "
+            f"{peak / 1e9:.1f} GFLOP/s; batch {args.batch}; median of {args.repeats} interleaved timings")
+  lines = [header, "",
+           "| model | implementation | compile (s) | steps/s | prompts/s | × torch eager | × torch.compile | "
+           "FLOP/s ÷ peak | steps to loss < 3 | time to result (s) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for r in rows:
+    base = {x["impl"]: x for x in rows if x["model"] == r["model"]}
+    ratio = lambda other: (f"{r['steps_per_s'] / base[other]['steps_per_s']:.2f}" if other in base else "-")
+    impl = r["impl"] + (f" ({r['torch_threads']} thr)" if r["torch_threads"] else "")
+    result = (f"{r['steps_to_result']:.0f} | {r['time_to_result_s']:.0f}" if "time_to_result_s" in r else "- | -")
+    lines.append(f"| {r['model']} | {impl} | {r['compile_s']:.1f} | {r['steps_per_s']:.1f} | {r['prompts_per_s']:.0f} | "
+                 f"{ratio('torch eager')} | {ratio('torch.compile')} | {100 * r['fraction_of_matmul_peak']:.1f}% | "
+                 f"{result} |")
+  text = "\n".join(lines)
+  print(text)
+  if args.md:
+    with open(args.md, "w") as f:
+      f.write(text + "\n")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"device": jax.devices()[0].device_kind, "rows": rows}, f, indent=1)
+      json.dump({"device": device.device_kind, "jax": jax.__version__, "matmul_peak_flop_per_s": peak,
+                 "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

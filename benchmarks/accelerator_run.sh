@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The accelerator run: the benchmark table, then the study presets sized for one accelerator, written with the
+# device's name under results/. It works in pieces of at most JAXICL_PIECE_S seconds (default 570, under the
+# 10-minute limit of one remote command): each step is resumable (training workdirs under OUT) and marked done
+# when finished; a piece that runs out of time exits with code 75 — run the same command again to go on.
+#
+#   bash benchmarks/accelerator_run.sh              # on a GPU/TPU machine; repeat until it prints "all done"
+#   bash benchmarks/accelerator_run.sh --dry-run    # the same steps at tiny sizes on any machine (CI)
+#
+# Budget on one H100 (estimated from the presets' docstrings): benchmark ~5 min, study 1 full and study 2 full
+# within ~30 min together.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DRY=0
+if [ "${1:-}" = "--dry-run" ]; then DRY=1; shift; fi
+PY=${PYTHON:-python}
+DEVICE=$($PY -c "import jax; print(jax.devices()[0].device_kind.replace(' ', '_').replace('/', '_'))") || exit 2
+OUT=${1:-results/accelerator_${DEVICE}}
+[ $DRY = 1 ] && OUT=${1:-results/dry_run_${DEVICE}}
+PIECE_S=${JAXICL_PIECE_S:-570}
+START=$(date +%s)
+mkdir -p "$OUT" || exit 2
+
+step() {  # step NAME COMMAND...: run COMMAND within what is left of this piece, unless NAME is done
+  local name=$1; shift
+  if [ -f "$OUT/.done_$name" ]; then echo "[$name] done before, skipped"; return 0; fi
+  local left=$(( PIECE_S - ($(date +%s) - START) ))
+  if [ $left -le 30 ]; then echo "piece time used up before [$name]; run again to go on"; exit 75; fi
+  echo "[$name] $* (≤ ${left}s)"
+  timeout --signal=TERM --kill-after=20 "$left" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -n 25 "$OUT/$name.log"
+  if [ $rc = 0 ]; then touch "$OUT/.done_$name"; return 0; fi
+  if [ $rc = 124 ] || [ $rc = 137 ]; then echo "[$name] stopped at the piece's time limit; run again to resume"; exit 75; fi
+  echo "[$name] failed with exit code $rc (log: $OUT/$name.log)"; exit $rc
+}
+
+if [ $DRY = 1 ]; then
+  step bench $PY benchmarks/bench_train.py --models small --batch 4 --chunk 2 --repeats 1 --no-torch-compile \
+    --no-time-to-result --md "$OUT/bench.md" --json "$OUT/bench.json"
+  step multihead $PY -m jaxicl.cli reproduce multihead --preset tiny --out "$OUT/multihead_tiny"
+  step head_utilization $PY -m jaxicl.cli reproduce head-utilization --preset tiny --out "$OUT/head_utilization_tiny"
+else
+  step bench $PY benchmarks/bench_train.py --models small,standard --batch 64 --md "$OUT/bench_b64.md" \
+    --json "$OUT/bench_b64.json"
+  step bench_bf16 $PY benchmarks/bench_train.py --models standard --batch 1024 --dtype bfloat16 \
+    --no-time-to-result --md "$OUT/bench_b1024_bf16.md" --json "$OUT/bench_b1024_bf16.json"
+  step multihead $PY -m jaxicl.cli reproduce multihead --preset full --out "$OUT/multihead_full"
+  step head_utilization $PY -m jaxicl.cli reproduce head-utilization --preset full --out "$OUT/head_utilization_full"
+fi
+echo "all done: $OUT"

@@ -1,0 +1,38 @@
+"""benchmarks/accelerator_run.sh cannot rot: its --dry-run executes every step at tiny sizes, records each
+step as done, and a second run resumes (skips every finished step)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+from conftest import REPO, subprocess_env
+
+
+def _run(out: str, cache: str) -> subprocess.CompletedProcess:
+  env = subprocess_env(cache)
+  env.update(PYTHON=sys.executable, JAXICL_PIECE_S="1100")  # one piece: a slow machine must not cut it
+  return subprocess.run(["bash", os.path.join(REPO, "benchmarks", "accelerator_run.sh"), "--dry-run", out],
+                        cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
+
+
+def test_dry_run_executes_every_step_and_resumes(tmp_path, xla_cache):
+  out = str(tmp_path / "acc")
+  first = _run(out, xla_cache)
+  assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-2000:]
+  assert "all done" in first.stdout
+  steps = ("bench", "multihead", "head_utilization")
+  assert all(os.path.exists(os.path.join(out, f".done_{s}")) for s in steps)
+  with open(os.path.join(out, "bench.json")) as f:
+    bench = json.load(f)
+  ours = next(r for r in bench["rows"] if r["impl"] == "jaxicl")
+  assert ours["steps_per_s"] > 0 and ours["flops_per_step"] > 0  # XLA's cost analysis counted the step
+  assert 0 < ours["fraction_of_matmul_peak"] < 1.5 and math.isfinite(bench["matmul_peak_flop_per_s"])
+  for study in ("multihead_tiny", "head_utilization_tiny"):
+    with open(os.path.join(out, study, "summary.json")) as f:
+      assert json.load(f)["preset"] == "tiny"
+  second = _run(out, xla_cache)
+  assert second.returncode == 0 and second.stdout.count("done before, skipped") == len(steps), second.stdout
