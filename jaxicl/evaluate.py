@@ -505,10 +505,11 @@ def plot_report(report: dict[str, Any], path: str, title: str = "") -> str:
     finite = np.concatenate(values)
     finite = finite[np.isfinite(finite) & (finite > 0)]
     ax.set_yscale("log")
-    if finite.size:  # the model's curve and most of the baselines in view; a diverging baseline leaves the top
+    if finite.size:  # the model's band and the bulk of every baseline in view; a diverging baseline leaves the top
       model_hi = as_float(e["model_ci"][1]) if e.get("model_ci") else values[-1]
-      top = max(np.nanmax(np.where(np.isfinite(model_hi), model_hi, np.nan)), np.percentile(finite, 90))
-      ax.set_ylim(max(finite.min(), 1e-3 * top) / 1.5, top * 1.5)
+      medians = [np.median(v[np.isfinite(v)]) for v in values if np.isfinite(v).any()]
+      top = max(np.nanmax(np.where(np.isfinite(model_hi), model_hi, np.nan)), max(medians))
+      ax.set_ylim(max(finite.min(), 1e-3 * top) / 1.5, top * 2)
     ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     ax.yaxis.set_minor_locator(ticker.NullLocator())

@@ -165,7 +165,8 @@ def _orthogonal(once_key, key, prompt, param, t):
   _, s, vt = jnp.linalg.svd(context, full_matrices=False)
   keep = s > 10 * max(xs.shape) * jnp.finfo(xs.dtype).eps * s[0]  # no context (t = 0): s = 0, nothing kept
   x = xs[t]
-  r = x - vt.T @ (keep * (vt @ x))
+  project_off = lambda v: v - vt.T @ (keep * (vt @ v))  # noqa: E731
+  r = project_off(project_off(x))  # twice: a small residual keeps float32 orthogonality (as re-orthogonalised G-S)
   r_norm = jnp.linalg.norm(r)
   x_new = jnp.where(r_norm > 0, r * (jnp.linalg.norm(x) / jnp.where(r_norm > 0, r_norm, 1.0)), 0.0)
   return _relabel(prompt, xs.at[t].set(x_new), prompt.w)
