@@ -21,7 +21,13 @@ def _train(args) -> int:
 
 def _eval(args) -> int:
   from jaxicl import evaluate, shifts
-  specs = shifts.parse(args.shift)  # a bad shift fails before the workdir is loaded
+  specs = shifts.parse(args.shift)  # bad options fail before the workdir is loaded
+  if args.bootstrap < 1:
+    raise ValueError(f"--bootstrap={args.bootstrap}: must be >= 1")
+  if not 0 < args.ci_level < 1:
+    raise ValueError(f"--ci-level={args.ci_level}: must be in (0, 1)")
+  if args.prompts is not None and args.prompts < 2:
+    raise ValueError(f"--prompts={args.prompts}: must be >= 2")
   report = evaluate.evaluate_workdir(args.workdir, n_prompts=args.prompts, run=args.run, out_dir=args.out,
                                      shifts=specs, n_boot=args.bootstrap, ci_level=args.ci_level)
   print(json.dumps({k: report[k] for k in ("table", "csv", "plot") if k in report}))

@@ -141,6 +141,14 @@ def suite_baselines(task: tasks.TaskConfig, query_indices: Sequence[int], n_prom
   return base
 
 
+def check_ci(n_boot: int, level: float) -> None:
+  """Raises ``ValueError`` naming an invalid number of resamples or confidence level."""
+  if not isinstance(n_boot, (int, np.integer)) or isinstance(n_boot, bool) or n_boot < 1:
+    raise ValueError(f"n_boot={n_boot!r}: must be an integer >= 1")
+  if not (isinstance(level, (int, float, np.floating)) and 0 < level < 1):
+    raise ValueError(f"ci_level={level!r}: must be in (0, 1)")
+
+
 def bootstrap_ci(errors: np.ndarray, n_boot: int = N_BOOT, level: float = CI_LEVEL, seed: int = 0) -> np.ndarray:
   """Percentile-bootstrap interval of the mean over axis 0: errors [B, ...] -> [2, ...] (lower, upper).
 
@@ -148,10 +156,7 @@ def bootstrap_ci(errors: np.ndarray, n_boot: int = N_BOOT, level: float = CI_LEV
   resample m), so the resampled means are one product C·E/B (no loop over resamples; blocks of resamples bound
   the memory). A column with a non-finite entry (an undefined point) gets NaN.
   """
-  if not isinstance(n_boot, (int, np.integer)) or isinstance(n_boot, bool) or n_boot < 1:
-    raise ValueError(f"n_boot={n_boot!r}: must be an integer >= 1")
-  if not 0 < level < 1:
-    raise ValueError(f"ci_level={level!r}: must be in (0, 1)")
+  check_ci(n_boot, level)
   e = np.asarray(errors, np.float64)
   n = e.shape[0]
   if n < 1:
@@ -362,7 +367,7 @@ def evaluate_runs(model: ICLModel, run_params: Any, task: tasks.TaskConfig, n_pr
   index = layouts.get_layout(model.layout).target_index(task.n_points)
   for spec in specs:
     shifts_lib.check_task(spec, task.d, index)
-  bootstrap_ci(np.zeros((1, 1)), n_boot, ci_level)  # checks n_boot and ci_level before any work
+  check_ci(n_boot, ci_level)
   n_runs = jax.tree.leaves(run_params)[0].shape[0]
   if not 0 <= run < n_runs:
     raise ValueError(f"run={run}: the parameters hold runs 0..{n_runs - 1}")
@@ -545,6 +550,9 @@ def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, o
   and eval.png (atomically)."""
   from jaxicl import train
   specs = _as_specs(shifts)
+  check_ci(n_boot, ci_level)
+  if n_prompts is not None and (not isinstance(n_prompts, (int, np.integer)) or n_prompts < 2):
+    raise ValueError(f"n_prompts={n_prompts!r}: must be an integer >= 2")
   result = train.load_run(workdir)
   cfg = result.config
   if not 0 <= run < len(cfg.runs):

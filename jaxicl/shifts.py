@@ -224,7 +224,9 @@ def parse(text: str | Sequence[str]) -> tuple[ShiftSpec, ...]:
       continue
     name, _, value = item.partition("=")
     name = name.strip()
-    shift = get_shift(name)
+    if name not in SHIFTS:
+      raise ValueError(f"shift {item!r}: unknown shift {name!r}; known: {sorted(SHIFTS)} or all")
+    shift = SHIFTS[name]
     if not _:
       specs.append(ShiftSpec(name, shift.default))
       continue
