@@ -423,8 +423,11 @@ def _atomic_write(path: str, write: Callable[[str], None]) -> str:
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
   os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
   try:
     write(tmp)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):
@@ -572,8 +575,8 @@ def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, o
   os.makedirs(out_dir, exist_ok=True)
   report["table"] = os.path.join(out_dir, "eval.json")
   report["csv"] = write_csv(report, os.path.join(out_dir, "eval.csv"))
-  report["plot"] = plot_report(report, os.path.join(out_dir, "eval.png"),
-                               f"{cfg.model.name}, d={cfg.task.d}, {cfg.task.family} (seed {seed}, step {report['step']})")
+  title = f"{cfg.model.name}, d={cfg.task.d}, {cfg.task.family} (seed {seed}, step {report['step']})"
+  report["plot"] = plot_report(report, os.path.join(out_dir, "eval.png"), title)
 
   def write(tmp):
     with open(tmp, "w") as f:

@@ -96,7 +96,7 @@ def random_orthogonal(key: jax.Array, d: int) -> jax.Array:
 
 
 def skewed_sqrt(key: jax.Array, d: int, decay: float | jax.Array) -> jax.Array:
-  """S = U diag(√λ) Uᵀ (the symmetric square root of Σ = U diag(λ) Uᵀ), U = ``random_orthogonal(key, d)``. [d, d].
+  """S = U diag(√λ) Uᵀ, the symmetric square root of Σ = U diag(λ) Uᵀ, U = ``random_orthogonal(key, d)``. [d, d].
 
   λ as in ``skew_spectrum`` (traced ``decay`` allowed).
   """
@@ -107,7 +107,7 @@ def skewed_sqrt(key: jax.Array, d: int, decay: float | jax.Array) -> jax.Array:
 
 
 def skewed_covariance(key: jax.Array, d: int, decay: float) -> np.ndarray:
-  """Σ = S S of ``skewed_sqrt`` (float64 numpy), the covariance a ``skewed`` / ``mismatch`` shift gives N(0, I) inputs."""
+  """Σ = S S of ``skewed_sqrt`` (float64 numpy): the covariance ``skewed`` / ``mismatch`` give N(0, I) inputs."""
   s = np.asarray(skewed_sqrt(key, d, decay), np.float64)
   return s @ s
 
