@@ -20,9 +20,17 @@ def _train(args) -> int:
 
 
 def _eval(args) -> int:
-  from jaxicl import evaluate
-  report = evaluate.evaluate_workdir(args.workdir, n_prompts=args.prompts, run=args.run, out_dir=args.out)
-  print(json.dumps({k: report[k] for k in ("table", "plot") if k in report}))
+  from jaxicl import evaluate, shifts
+  specs = shifts.parse(args.shift)  # bad options fail before the workdir is loaded
+  if args.bootstrap < 1:
+    raise ValueError(f"--bootstrap={args.bootstrap}: must be >= 1")
+  if not 0 < args.ci_level < 1:
+    raise ValueError(f"--ci-level={args.ci_level}: must be in (0, 1)")
+  if args.prompts is not None and args.prompts < 2:
+    raise ValueError(f"--prompts={args.prompts}: must be >= 2")
+  report = evaluate.evaluate_workdir(args.workdir, n_prompts=args.prompts, run=args.run, out_dir=args.out,
+                                     shifts=specs, n_boot=args.bootstrap, ci_level=args.ci_level)
+  print(json.dumps({k: report[k] for k in ("table", "csv", "plot") if k in report}))
   return 0
 
 
@@ -60,11 +68,17 @@ def parser() -> argparse.ArgumentParser:
   t.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
   t.set_defaults(fn=_train)
 
-  e = sub.add_parser("eval", help="loss vs number of in-context examples against baselines")
+  e = sub.add_parser("eval", help="excess risk vs number of in-context examples against baselines, in distribution "
+                     "and under distribution shifts, with bootstrap confidence intervals")
   e.add_argument("--workdir", required=True)
-  e.add_argument("--prompts", type=int, default=None)
+  e.add_argument("--prompts", type=int, default=None, help="held-out prompts (default: train.eval_prompts)")
   e.add_argument("--run", type=int, default=0, help="which run (seed × lr) of the workdir")
-  e.add_argument("--out", default=None, help="folder for eval.json / eval.png (default: workdir)")
+  e.add_argument("--out", default=None, help="folder for eval.json / eval.csv / eval.png (default: workdir)")
+  e.add_argument("--shift", action="append", default=[], metavar="NAME[=VALUE],...",
+                 help="shifts evaluated besides in distribution, e.g. skewed,scaled=3, or all (names, defaults and "
+                      "formulas: jaxicl/shifts.py; an unknown name lists the known ones)")
+  e.add_argument("--bootstrap", type=int, default=1000, metavar="M", help="bootstrap resamples of the CIs")
+  e.add_argument("--ci-level", type=float, default=0.95, help="confidence level of the bootstrap intervals")
   e.set_defaults(fn=_eval)
 
   sub.add_parser("theory", help="study-1 O(1/D) constants (see `jaxicl theory --help`)", add_help=False)
