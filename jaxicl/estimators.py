@@ -1048,13 +1048,21 @@ def tune_per_n(tune_risks: np.ndarray, eval_risks: np.ndarray, points: list[dict
   tune_risks, eval_risks [G, N] (the same G grid ``points``); ``eligible`` [G, N] bool (e.g. the stability
   rule: η·λ_max <= ``STABILITY_MARGIN`` on every tuning prompt); non-finite or ineligible points are never
   chosen unless nothing else is left. Returns {"risk": [N] eval risks of the winners, "hparams": [N] winners,
-  "edges": [N] lists of the hyper-parameters at a grid edge (``grid_edges``; empty without ``grid``)}.
+  "edges": [N] lists of the hyper-parameters at a grid edge (``grid_edges``; empty without ``grid``; a key is not
+  flagged when a point off its edge ties with the winner)}.
   """
   tune_risks, eval_risks = np.asarray(tune_risks, np.float64), np.asarray(eval_risks, np.float64)
   if tune_risks.shape != eval_risks.shape or tune_risks.shape[0] != len(points):
     raise ValueError(f"tune_per_n: shapes {tune_risks.shape}, {eval_risks.shape} and {len(points)} points disagree")
   ok = np.isfinite(tune_risks) if eligible is None else np.isfinite(tune_risks) & np.asarray(eligible, bool)
-  best = np.argmin(np.where(ok, tune_risks, np.inf), axis=0)  # [N]
+  ranked = np.where(ok, tune_risks, np.inf)
+  best = np.argmin(ranked, axis=0)  # [N]
   hparams = [points[g] for g in best]
-  return {"risk": eval_risks[best, np.arange(eval_risks.shape[1])].tolist(), "hparams": hparams,
-          "edges": [grid_edges(h, grid) if grid else [] for h in hparams]}
+  edges = []
+  for n, h in enumerate(hparams):
+    flagged = grid_edges(h, grid) if grid else []
+    # an edge matters only if no point off that edge does as well (ties, e.g. n = 0 where every point predicts 0)
+    tie = ranked[best[n], n] * (1 + 1e-9) + 1e-300
+    edges.append([k for k in flagged if not any(ranked[g, n] <= tie and k not in grid_edges(points[g], {k: grid[k]})
+                                                  for g in range(len(points)))])
+  return {"risk": eval_risks[best, np.arange(eval_risks.shape[1])].tolist(), "hparams": hparams, "edges": edges}

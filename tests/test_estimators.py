@@ -331,6 +331,8 @@ def test_tune_per_n_honours_eligibility_and_flags_grid_edges():
   assert [h["lam"] for h in out["hparams"]] == [0.1, 1.0, 1.0]  # n=2: 10.0 is better but ineligible
   assert out["risk"] == [0.0, 4.0, 5.0]
   assert out["edges"] == [["lam"], [], []]
+  tied = E.tune_per_n(np.ones((3, 2)), test[:, :2], points, {"lam": (0.1, 1.0, 10.0)})  # all equal: no edge matters
+  assert tied["edges"] == [[], []] and [h["lam"] for h in tied["hparams"]] == [0.1, 0.1]
   assert E.grid_edges({"steps": float("inf"), "lr": 0.1}, {"steps": (1, 10, float("inf")), "lr": (0.1, 1.0)}) == ["lr"]
   assert E.grid_edges({"steps": 10, "rounds": 1}, {"steps": (1, 10, float("inf")), "rounds": (1, 3)}) == []
 
