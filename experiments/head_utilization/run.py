@@ -655,7 +655,7 @@ def write_outputs(sc: StudyConfig, records: dict, baselines: dict, out: str) -> 
                                 os.path.join(out, f"pto_vs_baselines_sigma{sigma:g}.png")))
     for label, b in baselines[sigma].items():
       for n in range(sc.n_points):
-        rows.append([sigma, label, n, b["risk"][n], json.dumps(b["hparams"][n]) if b["hparams"] else ""])
+        rows.append([sigma, label, n, b["risk"][n], json.dumps(_json_clean(b["hparams"][n])) if b["hparams"] else ""])
     for (s, L, H), rec in records.items():
       if s == sigma:
         rows += [[sigma, f"transformer {L}x{H}", n, float(rec["risk"][:, n].mean()), ""] for n in range(sc.n_points)]
