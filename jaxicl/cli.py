@@ -85,7 +85,7 @@ def parser() -> argparse.ArgumentParser:
 
   r = sub.add_parser("reproduce", help="run a study end to end")
   r.add_argument("study", choices=["multihead", "head-utilization"])
-  r.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
+  r.add_argument("--preset", default="quick", choices=["tiny", "quick", "cpu", "full"])
   r.add_argument("--out", required=True)
   r.set_defaults(fn=_reproduce)
 

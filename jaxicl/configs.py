@@ -111,6 +111,9 @@ class Config:
     c = self.curriculum
     if c.dims_start is not None:
       _check(c.dims_start <= self.task.d, "curriculum.dims_start", c.dims_start, f"must be <= task.d={self.task.d}")
+      if self.task.family == "sparse":  # the support is drawn among the active dims, so s of them must exist
+        _check(c.dims_start >= self.task.sparsity, "curriculum.dims_start", c.dims_start,
+               f"must be >= task.sparsity={self.task.sparsity} for the sparse family")
     if c.points_start is not None:
       _check(c.points_start <= self.task.n_points, "curriculum.points_start", c.points_start,
              f"must be <= task.n_points={self.task.n_points}")

@@ -21,6 +21,15 @@ Numerical conventions:
   * ``bayes`` with σ² = 0 is the noiseless limit θ0 + X⁺(y − Xθ0) (exact posterior mean as σ² → 0);
     τ² = 0 gives θ0.
   * ``pool_bayes`` floors the likelihood variance at ``POOL_NOISE_FLOOR`` = 1e-6 (so σ² = 0 works).
+  * ``sparse_bayes`` (exact posterior mean of the ``sparse`` family by enumerating the C(d, s) supports)
+    floors the likelihood variance at ``SPARSE_BAYES_NOISE_FLOOR`` = 1e-6 and runs in float64 by default.
+  * ``iterated_pto`` is this project's extension of PtO (re-weighted rounds), not a method of the paper.
+
+Path tuning (``gd_path_risks``, ``iterated_pto_path_risks``): GD from 0 on G = X̃ᵀX̃/n, b = X̃ᵀy/n has the
+closed form w_T = V diag(f_T(λ)) Vᵀb, f_T(λ) = (1 − (1 − ηλ)^T)/λ (ηT at λ = 0), for G = V diag(λ) Vᵀ, so one
+eigendecomposition per prompt and prefix gives the risk at every step count T, up to T = ∞ (f = 1/λ on the
+non-zero eigenvalues: the minimum-norm least-squares solution, GD's limit from 0 for any stable η). Per-n
+choice on a tuning set with the stability rule and grid-edge flags: ``tune_per_n``.
   * ``lasso`` follows the exact homotopy (LARS-lasso) path, checks the result against the KKT conditions
     after an active-set Newton polish, and falls back to coordinate descent (tol = 1e-10 relative
     change, at most 1000 sweeps) if the check fails; see ``lasso_weights``. It computes in the inputs'
@@ -33,6 +42,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import math
 from typing import Any, Callable, Sequence
 
 import jax
@@ -72,6 +82,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "noise_var": (lambda v: np.all(np.asarray(v) >= 0), "must be >= 0"),
     "tol": (lambda v: np.all(np.asarray(v) > 0), "must be > 0"),
     "max_sweeps": (lambda v: isinstance(v, (int, np.integer)) and v >= 1, "must be an integer >= 1"),
+    "rounds": (lambda v: _is_int(v) and np.all(np.asarray(v) >= 1), "must be an integer >= 1"),
+    "sparsity": (lambda v: isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1,
+                 "must be a Python integer >= 1"),
 }
 
 
@@ -339,6 +352,103 @@ def lasso_weights(
   return jax.lax.while_loop(not_done, round_, init)[0]
 
 
+def iterated_pto_weights(
+    X: jax.Array, y: jax.Array, lr: float | jax.Array, steps: int | jax.Array, rounds: int | jax.Array,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+  """Iterated PtO (this project's extension of PtO, not from the paper): ``rounds`` PtO fits, each
+  re-weighting the features by the magnitudes of the previous estimate. [n, d], [n] -> [d].
+
+  r⁽⁰⁾ = r̂ = (1/n) Σ_i y_i x_i;  w⁽ᵏ⁾ = r⁽ᵏ⁾ ⊙ w̃⁽ᵏ⁾, w̃⁽ᵏ⁾ = ``steps`` GD steps (η, from 0) on (diag(r⁽ᵏ⁾) x_i, y_i);
+  r⁽ᵏ⁺¹⁾ = |w⁽ᵏ⁾| · ||r̂|| / ||w⁽ᵏ⁾||. ``rounds`` = 1 is ``pto_weights`` (the sign of r does not change r ⊙ w̃).
+  The rescaling to ||r̂|| keeps the Gram matrix of every round on PtO's scale, so one step size η serves all
+  rounds (scaling r by c scales the effective step by c²); only the relative magnitudes re-weight.
+  Adaptive-ridge reading: early-stopped GD on diag(r)x is close to ridge on it, i.e. to
+  argmin_w ||Xw − y||² + λ Σ_j w_j² / r_j², so with r = |w_prev| each round is one step of the adaptive ridge
+  (Grandvalet 1998) that approximates the ℓ1 penalty Σ|w_j| (w²/|w| = |w|): coordinates the previous round
+  found small are shrunk harder. ``rounds`` may be traced.
+  """
+  check_hparams("iterated_pto", lr=lr, steps=steps, rounds=rounds)
+  r = averaging_weights(X, y, mask)
+  Xf = _as_float(X)
+
+  def one_round(_, state):
+    r, _ = state
+    w = r * gd_weights(Xf * r, y, lr, steps, mask)
+    return _reweight(w, r_hat_norm), w
+
+  r_hat_norm = jnp.linalg.norm(r)
+
+  return jax.lax.fori_loop(0, rounds, one_round, (r, jnp.zeros_like(r)))[1]
+
+
+def _reweight(w: jax.Array, norm: jax.Array) -> jax.Array:
+  """|w| rescaled to the given norm (0 if w = 0): the next round's feature weights of iterated PtO."""
+  size = jnp.linalg.norm(w)
+  return jnp.abs(w) * jnp.where(size > 0, norm / jnp.where(size > 0, size, 1.0), 0.0)
+
+
+SPARSE_BAYES_NOISE_FLOOR = 1e-6  # smallest likelihood variance used by sparse_bayes (σ² = 0 prompts)
+SPARSE_BAYES_MAX_SUPPORTS = 200_000  # C(d, s) above this is refused (the enumeration is exact, not sampled)
+
+
+@functools.lru_cache(maxsize=32)
+def supports(d: int, sparsity: int) -> np.ndarray:
+  """All C(d, s) supports of size s in lexicographic order: [C, s] int32 (a constant of (d, s))."""
+  if not 1 <= sparsity <= d:
+    raise ValueError(f"sparse_bayes: sparsity={sparsity!r} must be in [1, d={d}]")
+  count = math.comb(d, sparsity)
+  if count > SPARSE_BAYES_MAX_SUPPORTS:
+    raise ValueError(f"sparse_bayes: sparsity={sparsity!r} at d={d} gives C(d, s)={count} supports "
+                     f"(> {SPARSE_BAYES_MAX_SUPPORTS}); exact enumeration is not feasible")
+  return np.asarray(list(itertools.combinations(range(d), sparsity)), np.int32).reshape(count, sparsity)
+
+
+def sparse_bayes_weights(
+    X: jax.Array,
+    y: jax.Array,
+    sparsity: int,
+    tau2: float | jax.Array,
+    noise_var: float | jax.Array,
+    prior_mean: jax.Array | None = None,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+  """Exact posterior mean of w under the ``sparse`` family's prior, by enumerating all C(d, s) supports.
+
+  Prior: support S uniform over the size-s subsets, w_S ~ N(θ0_S, τ²I), w = 0 off S; y = Xw + N(0, vI),
+  v = max(σ², ``SPARSE_BAYES_NOISE_FLOOR``) (the floor makes σ² = 0 a near-noiseless limit; it changes the
+  posterior only where the data are exactly consistent with several supports). For each S, with
+  r_S = y − X_Sθ0_S, A_S = X_SᵀX_S/v + I/τ², b_S = X_Sᵀr_S/v:
+    E[w_S | S, data] = θ0_S + A_S⁻¹b_S,
+    log p(S | data) = ½ b_Sᵀ A_S⁻¹ b_S − ½ r_Sᵀr_S/v − ½ log det A_S + const (const the same for all S),
+  and ŵ = Σ_S p(S | data) E[w | S, data]. Vectorised over the supports ([C, s, s] Cholesky solves), so the cost
+  is O(C(d, s)·s³) per fit (C(20, 3) = 1140). Needs τ² > 0; ``sparsity`` is a Python int.
+  Bayes-optimal (least expected squared error) for prompts drawn from that prior. [n, d], [n] -> [d].
+  """
+  check_hparams("sparse_bayes", sparsity=sparsity, tau2=tau2, noise_var=noise_var)
+  if not isinstance(tau2, jax.core.Tracer) and not np.all(np.asarray(tau2) > 0):
+    raise ValueError(f"sparse_bayes: tau2={tau2!r} must be > 0")
+  X, y, _ = _masked(X, y, mask)
+  d = X.shape[1]
+  S = jnp.asarray(supports(d, int(sparsity)))  # [C, s]
+  theta0 = jnp.zeros(d, X.dtype) if prior_mean is None else jnp.asarray(prior_mean, X.dtype)
+  v = jnp.maximum(jnp.asarray(noise_var, X.dtype), SPARSE_BAYES_NOISE_FLOOR)
+  gram, c, yy = X.T @ X, X.T @ y, y @ y
+  g_s = gram[S[:, :, None], S[:, None, :]]  # [C, s, s]
+  t_s = theta0[S]  # [C, s]
+  gt = jnp.einsum("cij,cj->ci", g_s, t_s)
+  r_c = c[S] - gt  # X_Sᵀ r_S
+  rr = yy - 2 * jnp.sum(t_s * c[S], -1) + jnp.sum(t_s * gt, -1)  # r_Sᵀ r_S
+  A = g_s / v + jnp.eye(S.shape[1], dtype=X.dtype) / tau2
+  chol = jnp.linalg.cholesky(A)
+  b = r_c / v
+  m = jax.vmap(lambda L, rhs: jax.scipy.linalg.cho_solve((L, True), rhs))(chol, b)  # A⁻¹b [C, s]
+  log_det = 2 * jnp.sum(jnp.log(jnp.diagonal(chol, axis1=-2, axis2=-1)), -1)
+  log_post = 0.5 * jnp.sum(b * m, -1) - 0.5 * rr / v - 0.5 * log_det
+  p = jax.nn.softmax(log_post)  # [C]
+  return jnp.zeros(d, X.dtype).at[S.reshape(-1)].add((p[:, None] * (t_s + m)).reshape(-1))
+
+
 def in_float64(fn: Callable[..., Any]) -> Callable[..., Any]:
   """``fn`` traced, compiled and run in float64 inside a local ``jax.enable_x64`` context.
 
@@ -463,6 +573,22 @@ def pto(xs: jax.Array, ys: jax.Array, lr: float | jax.Array, steps: int | jax.Ar
   return _prefixwise_linear(pto_weights, xs, ys, lr=lr, steps=steps)
 
 
+def iterated_pto(xs: jax.Array, ys: jax.Array, lr: float | jax.Array, steps: int | jax.Array,
+                 rounds: int | jax.Array) -> jax.Array:
+  """Iterated PtO per prefix (``iterated_pto_weights``; this project's extension). [N, d], [N] -> [N]."""
+  check_hparams("iterated_pto", lr=lr, steps=steps, rounds=rounds)
+  return _prefixwise_linear(iterated_pto_weights, xs, ys, lr=lr, steps=steps, rounds=rounds)
+
+
+def sparse_bayes(xs: jax.Array, ys: jax.Array, sparsity: int, tau2: float, noise_var: float,
+                 prior_mean: jax.Array | None = None) -> jax.Array:
+  """Bayes-optimal prediction for the ``sparse`` family per prefix (``sparse_bayes_weights``, exact support
+  enumeration); preds[0] = (s/d)·θ0ᵀx_0, the prior mean's prediction. [N, d], [N] -> [N]."""
+  check_hparams("sparse_bayes", sparsity=sparsity, tau2=tau2, noise_var=noise_var)
+  return _prefixwise_linear(sparse_bayes_weights, xs, ys, sparsity=sparsity, tau2=tau2, noise_var=noise_var,
+                            prior_mean=prior_mean)
+
+
 def knn(xs: jax.Array, ys: jax.Array, k: int = 3) -> jax.Array:
   """k-nearest-neighbour mean label per prefix (``knn_predict``; Garg et al. use k = 3). [N, d], [N] -> [N]."""
   check_hparams("knn", k=k)
@@ -481,6 +607,8 @@ ESTIMATORS: dict[str, EstimatorFn] = {
     "averaging": averaging,
     "pool_bayes": pool_bayes,
     "pto": pto,
+    "iterated_pto": iterated_pto,
+    "sparse_bayes": sparse_bayes,
 }
 
 _BUILTIN = dict(ESTIMATORS)  # users may add or replace entries of ESTIMATORS
@@ -494,10 +622,12 @@ _WEIGHTS: dict[str, Callable[..., jax.Array]] = {
     "averaging": averaging_weights,
     "pool_bayes": pool_bayes_weights,
     "pto": pto_weights,
+    "iterated_pto": iterated_pto_weights,
+    "sparse_bayes": sparse_bayes_weights,
 }
 
-_FLOAT64_BY_DEFAULT = ("lasso",)  # estimators predict / tune run in float64 unless told otherwise
-_STATIC_HPARAMS = ("k", "max_sweeps", "tol")  # Python values fixed at trace time (not vmapped in tune)
+_FLOAT64_BY_DEFAULT = ("lasso", "sparse_bayes")  # estimators predict / tune run in float64 unless told otherwise
+_STATIC_HPARAMS = ("k", "max_sweeps", "tol", "sparsity")  # Python values fixed at trace time (not vmapped in tune)
 
 
 def _query_prediction(name: str, xs: jax.Array, ys: jax.Array, n_context: int | jax.Array, **hparams) -> jax.Array:
@@ -531,8 +661,13 @@ def _hparam_names(name: str) -> dict[str, inspect.Parameter]:
 
 def _prior_hparams(name: str, task_cfg: tasks.TaskConfig | None) -> dict[str, Any]:
   """The prior a Bayes estimator gets from ``task_cfg``: (θ0, τ², σ²) for bayes, (pool, σ²) for pool_bayes."""
-  if task_cfg is None or name not in ("bayes", "pool_bayes"):
+  if task_cfg is None or name not in ("bayes", "pool_bayes", "sparse_bayes"):
     return {}
+  if name == "sparse_bayes":
+    if task_cfg.family != "sparse":
+      raise ValueError(f"sparse_bayes: task family {task_cfg.family!r} is not 'sparse'")
+    return {"sparsity": int(task_cfg.sparsity), "tau2": task_cfg.tau2, "noise_var": task_cfg.noise_var,
+            "prior_mean": jnp.asarray(tasks.prior_mean(task_cfg), jnp.float32)}
   if name == "bayes":
     return {
         "prior_mean": jnp.asarray(tasks.prior_mean(task_cfg), jnp.float32),
@@ -557,7 +692,7 @@ def _bind(
   required = [p for p, spec in params.items() if spec.default is inspect.Parameter.empty]
   missing = [p for p in required if p not in bound and p not in free]
   if missing:
-    hint = " (or pass task_cfg=TaskConfig(...))" if name in ("bayes", "pool_bayes") else ""
+    hint = " (or pass task_cfg=TaskConfig(...))" if name in ("bayes", "pool_bayes", "sparse_bayes") else ""
     raise ValueError(f"{name}: missing hyper-parameter(s) {missing}{hint}")
   check_hparams(name, **bound)
   return bound
@@ -707,3 +842,227 @@ def tune(
   ranked = np.where(np.isnan(risks), np.inf, risks)
   best_index = np.unravel_index(np.argmin(ranked), risks.shape)
   return {k: grid[k][i] for k, i in zip(keys, best_index)}, risks
+
+
+# ----------------------------------------------------------------------------------------------------
+# Path tuning: GD / PtO / iterated PtO risks at many step counts from one eigendecomposition, per-n choice
+
+STABILITY_MARGIN = 0.5  # default rule: a GD step size η is eligible at n iff η·λ_max(G) <= this on every tuning prompt
+
+
+def gd_filter(eigvals: jax.Array, lr: jax.Array, steps: jax.Array) -> jax.Array:
+  """f_T(λ) = (1 − (1 − ηλ)^T)/λ, so that T GD steps from 0 give w_T = V f_T(Λ) Vᵀb (see the module docstring).
+
+  ``steps`` = inf gives the limit 1/λ on eigenvalues above rcond·λ_max and 0 below (the min-norm solution;
+  b has no component there). λ = 0 with finite T gives ηT. Exact for any sign of 1 − ηλ (integer T).
+  eigvals [..., d], lr and steps broadcastable -> [..., d].
+  """
+  lam = jnp.asarray(eigvals)
+  lr, steps = jnp.asarray(lr, lam.dtype), jnp.asarray(steps, lam.dtype)
+  base = 1.0 - lr * lam
+  finite_steps = jnp.where(jnp.isfinite(steps), steps, 0.0)
+  odd = jnp.mod(finite_steps, 2.0) == 1.0
+  power = jnp.exp(finite_steps * jnp.log(jnp.where(base == 0, 1.0, jnp.abs(base))))
+  power = jnp.where(base == 0, jnp.where(finite_steps == 0, 1.0, 0.0), power)
+  power = jnp.where((base < 0) & odd, -power, power)
+  tiny = 10 * lam.shape[-1] * jnp.finfo(lam.dtype).eps * jnp.max(jnp.abs(lam), axis=-1, keepdims=True)
+  nonzero = jnp.abs(lam) > tiny
+  safe = jnp.where(nonzero, lam, 1.0)
+  finite = jnp.where(nonzero, (1.0 - power) / safe, lr * finite_steps)
+  limit = jnp.where(nonzero, 1.0 / safe, 0.0)
+  return jnp.where(jnp.isfinite(steps), finite, limit)
+
+
+def _check_steps(steps) -> tuple[float, ...]:
+  steps = tuple(float(t) for t in steps)
+  if not steps or any(not (t >= 0 and (math.isinf(t) or t == int(t))) for t in steps):
+    raise ValueError(f"steps={steps}: need non-negative integers (or inf for the T → ∞ limit)")
+  return steps
+
+
+def _check_lrs(lrs) -> np.ndarray:
+  lrs = np.asarray(lrs, np.float64).reshape(-1)
+  if lrs.size == 0 or not np.all(lrs > 0):
+    raise ValueError(f"lrs={lrs.tolist()}: need at least one step size, all > 0")
+  return lrs
+
+
+def _gd_spectral_preds(X: jax.Array, y: jax.Array, x_q: jax.Array, mask: jax.Array, scale: jax.Array | None,
+                       lrs: jax.Array, steps: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """GD (from 0, on the masked rows of X diag(scale)) predictions for x_q at every (η, T), the weights in
+  the original coordinates and λ_max: ([n_lr, C], [n_lr, C, d], [])."""
+  X, y, n = _masked(X, y, mask)
+  if scale is not None:
+    X, x_q = X * scale, x_q * scale
+  n = jnp.maximum(n, 1.0)
+  lam, V = jnp.linalg.eigh(X.T @ X / n)
+  proj = V.T @ (X.T @ y / n)  # [d]
+  f = gd_filter(lam[None, None, :], lrs[:, None, None], steps[None, :, None])  # [n_lr, C, d]
+  w_tilde = jnp.einsum("lcd,d,kd->lck", f, proj, V)
+  w = w_tilde if scale is None else w_tilde * scale
+  return w_tilde @ x_q, w, lam[-1]
+
+
+def _path_setup(prompts: tasks.Prompt, lrs, steps):
+  lrs, steps = _check_lrs(lrs), _check_steps(steps)
+  return prompts.xs, prompts.ys, prompts.targets, lrs, np.asarray(steps, np.float64)
+
+
+def gd_path_risks(prompts: tasks.Prompt, lrs: Sequence[float], steps: Sequence[float], preprocess: bool = False,
+                  float64: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Excess risk of GD (or PtO with ``preprocess``) at every step size, step count and n, and the step ratios.
+
+  Returns (risks [n_lr, C, N], ratio [n_lr, N]): risks[i, j, n] = mean_b (ŷ_bn − target_bn)² for η = lrs[i],
+  T = steps[j] (a non-negative integer, or inf for the limit), fitted on the n points before point n; ratio =
+  max_b η·λ_max(G_bn), the stability statistic (divergence iff > 2). Equal to ``gd`` / ``pto`` at every (η, T)
+  (closed form of the same iterates; one eigendecomposition per prompt and prefix, so T = 1e5 costs what T = 1
+  does). Runs in float64 by default (``in_float64``). prompts.xs [B, N, d].
+  """
+  xs, ys, targets, lrs, steps = _path_setup(prompts, lrs, steps)
+  fn = functools.partial(_gd_path_risks, preprocess=bool(preprocess))
+  risks, lam_max = (in_float64(fn) if float64 else fn)(xs, ys, targets, lrs, steps)
+  lam_max = np.asarray(lam_max, np.float64)
+  return np.asarray(risks, np.float64), lrs[:, None] * lam_max.max(axis=0)[None, :]
+
+
+@functools.partial(jax.jit, static_argnames="preprocess")
+def _gd_path_risks(xs, ys, targets, lrs, steps, preprocess: bool):
+  """[B, N, d], [B, N], [B, N], [n_lr], [C] -> (risks [n_lr, C, N], λ_max [B, N])."""
+  masks = prefix_masks(xs.shape[1], xs.dtype)
+
+  def one(x, y, mask, x_q):
+    scale = averaging_weights(x, y, mask) if preprocess else None
+    preds, _, lam_max = _gd_spectral_preds(x, y, x_q, mask, scale, lrs, steps)
+    return preds, lam_max
+
+  preds, lam_max = jax.vmap(lambda x, y: jax.vmap(lambda m, q: one(x, y, m, q))(masks, x))(xs, ys)  # [B, N, l, C]
+  risks = jnp.mean(jnp.square(preds - targets[:, :, None, None]), axis=0)  # [N, n_lr, C]
+  return jnp.transpose(risks, (1, 2, 0)), lam_max
+
+
+def gram_lambda_max(prompts: tasks.Prompt, preprocess: bool = False) -> np.ndarray:
+  """λ_max of the GD Gram matrix G = X̃ᵀX̃/n of every prompt and prefix n: [B, N] (X̃ = X, or diag(r̂)X for PtO).
+
+  GD with step η on that prefix diverges iff η·λ_max > 2.
+  """
+  _, lam_max = in_float64(functools.partial(_gd_path_risks, preprocess=bool(preprocess)))(
+      prompts.xs, prompts.ys, prompts.targets, np.ones(1), np.zeros(1))
+  return np.asarray(lam_max, np.float64)
+
+
+def iterated_pto_path_risks(prompts: tasks.Prompt, lrs: Sequence[float], steps: Sequence[float], rounds: int,
+                            float64: bool = True) -> tuple[np.ndarray, np.ndarray]:
+  """Excess risk of ``iterated_pto`` after every round k = 1..``rounds`` at every (η, T) and n, and step ratios.
+
+  Returns (risks [n_lr, C, K, N], ratio [n_lr, C, K, N]); ratio[..., k, n] = max over prompts and rounds <= k of
+  η·λ_max of that round's Gram matrix (the step size must be stable in every round). Each round is one
+  eigendecomposition per (η, T), prompt and prefix; round 1 is PtO (``gd_path_risks(preprocess=True)``).
+  """
+  xs, ys, targets, lrs, steps = _path_setup(prompts, lrs, steps)
+  if not isinstance(rounds, (int, np.integer)) or rounds < 1:
+    raise ValueError(f"rounds={rounds!r}: must be an integer >= 1")
+  fn = functools.partial(_iterated_pto_path_risks, rounds=int(rounds))
+  risks, ratio = (in_float64(fn) if float64 else fn)(xs, ys, targets, lrs, steps)
+  return np.asarray(risks, np.float64), np.asarray(ratio, np.float64)
+
+
+@functools.partial(jax.jit, static_argnames="rounds")
+def _iterated_pto_path_risks(xs, ys, targets, lrs, steps, rounds: int):
+  masks = prefix_masks(xs.shape[1], xs.dtype)
+  n_lr, n_t = lrs.shape[0], steps.shape[0]
+
+  def one(x, y, mask, x_q):
+    r = averaging_weights(x, y, mask)
+
+    def fit(scale, lr, t):  # one round at one (η, T): (prediction, weights, λ_max)
+      p, w, lam_max = _gd_spectral_preds(x, y, x_q, mask, scale, lr[None], t[None])
+      return p[0, 0], w[0, 0], lam_max
+
+    r_norm = jnp.linalg.norm(r)
+    grid_lr = jnp.repeat(lrs, n_t)
+    grid_t = jnp.tile(steps, n_lr)
+    scales = jnp.broadcast_to(r, (n_lr * n_t, r.shape[0]))
+    preds, ratios, worst = [], [], jnp.zeros(n_lr * n_t, xs.dtype)
+    for _ in range(rounds):
+      p, w, lam_max = jax.vmap(fit)(scales, grid_lr, grid_t)
+      worst = jnp.maximum(worst, grid_lr * lam_max)
+      preds.append(p)
+      ratios.append(worst)
+      scales = jax.vmap(lambda v: _reweight(v, r_norm))(w)
+    return jnp.stack(preds, -1), jnp.stack(ratios, -1)  # [G, K]
+
+  preds, ratios = jax.vmap(lambda x, y: jax.vmap(lambda m, q: one(x, y, m, q))(masks, x))(xs, ys)  # [B, N, G, K]
+  risks = jnp.mean(jnp.square(preds - targets[:, :, None, None]), axis=0)  # [N, G, K]
+  ratio = jnp.max(ratios, axis=0)
+  shape = (n_lr, n_t, rounds, xs.shape[1])
+  return (jnp.transpose(risks, (1, 2, 0)).reshape(shape), jnp.transpose(ratio, (1, 2, 0)).reshape(shape))
+
+
+def grid_risks(name: str, grid: dict[str, Sequence[Any]], prompts: tasks.Prompt, *,
+               float64: bool | None = None, **fixed) -> tuple[np.ndarray, list[dict[str, Any]]]:
+  """Excess risk [G, N] of estimator ``name`` at every point of ``grid`` (their product), every n at once
+  (prefix-wise, vmapped over the grid in one compile), and the G points as dicts. ``fixed`` binds the rest;
+  ``float64`` as in ``predict``."""
+  fn = _lookup(name)
+  keys = list(grid)
+  points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
+  for point in points:
+    check_hparams(name, **point)
+  bound = {k: v for k, v in _bind(name, None, fixed, free=tuple(keys)).items() if k not in keys}
+  arrays = {k: jnp.asarray([p[k] for p in points], jnp.int32 if all(_is_int(p[k]) for p in points)
+                           else jnp.float32) for k in keys}
+
+  def run(arrays, xs, ys, targets):
+    def risk(hp):
+      return excess_risk(jax.vmap(lambda x, y: fn(x, y, **bound, **hp))(xs, ys), targets)
+    return jax.vmap(risk)(arrays)
+
+  run = jax.jit(run)
+  if _use_float64(name, float64):
+    run = in_float64(run)
+  return np.asarray(run(arrays, prompts.xs, prompts.ys, prompts.targets), np.float64), points
+
+
+def grid_edges(choice: dict[str, Any], grid: dict[str, Sequence[Any]],
+               natural: dict[str, Sequence[Any]] | None = None) -> list[str]:
+  """The hyper-parameters of ``choice`` that sit at the smallest or largest value of their grid axis, except
+  at a natural bound of that axis (``natural``, default: steps 0 and inf, rounds 1, lam / alpha 0, where
+  no value lies beyond). A winner at an edge means the grid, not the method, may have decided the result."""
+  natural = {"steps": (0, math.inf), "rounds": (1,), "lam": (0,), "alpha": (0,)} if natural is None else natural
+  edges = []
+  for key, values in grid.items():
+    if key not in choice or choice[key] is None or len(values) < 2:
+      continue
+    v = choice[key]
+    if v in natural.get(key, ()):
+      continue
+    if v == min(values) or v == max(values):
+      edges.append(key)
+  return edges
+
+
+def tune_per_n(tune_risks: np.ndarray, eval_risks: np.ndarray, points: list[dict[str, Any]],
+               grid: dict[str, Sequence[Any]] | None = None, eligible: np.ndarray | None = None) -> dict[str, Any]:
+  """Per-n choice on a tuning set, read on an evaluation set.
+
+  tune_risks, eval_risks [G, N] (the same G grid ``points``); ``eligible`` [G, N] bool (e.g. the stability
+  rule: η·λ_max <= ``STABILITY_MARGIN`` on every tuning prompt); non-finite or ineligible points are never
+  chosen unless nothing else is left. Returns {"risk": [N] eval risks of the winners, "hparams": [N] winners,
+  "edges": [N] lists of the hyper-parameters at a grid edge (``grid_edges``; empty without ``grid``; a key is not
+  flagged when a point off its edge ties with the winner)}.
+  """
+  tune_risks, eval_risks = np.asarray(tune_risks, np.float64), np.asarray(eval_risks, np.float64)
+  if tune_risks.shape != eval_risks.shape or tune_risks.shape[0] != len(points):
+    raise ValueError(f"tune_per_n: shapes {tune_risks.shape}, {eval_risks.shape} and {len(points)} points disagree")
+  ok = np.isfinite(tune_risks) if eligible is None else np.isfinite(tune_risks) & np.asarray(eligible, bool)
+  ranked = np.where(ok, tune_risks, np.inf)
+  best = np.argmin(ranked, axis=0)  # [N]
+  hparams = [points[g] for g in best]
+  edges = []
+  for n, h in enumerate(hparams):
+    flagged = grid_edges(h, grid) if grid else []
+    # an edge matters only if no point off that edge does as well (ties, e.g. n = 0 where every point predicts 0)
+    tie = ranked[best[n], n] * (1 + 1e-9) + 1e-300
+    edges.append([k for k in flagged if not any(ranked[g, n] <= tie and k not in grid_edges(points[g], {k: grid[k]})
+                                                  for g in range(len(points)))])
+  return {"risk": eval_risks[best, np.arange(eval_risks.shape[1])].tolist(), "hparams": hparams, "edges": edges}

@@ -14,12 +14,17 @@ Every family shares the input model and label noise; a family only says how w is
 covariance (identity / equicorrelated / Toeplitz / given), local examples, label noise, prior
 mean and a finite task pool are fields of ``TaskConfig`` and compose with every family.
 Users add a family with ``@register_family("name")`` on a function ``(key, cfg) -> w_d``.
+
+Dims curriculum: a family that accepts a keyword ``n_active_dims`` (a traced int, the active input
+coordinates 0..n_active-1) draws w inside them (``sparse`` draws its support there, so w stays s-sparse);
+for any other family ``mask_dims`` zeroes the inactive coordinates of w afterwards.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Callable, NamedTuple
 
 import chex
@@ -185,13 +190,19 @@ def sample_linear_w(key: jax.Array, cfg: TaskConfig) -> jax.Array:
 
 
 @register_family("sparse")
-def sample_sparse_w(key: jax.Array, cfg: TaskConfig) -> jax.Array:
-  """s-sparse w: uniform random support of size s, entries θ0_j + N(0, τ²) on it, 0 elsewhere.
+def sample_sparse_w(key: jax.Array, cfg: TaskConfig, n_active_dims: jax.Array | int | None = None) -> jax.Array:
+  """s-sparse w: support = s indices uniform among the first ``n_active_dims`` coordinates (all d if None),
+  entries θ0_j + N(0, τ²) on it, 0 elsewhere.
 
+  The support is the s smallest of d i.i.d. U(0, 1) scores, inactive coordinates scored 2 (never chosen while
+  s <= n_active, which ``configs.Config`` checks for a dims curriculum). ``n_active_dims`` may be traced.
   With the study-2 protocol set ``w_var=1.0`` (N(0,1) entries).
   """
   k_support, k_values = jax.random.split(key)
-  support = jax.random.permutation(k_support, cfg.d)[: cfg.sparsity]
+  scores = jax.random.uniform(k_support, (cfg.d,))
+  if n_active_dims is not None:
+    scores = jnp.where(jnp.arange(cfg.d) < n_active_dims, scores, 2.0)
+  support = jnp.argsort(scores)[: cfg.sparsity]
   mask = jnp.zeros((cfg.d,)).at[support].set(1.0)
   values = jnp.asarray(prior_mean(cfg), jnp.float32) + jnp.sqrt(cfg.tau2) * jax.random.normal(k_values, (cfg.d,))
   return mask * values
@@ -208,12 +219,22 @@ def task_pool(cfg: TaskConfig) -> np.ndarray:
     return np.asarray(jax.vmap(lambda k: family(k, cfg))(keys))
 
 
-def sample_w(key: jax.Array, cfg: TaskConfig) -> jax.Array:
-  """One task parameter w [d]: from the family's prior, or uniformly from the task pool."""
+def _takes_active_dims(family: FamilyFn) -> bool:
+  return "n_active_dims" in inspect.signature(family).parameters
+
+
+def sample_w(key: jax.Array, cfg: TaskConfig, n_active_dims: jax.Array | int | None = None) -> jax.Array:
+  """One task parameter w [d]: from the family's prior, or uniformly from the task pool.
+
+  ``n_active_dims`` (dims curriculum) goes to families that accept it (see the module docstring).
+  """
   if cfg.pool_size is not None:
     index = jax.random.randint(key, (), 0, cfg.pool_size)
     return jnp.asarray(task_pool(cfg))[index]
-  return FAMILIES[cfg.family](key, cfg)
+  family = FAMILIES[cfg.family]
+  if n_active_dims is not None and _takes_active_dims(family):
+    return family(key, cfg, n_active_dims=n_active_dims)
+  return family(key, cfg)
 
 
 def sample_inputs(key: jax.Array, cfg: TaskConfig) -> jax.Array:
@@ -228,19 +249,24 @@ def sample_inputs(key: jax.Array, cfg: TaskConfig) -> jax.Array:
   return jnp.concatenate([context, query[None]], axis=0)
 
 
-def sample_prompt(key: jax.Array, cfg: TaskConfig) -> Prompt:
-  """One prompt; a pure function of ``key``."""
+def sample_prompt(key: jax.Array, cfg: TaskConfig, n_active_dims: jax.Array | int | None = None) -> Prompt:
+  """One prompt; a pure function of ``key`` (``n_active_dims``: see ``sample_w``)."""
   k_w, k_x, k_eps = jax.random.split(key, 3)
-  w = sample_w(k_w, cfg)
+  w = sample_w(k_w, cfg, n_active_dims)
   xs = sample_inputs(k_x, cfg)
   targets = xs @ w
   ys = targets + jnp.sqrt(cfg.noise_var) * jax.random.normal(k_eps, (cfg.n_points,))
   return Prompt(xs=xs, ys=ys, targets=targets, w=w)
 
 
-def sample_batch(key: jax.Array, cfg: TaskConfig, batch_size: int) -> Prompt:
-  """A batch of ``batch_size`` independent prompts (vmapped over split keys): shapes [B, N, d], [B, N], [B, N], [B, d]."""
-  prompts = jax.vmap(lambda k: sample_prompt(k, cfg))(jax.random.split(key, batch_size))
+def sample_batch(key: jax.Array, cfg: TaskConfig, batch_size: int,
+                 n_active_dims: jax.Array | int | None = None) -> Prompt:
+  """A batch of ``batch_size`` independent prompts (vmapped over split keys): shapes [B, N, d], [B, N], [B, N], [B, d].
+
+  ``n_active_dims`` (dims curriculum, may be traced): families that accept it draw w inside the active
+  coordinates; follow with ``mask_dims`` to zero the inactive inputs.
+  """
+  prompts = jax.vmap(lambda k: sample_prompt(k, cfg, n_active_dims))(jax.random.split(key, batch_size))
   chex.assert_shape(prompts.xs, (batch_size, cfg.n_points, cfg.d))
   return prompts
 

@@ -141,10 +141,11 @@ def make_step(cfg: configs.Config, model: ICLModel, tx: optax.GradientTransforma
   """One optimisation step of ONE run (vmap it over runs): sample on device, loss, AdamW update."""
 
   def step_fn(state: TrainState) -> tuple[TrainState, jax.Array]:
-    prompts = tasks.sample_batch(tasks.batch_key(state.data_key, state.step), cfg.task, cfg.train.batch_size)
+    n_dims = active_dims(cfg, state.step) if cfg.curriculum.dims_start is not None else None
+    prompts = tasks.sample_batch(tasks.batch_key(state.data_key, state.step), cfg.task, cfg.train.batch_size, n_dims)
     prompts = constrain_batch(prompts)
-    if cfg.curriculum.dims_start is not None:
-      prompts = tasks.mask_dims(prompts, active_dims(cfg, state.step))
+    if n_dims is not None:
+      prompts = tasks.mask_dims(prompts, n_dims)
     n_active = active_points(cfg, state.step)
     loss, grads = jax.value_and_grad(lambda p: prediction_loss(model, p, prompts, n_active))(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)

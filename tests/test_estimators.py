@@ -257,3 +257,130 @@ _EMPTY = (np.zeros((2, 3, 2)), np.zeros((2, 3)), np.zeros((2, 3)))  # xs, ys, ta
 def test_bad_input_raises_value_error_naming_the_field(call, field):
   with pytest.raises(ValueError, match=field):
     call()
+
+
+# ---------------------------------------------------------------------------- path tuning, iterated PtO, sparse Bayes
+
+SPARSE = tasks.TaskConfig(family="sparse", d=4, sparsity=2, w_var=1.0, n_points=7, noise_var=0.01)
+
+
+def test_gd_path_risks_equal_the_iterative_estimators_and_the_min_norm_limit():
+  """The spectral path reads exactly gd / pto at every (η, T) (including T where 1 − ηλ < 0) and, at T = inf,
+  the minimum-norm least squares on X (GD) or on diag(r̂)X (PtO)."""
+  prompts = tasks.sample_batch(jax.random.PRNGKey(0), SPARSE, 16)
+  lrs, steps = (0.05, 0.6), (0, 1, 2, 7, 40, float("inf"))
+  ref = jax.jit(lambda name, lr, t: E.excess_risk(jax.vmap(lambda x, y: E.ESTIMATORS[name](x, y, lr=lr, steps=t))(
+      prompts.xs, prompts.ys), prompts.targets), static_argnums=0)
+  for preprocess, name in ((False, "gd"), (True, "pto")):
+    risks, ratio = E.gd_path_risks(prompts, lrs, steps, preprocess)
+    assert risks.shape == (2, 6, 7) and ratio.shape == (2, 7)
+    lam_max = E.gram_lambda_max(prompts, preprocess).max(0)
+    np.testing.assert_allclose(ratio, np.outer(lrs, lam_max), rtol=1e-6)
+    for i, lr in enumerate(lrs):
+      for j, t in enumerate(steps[:-1]):
+        want = np.asarray(ref(name, lr, t))
+        finite = np.isfinite(want) & (want < 1e6)  # a divergent GD (η·λ_max > 2) is non-finite or huge on both paths
+        assert np.all(~np.isfinite(risks[i, j]) | (risks[i, j] >= 1e5) | finite)
+        np.testing.assert_allclose(risks[i, j][finite], want[finite], rtol=2e-4, atol=1e-6, err_msg=f"{name} {lr} {t}")
+    X, y = np.asarray(prompts.xs, np.float64), np.asarray(prompts.ys, np.float64)
+    limit = np.zeros(7)
+    for n in range(1, 7):
+      preds = []
+      for b in range(16):
+        Xn, x_q = X[b, :n], X[b, n]
+        if preprocess:
+          r = Xn.T @ y[b, :n] / n
+          Xn, x_q = Xn * r, x_q * r
+        preds.append(x_q @ np.linalg.pinv(Xn) @ y[b, :n])
+      limit[n] = np.mean((np.asarray(preds) - prompts.targets[:, n]) ** 2)
+    limit[0] = np.mean(np.asarray(prompts.targets[:, 0]) ** 2)
+    for i in range(2):
+      np.testing.assert_allclose(risks[i, -1], limit, rtol=1e-5, atol=1e-8)
+
+
+def test_iterated_pto_round_one_is_pto_and_the_path_equals_the_loop():
+  xs, ys = _problem(n_points=7, d=3, seed=2)
+  np.testing.assert_allclose(E.iterated_pto(xs, ys, 0.2, 5, 1), E.pto(xs, ys, 0.2, 5), rtol=1e-6)
+  # two rounds by hand: r = |w_pto|·||r̂||/||w_pto||, w = r ⊙ GD(diag(r)X)
+  X, y = xs[:5].astype(np.float64), ys[:5].astype(np.float64)
+  w = np.asarray(E.pto_weights(X, y, 0.2, 5), np.float64)
+  r = np.abs(w) * np.linalg.norm(X.T @ y / 5) / np.linalg.norm(w)
+  w2 = r * np.asarray(E.gd_weights(X * r, y, 0.2, 5))
+  np.testing.assert_allclose(E.iterated_pto_weights(X, y, 0.2, 5, 2), w2, rtol=1e-5, atol=1e-7)
+  prompts = tasks.sample_batch(jax.random.PRNGKey(1), SPARSE, 12)
+  risks, ratio = E.iterated_pto_path_risks(prompts, (0.01, 0.05), (3, 25), rounds=3)
+  assert risks.shape == ratio.shape == (2, 2, 3, 7)
+  assert np.all(np.diff(ratio, axis=2) >= 0)  # the worst step ratio over rounds only grows
+  stable = ratio < 2  # (η, T, round, n) whose step size is stable on every prompt in every round so far
+  assert np.all(np.isfinite(risks[stable])) and stable[0, :, 1:].sum() >= 4
+  np.testing.assert_allclose(risks[:, :, 0], E.gd_path_risks(prompts, (0.01, 0.05), (3, 25), True)[0], rtol=1e-6)
+  for k in (2, 3):
+    for i, lr in enumerate((0.01, 0.05)):
+      direct = np.asarray(E.excess_risk(jax.vmap(lambda x, y: E.iterated_pto(x, y, lr, 25, k))(prompts.xs, prompts.ys),
+                                        prompts.targets))
+      ok = stable[i, 1, k - 1]
+      np.testing.assert_allclose(risks[i, 1, k - 1][ok], direct[ok], rtol=2e-4, atol=1e-6)
+
+
+def test_tune_per_n_honours_eligibility_and_flags_grid_edges():
+  points = [{"lam": 0.1}, {"lam": 1.0}, {"lam": 10.0}]
+  tune = np.array([[1.0, 5.0, 3.0], [2.0, 1.0, 1.0], [3.0, 2.0, 0.5]])
+  test = np.arange(9.0).reshape(3, 3)
+  eligible = np.array([[True, True, True], [True, True, True], [True, True, False]])
+  out = E.tune_per_n(tune, test, points, {"lam": (0.1, 1.0, 10.0)}, eligible)
+  assert [h["lam"] for h in out["hparams"]] == [0.1, 1.0, 1.0]  # n=2: 10.0 is better but ineligible
+  assert out["risk"] == [0.0, 4.0, 5.0]
+  assert out["edges"] == [["lam"], [], []]
+  tied = E.tune_per_n(np.ones((3, 2)), test[:, :2], points, {"lam": (0.1, 1.0, 10.0)})  # all equal: no edge matters
+  assert tied["edges"] == [[], []] and [h["lam"] for h in tied["hparams"]] == [0.1, 0.1]
+  assert E.grid_edges({"steps": float("inf"), "lr": 0.1}, {"steps": (1, 10, float("inf")), "lr": (0.1, 1.0)}) == ["lr"]
+  assert E.grid_edges({"steps": 10, "rounds": 1}, {"steps": (1, 10, float("inf")), "rounds": (1, 3)}) == []
+
+
+def _brute_sparse_posterior_mean(X, y, s, tau2, v):
+  """Σ_S p(S|data) E[w|S, data] with the marginal likelihood N(y; 0, vI + τ² X_S X_Sᵀ) written out in numpy."""
+  import itertools
+  n, d = X.shape
+  logs, means = [], []
+  for S in itertools.combinations(range(d), s):
+    XS = X[:, S]
+    cov = v * np.eye(n) + tau2 * XS @ XS.T
+    _, logdet = np.linalg.slogdet(cov)
+    logs.append(-0.5 * y @ np.linalg.solve(cov, y) - 0.5 * logdet)
+    m = np.zeros(d)
+    m[list(S)] = tau2 * XS.T @ np.linalg.solve(cov, y)  # E[w_S | y] = τ² X_Sᵀ Σ⁻¹ y
+    means.append(m)
+  logs = np.asarray(logs)
+  p = np.exp(logs - logs.max())
+  return (p / p.sum()) @ np.asarray(means)
+
+
+def test_sparse_bayes_equals_the_brute_force_posterior_mean():
+  rng = np.random.default_rng(3)
+  X, y = rng.standard_normal((3, 5)), rng.standard_normal(3)
+  for s, tau2, v in ((2, 1.0, 0.1), (1, 0.5, 0.01), (3, 2.0, 1.0)):
+    got = E.in_float64(lambda X, y: E.sparse_bayes_weights(X, y, s, tau2, v))(X, y)
+    np.testing.assert_allclose(got, _brute_sparse_posterior_mean(X, y, s, tau2, v), rtol=1e-5, atol=1e-6)
+  mask = np.array([1.0, 0.0, 1.0])  # a masked row is as if absent
+  got = E.in_float64(lambda X, y, m: E.sparse_bayes_weights(X, y, 2, 1.0, 0.1, mask=m))(X, y, mask)
+  np.testing.assert_allclose(got, _brute_sparse_posterior_mean(X[[0, 2]], y[[0, 2]], 2, 1.0, 0.1), rtol=1e-5)
+  assert E.supports(5, 2).shape == (10, 2)
+
+
+def test_sparse_bayes_has_the_lowest_risk_on_its_prior():
+  """Monte Carlo: the exact posterior mean beats OLS, ridge and Lasso (each at its best grid value on these very
+  prompts, which favours them) at every n from 1 to d, and on average by a margin much larger than the MC error."""
+  cfg = tasks.TaskConfig(family="sparse", d=6, sparsity=2, w_var=1.0, n_points=8, noise_var=0.04)
+  prompts = tasks.sample_batch(jax.random.PRNGKey(5), cfg, 1500)
+  bayes = np.asarray(E.excess_risk(E.predict("sparse_bayes", prompts.xs, prompts.ys, cfg), prompts.targets))
+  ridge = E.grid_risks("ridge", {"lam": (0.03, 0.1, 0.3, 1.0, 3.0)}, prompts)[0].min(0)
+  lasso = E.grid_risks("lasso", {"alpha": (0.003, 0.01, 0.03, 0.1, 0.3)}, prompts)[0].min(0)
+  ols = np.asarray(E.excess_risk(E.predict("ols", prompts.xs, prompts.ys), prompts.targets))
+  for name, risk in (("ridge", ridge), ("lasso", lasso), ("ols", ols)):
+    assert np.all(bayes[1:7] < risk[1:7]), (name, bayes, risk)
+  assert bayes[1:7].mean() < 0.9 * min(ridge[1:7].mean(), lasso[1:7].mean())
+  np.testing.assert_allclose(bayes[0], np.mean(np.asarray(prompts.targets[:, 0]) ** 2), rtol=1e-6)
+  with pytest.raises(ValueError, match="tau2"):
+    E.sparse_bayes_weights(prompts.xs[0], prompts.ys[0], 2, 0.0, 0.1)
+  with pytest.raises(ValueError, match="sparsity"):
+    E.supports(3, 4)

@@ -1,5 +1,5 @@
-"""Tests of study 2 (experiments/head_utilization): the tiny preset end to end through the CLI, the baseline
-tuning machinery, and the notebook.
+"""Tests of study 2 (experiments/head_utilization): the tiny preset end to end through the CLI (summary.json checked
+against the checkpointed models and its own rules), config validation, and the notebook.
 
 The CLI run and the notebook share a persistent XLA compilation cache (and fast, unoptimised XLA), so the
 notebook's run of the same tiny preset mostly reuses compiled programs.
@@ -7,6 +7,7 @@ notebook's run of the same tiny preset mostly reuses compiled programs.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -18,7 +19,7 @@ import pytest
 from conftest import REPO, reproduce, subprocess_env
 
 from experiments.head_utilization import run
-from jaxicl import estimators, tasks
+from jaxicl import interpret, train
 
 
 @pytest.fixture(scope="module")
@@ -55,24 +56,54 @@ def test_tiny_preset_writes_figures_and_tables(tiny_out):
   assert summary["preset"] == "tiny"
   assert set(summary["models"]) == {multi, single}
   m, s = summary["models"][multi], summary["models"][single]
-  for key in ("risk_mean_over_n", "pruned_risk_mean_over_n", "layer1_cut_risk_mean_over_n",
-              "one_per_layer_risk_mean_over_n"):
-    assert math.isfinite(m[key]) and m[key] > 0, key
+  R = len(sc.seeds)
+  for key in ("mean_risk", "pruned_risk", "mirror_pruned_risk", "one_per_layer_risk"):
+    assert len(m[key]["per_seed"]) == R and all(math.isfinite(v) and v > 0 for v in m[key]["per_seed"]), key
+    assert m[key]["mean"] == pytest.approx(np.mean(m[key]["per_seed"]), rel=1e-12), key
   assert len(m["probe_full_by_layer"]) == L + 1 and len(m["probe_pruned_by_layer"]) == L + 1
-  assert len(s["probe_full_by_layer"]) == L + 1 and "importance_mean" not in s
+  assert len(s["probe_full_by_layer"]) == L + 1 and "effective_heads" not in s and "claim" not in s
   assert _all_finite(m["probe_full_by_layer"]) and _all_finite(s["probe_full_by_layer"])
-  assert _all_finite(summary["baselines"])
-  assert set(summary["baselines"][sigma]) == {"PtO", "GD", "ridge", "Lasso", "OLS"}
+  sigma_base = summary["baselines"][sigma]
+  assert set(sigma_base) == {"PtO", "iterated PtO", "GD", "ridge", "Lasso", "OLS", "Bayes"}
+  assert all(math.isfinite(b["mean_risk"]) for b in sigma_base.values())
+  assert all(isinstance(w, str) for w in summary["warnings"])
+  ridge = sigma_base["ridge"]["mean_risk"]
+  assert m["beats_ridge"] == [v <= ridge for v in m["mean_risk"]["per_seed"]]
+
+  # effective heads: one value per layer and seed, each in [1, H] (null only if no head of the layer matters)
+  eff = m["effective_heads"]
+  assert np.asarray(eff["per_seed"], dtype=float).shape == (R, L)
+  for value in [v for row in eff["per_seed"] for v in row] + eff["mean"]:
+    assert value is None or 1 - 1e-9 <= value <= H + 1e-9
+  # the per-seed verdict follows the stated rule from the numbers next to it
+  assert len(m["claim"]) == R and summary["claim_rule"]
+  for r, v in enumerate(m["claim"]):
+    assert v["seed"] == sc.seeds[r]
+    assert v["layer1_all_heads_matter"] == (eff["per_seed"][r][0] is not None and eff["per_seed"][r][0] >= H / 2)
+    full, pruned = m["mean_risk"]["per_seed"][r], m["pruned_risk"]["per_seed"][r]
+    assert v["pruned_risk_increase"] == pytest.approx((pruned - full) / full, rel=1e-9, abs=1e-12)
+    assert v["later_layers_one_head_suffices"] == ((pruned - full) <= run.PRUNE_TOLERANCE * full)
+    assert v["claim_holds"] == (v["layer1_all_heads_matter"] and v["later_layers_one_head_suffices"]
+                                and v["mirror_costs_more"])
+  assert m["seeds_showing_claim"] == sum(v["claim_holds"] for v in m["claim"])
 
   with open(os.path.join(tiny_out, "importance.json")) as f:
     imp = json.load(f)[multi]
   per_seed = np.asarray(imp["importance"])
-  assert per_seed.shape == (len(sc.seeds), L, H) and np.all(np.isfinite(per_seed))
-  assert np.all(per_seed >= -0.05 * m["risk_mean_over_n"])  # masking a head cannot help much
+  assert per_seed.shape == (R, L, H) and np.all(np.isfinite(per_seed))
+  assert np.all(per_seed >= -0.05 * m["mean_risk"]["mean"])  # masking a head cannot help much
   np.testing.assert_allclose(np.asarray(imp["mean"]), per_seed.mean(0), rtol=1e-6)
   masks = np.asarray(imp["pruned_masks"])
-  assert masks.shape == (len(sc.seeds), L, H)
+  assert masks.shape == (R, L, H)
   assert np.all(masks[:, 0] == 1) and np.all(masks[:, 1:].sum(-1) == 1)  # layer 1 whole, one head later
+
+  # pruned risk = a direct masked evaluation of the checkpointed models on the held-out prompts
+  result = train.load_run(os.path.join(tiny_out, "runs", multi))
+  sets = run.prompt_sets(sc, run.task_config(sc, sc.noise_stds[0]))
+  direct = interpret.masked_risk_runs(result.model, result.state.params, sets.eval, masks.astype(np.float32))
+  np.testing.assert_allclose(direct.mean(-1), m["pruned_risk"]["per_seed"], rtol=1e-5)
+  full = interpret.masked_risk_runs(result.model, result.state.params, sets.eval, None)
+  np.testing.assert_allclose(full.mean(-1), m["mean_risk"]["per_seed"], rtol=1e-5)
 
   rows = open(os.path.join(tiny_out, "risk_vs_n.csv")).read().strip().splitlines()
   assert len(rows) == 1 + sc.n_points * (1 + 3 + 1)  # multi (+ 3 pruned variants) and single
@@ -80,28 +111,11 @@ def test_tiny_preset_writes_figures_and_tables(tiny_out):
   assert len(probe_rows) == 1 + (L + 1) * 3  # full and pruned multi-head, single-head
 
 
-def test_gd_path_risks_equal_the_estimators():
-  """The trajectory-based tuner reads exactly estimators.gd / estimators.pto at every checkpoint."""
-  cfg = tasks.TaskConfig(family="sparse", d=4, sparsity=2, w_var=1.0, n_points=6, noise_var=0.01)
-  prompts = tasks.sample_batch(jax.random.PRNGKey(0), cfg, 16)
-  lrs, checkpoints = (0.01, 0.05), (0, 2, 7)
-  for preprocess, name in ((True, "pto"), (False, "gd")):
-    risks = run.gd_path_risks(prompts, lrs, checkpoints, preprocess)
-    assert risks.shape == (2, 3, cfg.n_points)
-    fn = estimators.ESTIMATORS[name]
-    reference = jax.jit(lambda lr, steps: estimators.excess_risk(  # one compile: lr and steps traced
-        jax.vmap(lambda x, y: fn(x, y, lr=lr, steps=steps))(prompts.xs, prompts.ys), prompts.targets))
-    for i, lr in enumerate(lrs):
-      for j, steps in enumerate(checkpoints):
-        np.testing.assert_allclose(risks[i, j], reference(lr, steps), rtol=1e-4, atol=1e-7)
-
-
-def test_tuning_is_per_n_and_reads_the_test_set():
-  tune = np.array([[1.0, 5.0, np.nan], [2.0, 1.0, 3.0]])
-  test = np.array([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0]])
-  out = run._tuned(tune, test, [{"a": 0}, {"a": 1}])
-  assert out["risk"] == [10.0, 50.0, 60.0]
-  assert [h["a"] for h in out["hparams"]] == [0, 1, 1]
+@pytest.mark.parametrize("change,field", [(dict(sparsity=9), "sparsity"), (dict(dims_start=1), "dims_start"),
+                                         (dict(pto_steps=(1, -3)), "pto_steps"), (dict(noise_stds=()), "noise_stds")])
+def test_bad_study_config_names_the_field(change, field):
+  with pytest.raises(ValueError, match=rf"StudyConfig\.{field}="):
+    dataclasses.replace(run.tiny(), **change)
 
 
 def test_notebook_executes_with_tiny_preset(tiny_out, xla_cache, tmp_path, monkeypatch):

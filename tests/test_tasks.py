@@ -143,3 +143,50 @@ def test_user_registered_family():
 def test_bad_config_names_the_field(kwargs, field):
   with pytest.raises(ValueError, match=rf"TaskConfig\.{field}="):
     tasks.TaskConfig(**kwargs)
+
+
+def test_sparse_support_under_a_dims_curriculum_stays_inside_the_active_coordinates():
+  """With n_active_dims (traced), every w has exactly s non-zeros, all among the first n_active coordinates,
+  the support uniform among them (each active coordinate in it with probability s/n_active)."""
+  cfg = tasks.TaskConfig(family="sparse", d=10, sparsity=3, w_var=1.0, n_points=2)
+  sample = jax.jit(tasks.sample_batch, static_argnums=(1, 2))
+  for n_active in (3, 6, 10):
+    b = jax.tree.map(np.asarray, sample(KEY, cfg, 6000, jnp.asarray(n_active)))
+    nonzero = b.w != 0
+    assert (nonzero.sum(-1) == 3).all()
+    assert not nonzero[:, n_active:].any()
+    p = 3 / n_active
+    np.testing.assert_allclose(nonzero[:, :n_active].mean(0), p, atol=4 * np.sqrt(p * (1 - p) / 6000) + 1e-9)
+  masked = jax.tree.map(np.asarray, tasks.mask_dims(sample(KEY, cfg, 64, jnp.asarray(4)), 4))
+  assert ((masked.w != 0).sum(-1) == 3).all()  # masking the inputs afterwards keeps all s entries
+
+
+def test_engine_draws_sparse_supports_from_the_active_dims():
+  """The training step's own batch (read out of the compiled step) is s-sparse inside the active coordinates,
+  and a dims curriculum starting below s is a config error naming the field."""
+  from jaxicl import configs, train
+  from jaxicl.models import ModelConfig
+  cfg = configs.Config(task=tasks.TaskConfig(family="sparse", d=6, sparsity=2, w_var=1.0, n_points=4),
+                       model=ModelConfig(name="gpt2", width=8, n_layers=1, heads=(1,), max_points=4),
+                       curriculum=configs.CurriculumConfig(dims_start=3, every=5),
+                       train=configs.TrainConfig(steps=10, batch_size=64))
+  seen = []
+  real = tasks.mask_dims
+
+  def spy(prompts, n):
+    jax.debug.callback(lambda w, n: seen.append((np.asarray(w), np.asarray(n))), prompts.w, n)
+    return real(prompts, n)
+
+  try:
+    tasks.mask_dims = spy
+    engine = train.Engine(cfg)
+    jax.block_until_ready(engine.run_chunk(engine.init(), 1))
+  finally:
+    tasks.mask_dims = real
+  assert seen
+  for w, n in seen:
+    assert np.all(n == 3)
+    nonzero = w.reshape(-1, 6) != 0
+    assert (nonzero.sum(-1) == 2).all() and not nonzero[:, 3:].any()
+  with pytest.raises(ValueError, match=r"curriculum\.dims_start=1"):
+    configs.Config(task=cfg.task, model=cfg.model, curriculum=configs.CurriculumConfig(dims_start=1))

@@ -18,21 +18,31 @@ For every model the study measures (``jaxicl.interpret``, all pure functions of 
     "one per layer" = the top head of every layer;
   * per-layer linear probes (ridge read-out of the residual stream at the x-token positions, fitted on
     one prompt set, evaluated on the held-out set against wᵀx) for the full, pruned and single-head models;
-  * baselines tuned per n on a separate tuning set and evaluated on the held-out set: PtO (η, T), GD (η, T),
-    ridge (λ), Lasso (α), and OLS (minimum-norm least squares). GD / PtO step sizes are eligible at n only
-    if η·λ_max(X̃ᵀX̃/n) <= 0.5 on every tuning prompt (a quarter of the divergence threshold 2): λ_max is heavy-tailed at
-    small n, and a step size that is barely stable on the tuning prompts diverges on a few held-out ones.
+  * baselines tuned per n on a separate tuning set and evaluated on the held-out set: PtO (η, T), GD (η, T) and
+    iterated PtO (η, T, rounds; this project's extension, ``estimators.iterated_pto``) with T on a log grid up
+    to 1e5 plus T = ∞ (the min-norm least-squares limit), all from one eigendecomposition per prompt and prefix
+    (``estimators.gd_path_risks``); ridge (λ), Lasso (α), OLS, and the Bayes-optimal posterior mean of the
+    task's prior (``estimators.sparse_bayes``, exact enumeration of the C(d, s) supports) as the floor. Step
+    sizes are eligible at n only if η·λ_max(X̃ᵀX̃/n) <= 0.5 on every tuning prompt (a quarter of the
+    divergence threshold 2: λ_max is heavy-tailed at small n, and a barely stable step diverges on a few
+    held-out prompts). The winner per n is reported, and a winner at a grid edge is warned about;
+  * per seed, a verdict of the study's claim under the stated rule ``CLAIM_RULE``.
 
 Outputs in ``out``: ``risk_vs_n.png/.csv`` (figure 1), ``importance_<model>.png`` + ``importance.json``
 (figure 2), ``probe_<σ>_L<L>.png`` + ``probe.csv`` (figure 3), ``pto_vs_baselines_<σ>.png`` +
-``baselines.csv`` (figure 4), ``attention_<model>.png`` (attention maps of one prompt) and
-``summary.json``; a summary table is printed at the end.
+``baselines.csv`` (figure 4), ``attention_<model>.png`` (attention maps of one prompt) and the
+machine-checkable ``summary.json`` (``summarize``: per model ``mean_risk``, ``effective_heads``, ``pruned_risk``,
+``mirror_pruned_risk``, the claim per seed; per baseline ``mean_risk``, winners and grid edges; ``warnings``);
+a summary table is printed at the end.
 
 Presets (``--preset``; each docstring gives the command and expected times):
-  * ``tiny``  — seconds, for the tests; numbers are meaningless.
-  * ``quick`` — ≤ 10 minutes on a 2-core CPU; a shrunken study (see its docstring for what it shows).
+  * ``tiny``  — about a minute, for the tests; numbers are meaningless.
+  * ``quick`` — d = 8, s = 2, N = 16, 2 layers × 4 heads, 3 seeds, 5000 steps: ~10 minutes estimated on an idle
+    2-core CPU (derived from a measured per-step cost; see README, Study 2).
+  * ``cpu``   — d = 12, s = 3, N = 24, σ ∈ {0.1, 0.5}, 3 layers × 4 heads, 3 seeds: ~60-90 minutes estimated on an
+    idle 2-core CPU, resumable.
   * ``full``  — the study: d = 20, s = 3, N = 40, σ ∈ {0, 0.1, 0.5}, L ∈ {2, 3, 4} × 8 heads and single-head
-    models, 3 seeds; one GPU.
+    models, 3 seeds; sized for <= 30 minutes on one H100 (derived from XLA's cost analysis).
 """
 
 from __future__ import annotations
@@ -40,9 +50,8 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import functools
-import itertools
 import json
+import math
 import os
 import time
 from typing import Any, Callable, NamedTuple
@@ -102,25 +111,54 @@ class StudyConfig:
   tune_prompts: int
   importance_batch: int | None
   pto_lrs: tuple[float, ...]
-  pto_steps: tuple[int, ...]
+  pto_steps: tuple[float, ...]
   gd_lrs: tuple[float, ...]
-  gd_steps: tuple[int, ...]
+  gd_steps: tuple[float, ...]
+  ipto_steps: tuple[float, ...]
+  ipto_rounds: int
   ridge_lams: tuple[float, ...]
   lasso_alphas: tuple[float, ...]
   probe_lam: float = 1e-6
+  schedule: str = "constant"
   dims_start: int | None = None
   dims_every: int = 1000
   checkpoint: bool = False
   ckpt_every: int = 0
 
+  def __post_init__(self):
+    def need(ok: bool, field: str, why: str):
+      if not ok:
+        raise ValueError(f"StudyConfig.{field}={getattr(self, field)!r} (preset {self.name!r}): {why}")
 
+    need(self.d >= 1, "d", "must be >= 1")
+    need(1 <= self.sparsity <= self.d, "sparsity", f"must be in [1, d={self.d}]")
+    need(self.n_points >= 2, "n_points", "must be >= 2")
+    need(len(self.noise_stds) >= 1 and all(x >= 0 for x in self.noise_stds), "noise_stds", "need values >= 0")
+    need(len(self.layers) >= 1 and all(x >= 1 for x in self.layers), "layers", "need depths >= 1")
+    need(self.heads >= 1, "heads", "must be >= 1")
+    need(len(self.seeds) >= 1, "seeds", "need at least one seed")
+    for field in ("eval_prompts", "probe_prompts", "tune_prompts", "ipto_rounds", "steps"):
+      need(getattr(self, field) >= 1, field, "must be >= 1")
+    for field in ("pto_lrs", "gd_lrs", "ridge_lams", "lasso_alphas"):
+      need(len(getattr(self, field)) >= 1 and all(x > 0 for x in getattr(self, field)), field, "need values > 0")
+    for field in ("pto_steps", "gd_steps", "ipto_steps"):
+      need(len(getattr(self, field)) >= 1 and all(t >= 0 and (math.isinf(t) or t == int(t)) for t in getattr(self, field)),
+           field, "need integers >= 0 (or inf)")
+    need(self.dims_start is None or self.sparsity <= self.dims_start <= self.d, "dims_start",
+         f"must be in [sparsity={self.sparsity}, d={self.d}] (the support is drawn among the active dims)")
+
+
+INF = math.inf
+_STEPS = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000, INF)  # T; INF = the T → ∞ limit
 _BASELINE_GRIDS = dict(
-    pto_lrs=(0.0003, 0.001, 0.003, 0.01, 0.03),
-    pto_steps=(1, 3, 10, 30, 100, 300, 1000, 3000),
-    gd_lrs=(0.01, 0.03, 0.1, 0.3),
-    gd_steps=(1, 3, 10, 30, 100, 300),
-    ridge_lams=(1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0),
-    lasso_alphas=(1e-3, 0.01, 0.03, 0.1, 0.3),
+    pto_lrs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3),
+    pto_steps=_STEPS,
+    gd_lrs=(0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
+    gd_steps=_STEPS,
+    ipto_steps=(1, 10, 100, 1000, 10_000, 100_000, INF),
+    ipto_rounds=4,
+    ridge_lams=(1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
+    lasso_alphas=(1e-4, 1e-3, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
 )
 
 
@@ -135,54 +173,63 @@ def tiny() -> StudyConfig:
       name="tiny", d=5, sparsity=2, n_points=8, noise_stds=(0.1,), layers=(2,), heads=2, single_head=True,
       width=16, mlp=True, steps=20, batch_size=16, lr=1e-3, warmup_steps=0, grad_clip=None, seeds=(0, 1),
       log_every=10, eval_prompts=32, probe_prompts=32, tune_prompts=32, importance_batch=None,
-      pto_lrs=(0.0003, 0.003), pto_steps=(1, 5), gd_lrs=(0.01, 0.1), gd_steps=(1, 5), ridge_lams=(0.1, 1.0),
-      lasso_alphas=(0.03,))
+      pto_lrs=(0.0003, 0.003), pto_steps=(0, 1, 5, INF), gd_lrs=(0.01, 0.1), gd_steps=(1, 5, 1000), ipto_steps=(5, INF),
+      ipto_rounds=2, ridge_lams=(0.1, 1.0), lasso_alphas=(0.03,), checkpoint=True)
 
 
 def quick() -> StudyConfig:
-  """The CPU study, shrunk: d=6, s=2, N=16, σ=0.1; 2 layers × 4 heads (width 64, MLP) vs 2 layers × 1 head,
-  2 seeds, 6000 Adam steps at lr 1e-3 (batch 64).
+  """The CPU study, shrunk: d=8, s=2, N=16, σ=0.1; 2 layers × 4 heads (width 64, MLP), 3 seeds vmapped, 5000 Adam
+  steps at lr 1e-3 (200 warmup, cosine decay, batch 64); checkpointed under out/runs (resumable).
 
-  `jaxicl reproduce head-utilization --preset quick --out runs/head_utilization_quick` — about 8-10 minutes on
-  an otherwise idle 2-core CPU (2-3× longer on a loaded one), about a minute on a GPU.
-
-  Why so small: on CPU these GPT-2 models sit on a loss plateau (ŷ ≈ 0, loss ≈ E y² = 2) for a long time.
-  In our trials (lr 1e-3 unless noted, batch 64, width 64, 4 heads): d=10, N=20, 3 layers did not leave it
-  within 4000 steps (also not at lr 2e-3/3e-3 or with a dims curriculum); d=6, N=16, 3 layers left it after
-  ~1-1.5k steps for one seed of two (not at lr 2e-3/3e-3, nor with the flagged layout or without MLP);
-  d=6, N=16, 2 layers left it after ~1k steps for both seeds, then reached a second plateau near loss 1.75
-  by 4k steps. The quick models are therefore only partly trained (risk far above Lasso's): their importance
-  maps show an early stage of head specialisation, not the converged picture of the full preset.
-  Measured: 8.5 min wall (574 s CPU) on a 2-core CPU shared with other jobs. Result of that run: mean risk
-  1.82 (2×4) and 1.96 (2×1; one seed never left the plateau) vs 0.44 for tuned Lasso; layer-1 heads carry
-  nearly all importance (0.14-0.53 each vs 0.015-0.046 in layer 2); pruning layer 2 to its top head costs
-  +0.08 risk, cutting layer 1 to one head +0.90.
+  `jaxicl reproduce head-utilization --preset quick --out runs/head_utilization_quick` — estimated ~12 minutes on an
+  idle 2-core CPU: XLA's cost analysis gives 4.1e9 flops per step (3 seeds) against 2.7e9 for a d=5, N=11 model of
+  the same width measured at 14 steps/s on this CPU, so ~9 steps/s, 5000 steps ≈ 9 minutes, plus the analysis.
+  Measured on the shared CPU at load ~15: 0.8-1.2 steps/s (about 10× slower). Resumable (checkpoint every 1000).
   """
   return StudyConfig(
-      name="quick", d=6, sparsity=2, n_points=16, noise_stds=(0.1,), layers=(2,), heads=4, single_head=True,
-      width=64, mlp=True, steps=6000, batch_size=64, lr=1e-3, warmup_steps=100, grad_clip=None, seeds=(0, 1),
-      log_every=500, eval_prompts=1024, probe_prompts=512, tune_prompts=512, importance_batch=None,
-      **_BASELINE_GRIDS)
+      name="quick", d=8, sparsity=2, n_points=16, noise_stds=(0.1,), layers=(2,), heads=4, single_head=False,
+      width=64, mlp=True, steps=5000, batch_size=64, lr=1e-3, warmup_steps=200, schedule="cosine", grad_clip=None,
+      seeds=(0, 1, 2), log_every=250, eval_prompts=1024, probe_prompts=512, tune_prompts=512, importance_batch=None,
+      checkpoint=True, ckpt_every=1000, **_BASELINE_GRIDS)
+
+
+def cpu() -> StudyConfig:
+  """The study's shape scaled to a CPU: d=12, s=3, N=24, σ ∈ {0.1, 0.5}; 3 layers × 4 heads (width 64, MLP), 3 seeds
+  vmapped; 8000 Adam steps at lr 1e-3 (300 warmup, cosine, batch 64); checkpointed every 1000 steps under
+  out/runs, so it runs in pieces (interrupt and re-run the same command to resume).
+
+  `jaxicl reproduce head-utilization --preset cpu --out runs/head_utilization_cpu` — estimated ~75 minutes on an idle
+  2-core CPU: 9.6e9 flops per step (3 seeds, XLA's cost analysis) at the 3.8e10 flop/s measured for the d=5 model
+  (see ``quick``) is ~4 steps/s, 2 × 8000 steps ≈ 67 minutes, plus the analysis. Not run here.
+  """
+  return StudyConfig(
+      name="cpu", d=12, sparsity=3, n_points=24, noise_stds=(0.1, 0.5), layers=(3,), heads=4, single_head=False,
+      width=64, mlp=True, steps=8000, batch_size=64, lr=1e-3, warmup_steps=300, schedule="cosine", grad_clip=1.0,
+      seeds=(0, 1, 2), log_every=250, eval_prompts=1024, probe_prompts=512, tune_prompts=512, importance_batch=None,
+      checkpoint=True, ckpt_every=1000, **_BASELINE_GRIDS)
 
 
 def full() -> StudyConfig:
   """The study: d=20, s=3, N=40, σ ∈ {0, 0.1, 0.5}; L ∈ {2, 3, 4} layers × 8 heads (width 256, MLP) and the
-  single-head model of each depth; 3 seeds vmapped; 50k Adam steps (lr 3e-4, 2k warmup, batch 64).
+  single-head model of each depth; 3 seeds vmapped; 8000 Adam steps (lr 1e-3, 400 warmup, cosine, batch 64, clip 1).
 
-  `jaxicl reproduce head-utilization --preset full --out runs/head_utilization` — not measured (no GPU was
-  available when it was written); estimated 1.5-3 hours on one A100/H100 GPU (18 trainings of 50k steps, each
-  checkpointed under out/runs, so an interrupted run resumes), days on CPU.
+  `jaxicl reproduce head-utilization --preset full --out runs/head_utilization` — sized for <= 30 minutes on one
+  H100, derived, not measured: XLA's cost analysis (``jax.jit(vmapped step).lower(...).cost_analysis()``) gives
+  1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4 (the single-head models cost the same), so
+  the 18 trainings × 8000 steps are 3.3e16 flops: 22 minutes at an assumed 25 TFLOP/s sustained (TF32 matmuls at
+  this width), plus ~1 ms/step of launch overhead (~2.5 minutes) and the analysis. On CPU the same arithmetic
+  (3.8e10 flop/s measured on the 2-core CPU) gives ~10 days. Every training is checkpointed under out/runs, so an
+  interrupted run resumes.
   """
   return StudyConfig(
       name="full", d=20, sparsity=3, n_points=40, noise_stds=(0.0, 0.1, 0.5), layers=(2, 3, 4), heads=8,
-      single_head=True, width=256, mlp=True, steps=50_000, batch_size=64, lr=3e-4, warmup_steps=2000,
-      grad_clip=1.0, seeds=(0, 1, 2), log_every=1000, eval_prompts=2048, probe_prompts=2048,
-      tune_prompts=1024, importance_batch=4, checkpoint=True, ckpt_every=10_000, **_BASELINE_GRIDS)
+      single_head=True, width=256, mlp=True, steps=8000, batch_size=64, lr=1e-3, warmup_steps=400,
+      schedule="cosine", grad_clip=1.0, seeds=(0, 1, 2), log_every=1000, eval_prompts=2048, probe_prompts=2048,
+      tune_prompts=1024, importance_batch=4, checkpoint=True, ckpt_every=2000, **_BASELINE_GRIDS)
 
 
-PRESETS: dict[str, Callable[[], StudyConfig]] = {"tiny": tiny, "quick": quick, "full": full}
+PRESETS: dict[str, Callable[[], StudyConfig]] = {"tiny": tiny, "quick": quick, "cpu": cpu, "full": full}
 
-STABILITY_MARGIN = 0.5  # GD / PtO step sizes must satisfy η·λ_max(G) <= this on all tuning prompts (divergence: > 2)
 EVAL_SEED = evaluate.EVAL_SEED  # held-out prompts; probe-fit and tuning sets use EVAL_SEED + 1, + 2
 
 
@@ -203,7 +250,7 @@ def run_config(sc: StudyConfig, sigma: float, n_layers: int, heads: int) -> conf
       task=task_config(sc, sigma),
       model=ModelConfig(name="gpt2", width=sc.width, n_layers=n_layers, heads=(heads,), mlp=sc.mlp,
                         max_points=sc.n_points),
-      optim=configs.OptimConfig(lr=sc.lr, warmup_steps=sc.warmup_steps, grad_clip=sc.grad_clip),
+      optim=configs.OptimConfig(lr=sc.lr, warmup_steps=sc.warmup_steps, grad_clip=sc.grad_clip, schedule=sc.schedule),
       curriculum=curriculum,
       train=configs.TrainConfig(steps=sc.steps, batch_size=sc.batch_size, seeds=sc.seeds, log_every=sc.log_every,
                                 ckpt_every=sc.ckpt_every if sc.checkpoint else 0))
@@ -229,115 +276,79 @@ def prompt_sets(sc: StudyConfig, task: tasks.TaskConfig) -> PromptSets:
 # Baselines
 
 
-def gd_path_risks(prompts: tasks.Prompt, lrs, checkpoints, preprocess: bool) -> np.ndarray:
-  """Excess risk [len(lrs), len(checkpoints), N] of GD (or PtO with ``preprocess``) after each of the
-  increasing step counts ``checkpoints``, every prefix n at once.
+PATH_BASELINES = ("PtO", "iterated PtO", "GD")
 
-  One GD trajectory per (η, prompt, prefix) is run to max(checkpoints) and read at each checkpoint, so
-  the cost is that of the largest T only; the iterates are exactly ``estimators.gd_weights`` /
-  ``estimators.pto_weights`` (w ← w − η(Gw − b), G = X̃ᵀX̃/n, b = X̃ᵀy/n, X̃ = X or diag(r̂)X).
+
+def _path_points(lrs, steps, rounds: int | None = None) -> list[dict[str, Any]]:
+  """Grid points of a path tuner in the order of its risks' flattened axes (η, T[, round]); at T = 0 and
+  T = inf the step size does not matter (0, resp. the min-norm limit), so it is reported as None."""
+  points = []
+  for lr in lrs:
+    for t in steps:
+      hp = {"lr": None if t == 0 or math.isinf(t) else float(lr), "steps": float(t) if math.isinf(t) else int(t)}
+      points += [dict(hp, rounds=k + 1) for k in range(rounds)] if rounds else [hp]
+  return points
+
+
+def _path_tuned(tune: tuple[np.ndarray, np.ndarray], test: np.ndarray, lrs, steps, rounds: int | None,
+                n_points: int) -> dict[str, Any]:
+  """Per-n choice of a path tuner: (tune risks, step ratios) on the tuning set, risks on the held-out set.
+
+  Eligible: η·λ_max <= ``estimators.STABILITY_MARGIN`` on every tuning prompt (in every round so far), or T = 0
+  / T = inf, which do not depend on η."""
+  tune_r, ratio = tune
+  if rounds is None:  # ratio [n_lr, N] -> [n_lr, C, N]
+    ratio = np.broadcast_to(ratio[:, None, :], tune_r.shape)
+  steps_axis = np.asarray(steps, np.float64).reshape((1, -1) + (1,) * (tune_r.ndim - 2))
+  free = (steps_axis == 0) | np.isinf(steps_axis)
+  eligible = (ratio <= estimators.STABILITY_MARGIN) | free
+  grid = {"lr": tuple(float(x) for x in lrs), "steps": tuple(steps)}
+  if rounds:
+    grid["rounds"] = tuple(range(1, rounds + 1))
+  return estimators.tune_per_n(tune_r.reshape(-1, n_points), test.reshape(-1, n_points),
+                               _path_points(lrs, steps, rounds), grid,
+                               np.broadcast_to(eligible, tune_r.shape).reshape(-1, n_points))
+
+
+def baseline_curves(sc: StudyConfig, sets: PromptSets, task: tasks.TaskConfig) -> dict[str, dict[str, Any]]:
+  """label -> {"risk": [N] on the held-out set, "hparams": per-n choice (tuned on the tuning set), "edges": per-n
+  hyper-parameters at a grid edge}.
+
+  PtO and GD: step sizes × step counts up to ``max(steps)`` and T = inf (the min-norm least-squares limit), from
+  one eigendecomposition per prompt and prefix (``estimators.gd_path_risks``), under the stability rule;
+  iterated PtO (this project's extension, ``estimators.iterated_pto``): the same over 1..``ipto_rounds`` rounds;
+  ridge λ and Lasso α grids; OLS; and the Bayes-optimal estimator of the task's prior (``sparse_bayes``, no
+  hyper-parameters), the floor every method is measured against.
   """
-  checkpoints = tuple(int(c) for c in checkpoints)
-  if list(checkpoints) != sorted(checkpoints) or checkpoints[0] < 0:
-    raise ValueError(f"checkpoints={checkpoints}: must be increasing and >= 0")
-  risks = _gd_path_risks(prompts.xs, prompts.ys, prompts.targets, jnp.asarray(lrs, jnp.float32), checkpoints,
-                         bool(preprocess))
-  return np.asarray(risks, np.float64)
-
-
-@functools.partial(jax.jit, static_argnames=("checkpoints", "preprocess"))
-def _gd_path_risks(xs_all, ys_all, targets, lrs, checkpoints: tuple[int, ...], preprocess: bool) -> jax.Array:
-  """[B, N, d], [B, N], [B, N], [n_lr] -> [n_lr, C, N] (see ``gd_path_risks``)."""
-  masks = estimators.prefix_masks(xs_all.shape[1])
-
-  def one_query(xs, ys, mask, x_q, lr):
-    X, y = xs * mask[:, None], ys * mask
-    n = jnp.maximum(jnp.sum(mask), 1.0)
-    if preprocess:
-      r_hat = X.T @ y / n
-      X, x_q = X * r_hat, x_q * r_hat
-    gram, b = X.T @ X / n, X.T @ y / n
-    w, done, preds = jnp.zeros(X.shape[1], X.dtype), 0, []
-    for c in checkpoints:
-      w = jax.lax.fori_loop(0, c - done, lambda _, v: v - lr * (gram @ v - b), w)
-      done = c
-      preds.append(w @ x_q)
-    return jnp.stack(preds)  # [C]
-
-  def risks_for(lr):
-    preds = jax.vmap(lambda xs, ys: jax.vmap(lambda m, xq: one_query(xs, ys, m, xq, lr))(masks, xs))(xs_all, ys_all)
-    return jnp.mean(jnp.square(preds - targets[:, :, None]), axis=0).T  # [C, N]
-
-  return jax.vmap(risks_for)(lrs)
-
-
-def gram_lambda_max(prompts: tasks.Prompt, preprocess: bool) -> np.ndarray:
-  """λ_max of the GD Gram matrix G = X̃ᵀX̃/n of every prompt and prefix n: [B, N] (X̃ = X, or diag(r̂)X for PtO).
-
-  GD with step η on that prefix diverges iff η·λ_max > 2.
-  """
-  return np.asarray(_gram_lambda_max(prompts.xs, prompts.ys, bool(preprocess)), np.float64)
-
-
-@functools.partial(jax.jit, static_argnames="preprocess")
-def _gram_lambda_max(xs_all, ys_all, preprocess: bool) -> jax.Array:
-  masks = estimators.prefix_masks(xs_all.shape[1])
-
-  def one(xs, ys, mask):
-    X, y = xs * mask[:, None], ys * mask
-    n = jnp.maximum(jnp.sum(mask), 1.0)
-    if preprocess:
-      X = X * (X.T @ y / n)
-    return jnp.linalg.eigvalsh(X.T @ X / n)[-1]
-
-  return jax.vmap(lambda xs, ys: jax.vmap(lambda m: one(xs, ys, m))(masks))(xs_all, ys_all)
-
-
-def grid_risks(name: str, grid: dict[str, tuple], prompts: tasks.Prompt) -> tuple[np.ndarray, list[dict]]:
-  """Excess risk [G, N] of estimator ``name`` at every point of ``grid`` (vmapped over the grid), all n at once."""
-  keys = list(grid)
-  points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
-  arrays = {k: jnp.asarray([p[k] for p in points], jnp.float32) for k in keys}
-  return np.asarray(_grid_risks(name, arrays, prompts.xs, prompts.ys, prompts.targets), np.float64), points
-
-
-@functools.partial(jax.jit, static_argnames="name")
-def _grid_risks(name: str, arrays: dict[str, jax.Array], xs, ys, targets) -> jax.Array:
-  fn = estimators.ESTIMATORS[name]
-
-  def risk(hp):
-    return estimators.excess_risk(jax.vmap(lambda x, y: fn(x, y, **hp))(xs, ys), targets)
-
-  return jax.vmap(risk)(arrays)
-
-
-def _tuned(tune_risks: np.ndarray, test_risks: np.ndarray, points: list[dict]) -> dict[str, Any]:
-  """Per-n choice on the tuning set ([G, N]; non-finite never chosen unless all are), read on the test set."""
-  ranked = np.where(np.isfinite(tune_risks), tune_risks, np.inf)
-  best = np.argmin(ranked, axis=0)  # [N]
-  return {"risk": test_risks[best, np.arange(test_risks.shape[1])].tolist(), "hparams": [points[g] for g in best]}
-
-
-def baseline_curves(sc: StudyConfig, sets: PromptSets) -> dict[str, dict[str, Any]]:
-  """label -> {"risk": [N] on the held-out set, "hparams": per-n choice (tuned on the tuning set)}."""
+  n = sc.n_points
   out: dict[str, dict[str, Any]] = {}
   for label, preprocess, lrs, steps in (("PtO", True, sc.pto_lrs, sc.pto_steps), ("GD", False, sc.gd_lrs, sc.gd_steps)):
-    # a step size is eligible at n only if η·λ_max(G) <= STABILITY_MARGIN on every tuning prompt (a factor
-    # 2/margin below divergence), else rare held-out prompts diverge and the Monte Carlo risk explodes
-    lam_max = gram_lambda_max(sets.tune, preprocess).max(axis=0)  # [N]
-    stable = np.asarray(lrs)[:, None] * lam_max[None, :] <= STABILITY_MARGIN  # [n_lr, N]
-    tune_r = gd_path_risks(sets.tune, lrs, steps, preprocess)
-    tune_r = np.where(stable[:, None, :], tune_r, np.inf).reshape(-1, sc.n_points)
-    test_r = gd_path_risks(sets.eval, lrs, steps, preprocess).reshape(-1, sc.n_points)
-    points = [{"lr": float(lr), "steps": int(t)} for lr in lrs for t in steps]
-    out[label] = _tuned(tune_r, test_r, points)
+    tune = estimators.gd_path_risks(sets.tune, lrs, steps, preprocess)
+    test, _ = estimators.gd_path_risks(sets.eval, lrs, steps, preprocess)
+    out[label] = _path_tuned(tune, test, lrs, steps, None, n)
+  tune = estimators.iterated_pto_path_risks(sets.tune, sc.pto_lrs, sc.ipto_steps, sc.ipto_rounds)
+  test, _ = estimators.iterated_pto_path_risks(sets.eval, sc.pto_lrs, sc.ipto_steps, sc.ipto_rounds)
+  out["iterated PtO"] = _path_tuned(tune, test, sc.pto_lrs, sc.ipto_steps, sc.ipto_rounds, n)
   for label, name, grid in (("ridge", "ridge", {"lam": sc.ridge_lams}), ("Lasso", "lasso", {"alpha": sc.lasso_alphas})):
-    tune_r, points = grid_risks(name, grid, sets.tune)
-    test_r, _ = grid_risks(name, grid, sets.eval)
-    out[label] = _tuned(tune_r, test_r, [{k: float(v) for k, v in p.items()} for p in points])
-  ols = jax.jit(estimators.batched(estimators.ols))(sets.eval.xs, sets.eval.ys)
-  out["OLS"] = {"risk": np.asarray(estimators.excess_risk(ols, sets.eval.targets), np.float64).tolist(), "hparams": None}
+    tune_r, points = estimators.grid_risks(name, grid, sets.tune)
+    test_r, _ = estimators.grid_risks(name, grid, sets.eval)
+    out[label] = estimators.tune_per_n(tune_r, test_r, [{k: float(v) for k, v in p.items()} for p in points], grid)
+  for label, name in (("OLS", "ols"), ("Bayes", "sparse_bayes")):
+    preds = estimators.predict(name, sets.eval.xs, sets.eval.ys, task)
+    out[label] = {"risk": np.asarray(estimators.excess_risk(preds, sets.eval.targets), np.float64).tolist(),
+                  "hparams": None, "edges": [[] for _ in range(n)]}
   return out
+
+
+def edge_warnings(baselines: dict[str, dict[str, Any]], sigma: float) -> list[str]:
+  """One line per baseline whose per-n winner sits at a grid edge for some n (see ``estimators.grid_edges``)."""
+  lines = []
+  for label, b in baselines.items():
+    at_edge = {n: e for n, e in enumerate(b.get("edges", [])) if e}
+    if at_edge:
+      keys = sorted({k for e in at_edge.values() for k in e})
+      lines.append(f"σ={sigma:g} {label}: the tuned {'/'.join(keys)} is at a grid edge for n in {sorted(at_edge)}")
+  return lines
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,8 +425,8 @@ def plot_risk_vs_n(sc: StudyConfig, records: dict, baselines: dict, path: str) -
       _mean_band(ax, n, rec["risk"], f"{L} layers × {H} head{'s' if H > 1 else ''}")
       if "pruned_risk" in rec:
         _mean_band(ax, n, rec["pruned_risk"], f"{L}×{H} pruned (all L1, 1 later)", "--")
-    for label in ("OLS", "Lasso"):
-      ax.plot(n, baselines[sigma][label]["risk"], ":", color="gray" if label == "OLS" else "k", label=label)
+    for label, color in (("OLS", "gray"), ("ridge", "tab:olive"), ("Lasso", "k"), ("Bayes", "tab:red")):
+      ax.plot(n, baselines[sigma][label]["risk"], ":", color=color, label=label)
     _risk_axes(ax, sc, sigma)
   return _save(fig, path)
 
@@ -470,9 +481,10 @@ def plot_baselines(sc: StudyConfig, sigma: float, baselines: dict, records: dict
   plt = _plt()
   fig, ax = plt.subplots(figsize=(6, 4))
   n = np.arange(sc.n_points)
-  styles = {"PtO": "-", "GD": "-", "ridge": "-", "Lasso": "-", "OLS": ":"}
+  styles = {"PtO": "-", "iterated PtO": "-", "GD": "-", "ridge": "-", "Lasso": "-", "OLS": ":", "Bayes": "-."}
   for label, style in styles.items():
-    ax.plot(n, baselines[label]["risk"], style, label=label + (" (tuned per n)" if label != "OLS" else ""))
+    suffix = {"OLS": "", "Bayes": " (optimal)", "iterated PtO": " (ours, tuned per n)"}.get(label, " (tuned per n)")
+    ax.plot(n, baselines[label]["risk"], style, label=label + suffix)
   for (s, L, H), rec in records.items():
     if s == sigma and H > 1:
       ax.plot(n, rec["risk"].mean(0), "k--", lw=1.5, label=f"transformer {L}×{H}")
@@ -507,13 +519,15 @@ def _write_csv(path: str, header: list[str], rows: list[list]) -> str:
 
 
 def _json_clean(tree):
-  """NaN / inf floats -> None (strict JSON), recursively through dicts and lists."""
+  """NaN -> None, ±inf -> "inf" / "-inf" (strict JSON; T = inf is the limit step count), recursively."""
   if isinstance(tree, dict):
     return {k: _json_clean(v) for k, v in tree.items()}
   if isinstance(tree, (list, tuple)):
     return [_json_clean(v) for v in tree]
-  if isinstance(tree, float) and not np.isfinite(tree):
+  if isinstance(tree, float) and np.isnan(tree):
     return None
+  if isinstance(tree, float) and np.isinf(tree):
+    return "inf" if tree > 0 else "-inf"
   return tree
 
 
@@ -530,8 +544,9 @@ def _finite_mean(a) -> float:
 
 
 def main(preset: str = "quick", out: str = "runs/head_utilization") -> dict[str, Any]:
-  """Runs the study with preset ``tiny`` | ``quick`` | ``full``; writes figures, tables and summary.json in
-  ``out`` and returns the summary dict."""
+  """Runs the study with preset ``tiny`` | ``quick`` | ``cpu`` | ``full``; writes figures, tables and summary.json
+  in ``out`` and returns the summary dict. With ``checkpoint`` presets, finished trainings under out/runs are
+  restored, not retrained (a run interrupted anywhere resumes)."""
   if preset not in PRESETS:
     raise ValueError(f"preset={preset!r}: known presets {sorted(PRESETS)}")
   sc = PRESETS[preset]()
@@ -546,6 +561,7 @@ def main(preset: str = "quick", out: str = "runs/head_utilization") -> dict[str,
   records: dict[tuple[float, int, int], dict[str, Any]] = {}
   baselines: dict[float, dict[str, Any]] = {}
   final_loss: dict[tuple, list[float]] = {}
+  timings: dict[str, float] = {}
   attention_files = []
   for sigma in sc.noise_stds:
     sets = prompt_sets(sc, task_config(sc, sigma))
@@ -554,28 +570,41 @@ def main(preset: str = "quick", out: str = "runs/head_utilization") -> dict[str,
         tag = model_tag(sigma, n_layers, heads)
         t0 = time.perf_counter()
         result = train_model(sc, sigma, n_layers, heads, out)
+        timings[f"train {tag}"] = time.perf_counter() - t0
         final_loss[(sigma, n_layers, heads)] = result.history[-1]["loss"] if result.history else []
-        log(f"trained {tag} ({len(sc.seeds)} seeds) in {time.perf_counter() - t0:.0f}s; final loss "
+        log(f"trained {tag} ({len(sc.seeds)} seeds) in {timings[f'train {tag}']:.0f}s; final loss "
             f"{np.round(final_loss[(sigma, n_layers, heads)], 4).tolist()}")
         t0 = time.perf_counter()
         records[(sigma, n_layers, heads)] = analyze_model(result, sets, sc)
-        log(f"analysed {tag} in {time.perf_counter() - t0:.0f}s")
+        timings[f"analyse {tag}"] = time.perf_counter() - t0
+        log(f"analysed {tag} in {timings[f'analyse {tag}']:.0f}s")
         if heads > 1 and n_layers == max(sc.layers):
           maps = interpret.attention_maps(result.model, train.run_params(result.state, 0), sets.eval.xs[:1],
                                           sets.eval.ys[:1])
           path = os.path.join(out, f"attention_{tag}.png")
           attention_files.append(interpret.plot_attention(maps, path, title=f"attention, {tag}, seed {sc.seeds[0]}"))
     t0 = time.perf_counter()
-    baselines[sigma] = baseline_curves(sc, sets)
-    log(f"baselines for σ={sigma:g} in {time.perf_counter() - t0:.0f}s")
+    baselines[sigma] = baseline_curves(sc, sets, task_config(sc, sigma))
+    timings[f"baselines sigma{sigma:g}"] = time.perf_counter() - t0
+    log(f"baselines for σ={sigma:g} in {timings[f'baselines sigma{sigma:g}']:.0f}s")
+    for line in edge_warnings(baselines[sigma], sigma):
+      log(f"WARNING: {line}")
 
   files = write_outputs(sc, records, baselines, out)
   files += attention_files
   summary = summarize(sc, records, baselines, final_loss, files, time.perf_counter() - t_start)
-  with open(os.path.join(out, "summary.json"), "w") as f:
-    json.dump(_json_clean(summary), f, indent=1)
+  summary["timings_s"] = timings
+  _write_json(os.path.join(out, "summary.json"), _json_clean(summary))
   print_summary(summary)
   return summary
+
+
+def _write_json(path: str, obj: Any) -> None:
+  """Atomic: a temporary file in the same folder, then rename."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
 
 
 def write_outputs(sc: StudyConfig, records: dict, baselines: dict, out: str) -> list[str]:
@@ -626,7 +655,7 @@ def write_outputs(sc: StudyConfig, records: dict, baselines: dict, out: str) -> 
                                 os.path.join(out, f"pto_vs_baselines_sigma{sigma:g}.png")))
     for label, b in baselines[sigma].items():
       for n in range(sc.n_points):
-        rows.append([sigma, label, n, b["risk"][n], json.dumps(b["hparams"][n]) if b["hparams"] else ""])
+        rows.append([sigma, label, n, b["risk"][n], json.dumps(_json_clean(b["hparams"][n])) if b["hparams"] else ""])
     for (s, L, H), rec in records.items():
       if s == sigma:
         rows += [[sigma, f"transformer {L}x{H}", n, float(rec["risk"][:, n].mean()), ""] for n in range(sc.n_points)]
@@ -634,49 +663,107 @@ def write_outputs(sc: StudyConfig, records: dict, baselines: dict, out: str) -> 
   return files
 
 
+CLAIM_RULE = (
+    "Per seed, the claim 'layer 1: all heads matter; later layers: about one head suffices' holds iff "
+    "(a) layer 1's effective number of heads (ΣI)²/ΣI² (I = risk increase when one head is masked, clipped at 0) "
+    "is >= H/2; (b) pruning every later layer to its most important head, layer 1 kept whole, raises the mean "
+    "excess risk over n by at most 20% of the full model's; (c) the mirror control (layer 1 cut to its most "
+    "important head, later layers whole) raises it by more than that pruning does.")
+PRUNE_TOLERANCE = 0.2  # (b): relative risk increase allowed for "about one head suffices"
+PLATEAU_FRACTION = 0.5  # a seed is off the plateau iff its mean risk < this × the zero predictor's (s·τ²)
+
+
+def claim_verdicts(rec: dict[str, Any], seeds: tuple[int, ...], heads: int) -> list[dict[str, Any]]:
+  """Per-seed verdict of the study's claim under ``CLAIM_RULE`` (a multi-head model's record)."""
+  out = []
+  for r, seed in enumerate(seeds):
+    full = float(np.mean(rec["risk"][r]))
+    pruned = float(np.mean(rec["pruned_risk"][r]))
+    mirror = float(np.mean(rec["layer1_cut_risk"][r]))
+    eff1 = rec["usage"][r]["effective_heads"][0]
+    a = bool(np.isfinite(eff1) and eff1 >= heads / 2)
+    b = bool(pruned - full <= PRUNE_TOLERANCE * full)
+    c = bool(mirror - full > pruned - full)
+    out.append({"seed": seed, "layer1_effective_heads": eff1, "layer1_all_heads_matter": a,
+                "pruned_risk_increase": (pruned - full) / full, "later_layers_one_head_suffices": b,
+                "mirror_risk_increase": (mirror - full) / full, "mirror_costs_more": c, "claim_holds": a and b and c})
+  return out
+
+
+def _per_seed(curves) -> dict[str, Any]:
+  """Mean over n of each seed's risk curve [R, P], and their mean."""
+  per_seed = np.asarray(curves, np.float64).mean(-1)
+  return {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean())}
+
+
 def summarize(sc: StudyConfig, records: dict, baselines: dict, final_loss: dict, files: list[str],
               elapsed: float) -> dict[str, Any]:
-  """The summary: per model risks (mean over n, at n = d/2, at n = N-1), pruning, head usage, probes.
+  """The machine-checkable summary (``summary.json``).
 
-  May hold NaN (a layer with no important head, a head that does not exist); summary.json writes them as null.
+  models[tag]: ``mean_risk`` / ``pruned_risk`` / ``mirror_pruned_risk`` / ``one_per_layer_risk`` (excess risk
+  averaged over n = 0..N-1: per seed and mean), ``effective_heads`` (per layer: per seed and the mean over
+  seeds), ``claim`` (per-seed verdicts, ``claim_verdicts``), ``off_plateau`` and ``beats_ridge`` per seed, risks at
+  n = d/2 and N-1, probes. baselines[sigma][label]: ``mean_risk`` and the per-n winners and grid edges.
+  ``warnings``: baselines whose winner is at a grid edge. NaN is written as null (a layer with no important head).
   """
   n_small, n_last = sc.d // 2, sc.n_points - 1
+  zero_risk = sc.sparsity * 1.0  # E(wᵀx)² for w_var = 1: the risk of predicting 0 (the loss plateau)
+  base = {}
+  warnings = []
+  for sigma in sc.noise_stds:
+    base[f"sigma{sigma:g}"] = {label: {"mean_risk": _finite_mean(b["risk"]), f"risk_at_n{n_small}": float(b["risk"][n_small]),
+                                       f"risk_at_n{n_last}": float(b["risk"][n_last]), "risk": list(b["risk"]),
+                                       "hparams": b["hparams"], "edges": b["edges"]}
+                               for label, b in baselines[sigma].items()}
+    warnings += edge_warnings(baselines[sigma], sigma)
   models = {}
   for (sigma, L, H), rec in records.items():
     risk = np.asarray(rec["risk"], np.float64)
-    entry = {"sigma": sigma, "layers": L, "heads": H, "final_train_loss": final_loss[(sigma, L, H)],
-             "risk_mean_over_n": _finite_mean(risk), f"risk_at_n{n_small}": _finite_mean(risk[:, n_small]),
-             f"risk_at_n{n_last}": _finite_mean(risk[:, n_last]),
+    ridge = base[f"sigma{sigma:g}"]["ridge"]["mean_risk"]
+    per_seed = risk.mean(-1)
+    entry = {"sigma": sigma, "layers": L, "heads": H, "seeds": list(sc.seeds),
+             "final_train_loss": final_loss[(sigma, L, H)], "mean_risk": _per_seed(risk),
+             f"risk_at_n{n_small}": _finite_mean(risk[:, n_small]), f"risk_at_n{n_last}": _finite_mean(risk[:, n_last]),
+             "off_plateau": (per_seed < PLATEAU_FRACTION * zero_risk).tolist(),
+             "beats_ridge": (per_seed <= ridge).tolist(),
              "probe_full_by_layer": rec["probe"]["full"].mean(-1).mean(0).tolist()}
-    for label in ("pruned", "layer1_cut", "one_per_layer"):
+    for label, key in (("pruned", "pruned_risk"), ("layer1_cut", "mirror_pruned_risk"),
+                       ("one_per_layer", "one_per_layer_risk")):
       if f"{label}_risk" in rec:
-        entry[f"{label}_risk_mean_over_n"] = _finite_mean(rec[f"{label}_risk"])
+        entry[key] = _per_seed(rec[f"{label}_risk"])
     if "importance" in rec:
-      entry["effective_heads_by_layer"] = rec["usage_mean"]["effective_heads"]  # NaN: no head of the layer matters
+      eff = np.asarray([u["effective_heads"] for u in rec["usage"]], np.float64)  # [R, L]
+      with np.errstate(invalid="ignore"):
+        eff_mean = [float(np.nanmean(col)) if np.any(np.isfinite(col)) else float("nan") for col in eff.T]
+      entry["effective_heads"] = {"per_seed": eff.tolist(), "mean": eff_mean,
+                                  "of_mean_importance": rec["usage_mean"]["effective_heads"]}
       entry["top1_share_by_layer"] = rec["usage_mean"]["top1_share"]
       entry["importance_mean"] = np.nanmean(rec["importance"], 0).tolist()  # NaN: the head does not exist
       entry["probe_pruned_by_layer"] = rec["probe"]["pruned"].mean(-1).mean(0).tolist()
+      entry["claim"] = claim_verdicts(rec, sc.seeds, H)
+      entry["seeds_showing_claim"] = sum(v["claim_holds"] for v in entry["claim"])
     models[model_tag(sigma, L, H)] = entry
-  base = {f"sigma{sigma:g}": {label: {"risk_mean_over_n": _finite_mean(b["risk"]),
-                                      f"risk_at_n{n_small}": float(b["risk"][n_small]),
-                                      f"risk_at_n{n_last}": float(b["risk"][n_last])}
-                              for label, b in baselines[sigma].items()} for sigma in sc.noise_stds}
   return {"preset": sc.name, "backend": jax.default_backend(), "elapsed_s": elapsed, "config": dataclasses.asdict(sc),
-          "models": models, "baselines": base, "files": [os.path.basename(f) for f in files]}
+          "claim_rule": CLAIM_RULE, "plateau_rule": f"off the plateau iff mean risk < {PLATEAU_FRACTION} × s·τ² "
+          f"(= {PLATEAU_FRACTION * zero_risk:g}, half the risk of predicting 0)", "models": models,
+          "baselines": base, "warnings": warnings, "files": [os.path.basename(f) for f in files]}
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-  """A short table: risk averaged over n for each model, its pruned variants and per-layer head usage."""
-  print("\nStudy 2 summary (excess risk averaged over n = 0..N-1; eff. heads = (ΣI)²/ΣI² per layer)")
-  print(f"{'model':<22}{'full':>9}{'pruned':>9}{'L1 cut':>9}{'1/layer':>9}  eff. heads by layer")
+  """A short table: per model the mean risk over n (full, pruned, mirror), effective heads and the claim per seed."""
+  print("\nStudy 2 summary (excess risk averaged over n = 0..N-1; eff. heads = (ΣI)²/ΣI² per layer, seed mean)")
+  print(f"{'model':<22}{'full':>9}{'pruned':>9}{'mirror':>9}{'1/layer':>9}  eff. heads by layer   claim per seed")
   for tag, m in summary["models"].items():
-    cells = [m["risk_mean_over_n"]] + [m.get(f"{k}_risk_mean_over_n", float("nan"))
-                                       for k in ("pruned", "layer1_cut", "one_per_layer")]
+    cells = [m["mean_risk"]["mean"]] + [m[k]["mean"] if k in m else float("nan")
+                                        for k in ("pruned_risk", "mirror_pruned_risk", "one_per_layer_risk")]
     cells = [float("nan") if c is None else c for c in cells]
-    eff = " ".join("n/a" if e is None else f"{e:.2f}" for e in m.get("effective_heads_by_layer", []))
-    print(f"{tag:<22}" + "".join(f"{c:9.4f}" for c in cells) + f"  {eff}")
+    eff = " ".join("n/a" if e is None else f"{e:.2f}" for e in m.get("effective_heads", {}).get("mean", []))
+    claim = " ".join("yes" if v["claim_holds"] else "no" for v in m.get("claim", []))
+    print(f"{tag:<22}" + "".join(f"{c:9.4f}" for c in cells) + f"  {eff:<20}  {claim}")
   for sigma, base in summary["baselines"].items():
-    print(f"baselines {sigma}: " + ", ".join(f"{k} {v['risk_mean_over_n']:.4f}" for k, v in base.items()))
+    print(f"baselines {sigma}: " + ", ".join(f"{k} {v['mean_risk']:.4f}" for k, v in base.items()))
+  for line in summary["warnings"]:
+    print(f"WARNING: {line}")
 
 
 if __name__ == "__main__":
