@@ -13,6 +13,7 @@ are (``shard=runs``); both are plain ``jax.jit`` with ``NamedSharding``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import socket
@@ -250,7 +251,7 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = F
   if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, (int, np.integer))
                                  or stop_after < 1):
     raise ValueError(f"stop_after={stop_after!r}: must be an integer >= 1")
-  engine = Engine(cfg, devices)
+  engine = _engine(cfg, None if devices is None else tuple(devices))
   with contextlib.ExitStack() as stack:
     ckpt = None
     state = None
@@ -306,6 +307,12 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = F
       if ckpt and ((cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or step == total):
         ckpt.save(step, state, {"step": step})
   return TrainResult(state=state, history=history, model=engine.model, config=cfg)
+
+
+@functools.lru_cache(maxsize=4)
+def _engine(cfg: configs.Config, devices: tuple | None) -> Engine:
+  """One Engine (and its compiled programs) per config: repeated or resumed runs in a process do not recompile."""
+  return Engine(cfg, None if devices is None else list(devices))
 
 
 def _diverged(cfg: configs.Config, ckpt: Checkpointer | None, step: int, run: int) -> None:
