@@ -164,7 +164,7 @@ def _describe(annotation: Any) -> str:
   return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def _coerce(value: Any, annotation: Any, field: str) -> Any:
+def _coerce(value: Any, annotation: Any, field: str, nested: bool = False) -> Any:
   """Checks a JSON value, or parses a ``key=value`` string, against the field's annotated type.
 
   Override strings (from ``--set``) are parsed: ``"1e3"`` is read as the int 1000 (integral values only),
@@ -184,7 +184,7 @@ def _coerce(value: Any, annotation: Any, field: str) -> Any:
       if arg is type(None):
         continue
       try:
-        return _coerce(value, arg, field)
+        return _coerce(value, arg, field, nested)
       except ValueError as e:
         errors.append(str(e))
     raise ValueError(errors[0] if len(errors) == 1 else f"{field}={value!r}: expected {_describe(annotation)}")
@@ -198,15 +198,16 @@ def _coerce(value: Any, annotation: Any, field: str) -> Any:
           raise ValueError(f"{field}={value!r}: not a valid JSON list") from None
       else:
         value = [_Text(v.strip()) for v in text.replace("(", "").replace(")", "").split(",") if v.strip()]
-    if not isinstance(value, (list, tuple)) and args and args[-1] is Ellipsis and not isinstance(value, dict):
+    if (not nested and not isinstance(value, (list, tuple, dict)) and args and args[-1] is Ellipsis
+        and typing.get_origin(args[0]) is not tuple):
       value = [value]
     if not isinstance(value, (list, tuple)):
       raise ValueError(f"{field}={value!r}: expected a list ({_describe(annotation)})")
     if args and args[-1] is Ellipsis:
-      return tuple(_coerce(v, args[0], f"{field}[{i}]") for i, v in enumerate(value))
+      return tuple(_coerce(v, args[0], f"{field}[{i}]", True) for i, v in enumerate(value))
     if len(value) != len(args):
       raise ValueError(f"{field}={value!r}: expected {len(args)} entries")
-    return tuple(_coerce(v, a, f"{field}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    return tuple(_coerce(v, a, f"{field}[{i}]", True) for i, (v, a) in enumerate(zip(value, args)))
   if annotation is bool:
     if isinstance(value, _Text):
       if value.strip().lower() in ("1", "true", "yes"):
@@ -337,9 +338,15 @@ def get_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -
   elif name_or_path.endswith(".json"):
     try:
       with open(name_or_path) as f:
-        cfg = from_dict(json.load(f))
+        values = json.load(f)
     except OSError as e:
-      raise ValueError(f"config={name_or_path!r}: cannot read the file ({e})") from None
+      raise ValueError(f"config={name_or_path!r}: cannot read the file ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"config={name_or_path!r}: not valid JSON ({e})") from None
+    try:
+      cfg = from_dict(values)
+    except ValueError as e:
+      raise ValueError(f"config={name_or_path!r}: {e}") from None
   else:
     raise ValueError(f"config={name_or_path!r}: neither a preset ({sorted(PRESETS)}) nor a .json file")
   return override(cfg, list(overrides))
