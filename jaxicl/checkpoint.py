@@ -1,57 +1,166 @@
 """Orbax checkpointing of a training state: one small wrapper on ``ocp.CheckpointManager``.
 
 Saves are asynchronous, keep the last n, and are atomic (Orbax writes a temporary directory and
-renames it), so a run killed at any moment leaves its latest finished checkpoint readable.
-``restore_latest`` restores against an abstract state (``jax.eval_shape`` of the initial state,
-with shardings) and skips unreadable checkpoints with a message, falling back to older ones.
+renames it), so a run killed at any moment leaves its latest finished checkpoint readable. Each save
+records a fingerprint of the state in its ``meta`` (per leaf: two wrapping uint32 sums of the raw bits,
+exact on any backend).
+
+``restore_latest`` walks back from the newest step to the newest checkpoint that restores against
+the abstract state (``jax.eval_shape`` of the initial state, with shardings) AND validates: same
+tree, shapes and dtypes, finite values, matching step and fingerprint. Every skipped checkpoint is
+reported on stderr with the reason and (with ``repair=True``, the training loop's mode) moved aside
+into the sibling folder ``<directory>_corrupt/``, so that a later save of the same step is never
+blocked by it. A plain file in place of the checkpoint folder is moved aside likewise.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import time
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 
-class Checkpointer:
-  """Periodic async checkpoints of a pytree ``state`` plus a JSON ``meta`` dict under ``directory``."""
+def _say(message: str) -> None:
+  print(f"jaxicl: {message}", file=sys.stderr, flush=True)
 
-  def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
+
+@jax.jit
+def fingerprint(state: Any) -> list[jax.Array]:
+  """Per leaf, [sum of the raw bits as uint32 words, sum of (index-weighted words)], both mod 2³² (uint32[2])."""
+
+  def one(x):
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+      x = x.astype(jnp.uint8)
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+      x = jax.random.key_data(x)
+    if x.dtype.itemsize == 8:
+      words = jax.lax.bitcast_convert_type(x, jnp.uint32).reshape(-1)
+    else:
+      unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[x.dtype.itemsize]
+      words = jax.lax.bitcast_convert_type(x, unsigned).reshape(-1).astype(jnp.uint32)
+    weights = jnp.arange(1, words.size + 1, dtype=jnp.uint32) * jnp.uint32(2654435761)
+    return jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * weights, dtype=jnp.uint32)])
+
+  return [one(x) for x in jax.tree.leaves(state)]
+
+
+def _fingerprint_list(state: Any) -> list[list[int]]:
+  return [[int(v) for v in np.asarray(f)] for f in fingerprint(state)]
+
+
+def validate(state: Any, abstract_state: Any, step: int, meta: dict[str, Any]) -> str | None:
+  """Why a restored ``state`` is not a valid checkpoint of ``step`` (None if it is)."""
+  leaves, tree = jax.tree.flatten(state)
+  want, want_tree = jax.tree.flatten(abstract_state)
+  if tree != want_tree:
+    return "its tree structure differs from the run's state"
+  for path_leaf, leaf, spec in zip(jax.tree_util.tree_flatten_with_path(state)[0], leaves, want):
+    name = jax.tree_util.keystr(path_leaf[0])
+    if tuple(leaf.shape) != tuple(spec.shape) or leaf.dtype != spec.dtype:
+      return f"{name} is {leaf.dtype}{list(leaf.shape)}, expected {spec.dtype}{list(spec.shape)}"
+    if jnp.issubdtype(leaf.dtype, jnp.inexact) and not bool(jnp.all(jnp.isfinite(leaf))):
+      return f"{name} holds non-finite values"
+  if meta.get("step") != step:
+    return f"its meta data says step {meta.get('step')!r}"
+  steps = getattr(state, "step", None)
+  if steps is not None and not np.all(np.asarray(steps) == step):
+    return f"its state is at step {np.unique(np.asarray(steps)).tolist()}"
+  if "fingerprint" in meta and meta["fingerprint"] != _fingerprint_list(state):
+    return "its contents do not match the fingerprint recorded at save time"
+  return None
+
+
+class Checkpointer:
+  """Periodic async checkpoints of a pytree ``state`` plus a JSON ``meta`` dict under ``directory``.
+
+  ``repair=True`` (training) moves checkpoints that fail to restore or validate aside; ``repair=False``
+  (reading a run, e.g. for evaluation) only skips them and writes nothing.
+  """
+
+  def __init__(self, directory: str, keep: int = 3, async_save: bool = True, repair: bool = True):
     self.directory = os.path.abspath(directory)
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=True, enable_async_checkpointing=async_save, cleanup_tmp_directories=True)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self.quarantine = self.directory + "_corrupt"
+    self.repair = repair
+    self._options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=repair, enable_async_checkpointing=async_save, cleanup_tmp_directories=repair)
+    if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
+      if not repair:
+        raise ValueError(f"checkpoints={self.directory!r}: not a directory")
+      self._set_aside(self.directory, "is not a directory")
+    if not repair and not os.path.isdir(self.directory):
+      self.manager = None
+    else:
+      self.manager = ocp.CheckpointManager(self.directory, options=self._options)
 
   def save(self, step: int, state: Any, meta: dict[str, Any] | None = None) -> None:
     """Starts saving ``state`` at ``step`` (returns before the write finishes when async)."""
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
+    meta = dict(meta or {}, fingerprint=_fingerprint_list(state))
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
     self.manager.save(step, args=args, force=True)
 
   def steps(self) -> list[int]:
-    return sorted(self.manager.all_steps())
+    return sorted(self.manager.all_steps()) if self.manager is not None else []
+
+  def _candidates(self) -> list[int]:
+    """Every step-named entry (finished or not, folder or not), newest first."""
+    names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
+    return sorted({int(n) for n in names if n.isdigit()} | set(self.steps()), reverse=True)
+
+  def _set_aside(self, path: str, why: str) -> None:
+    if not self.repair:
+      return
+    os.makedirs(self.quarantine, exist_ok=True)
+    target = os.path.join(self.quarantine, f"{os.path.basename(path)}-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}")
+    os.replace(path, target)
+    _say(f"{path} {why}; moved it to {target}")
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
-    """(step, state, meta) of the newest readable checkpoint, or None if there is none.
-
-    Unreadable checkpoints are reported on stderr and skipped.
-    """
-    for step in reversed(self.steps()):
-      try:
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-      except Exception as e:  # noqa: BLE001 -- any failure to read means: try the previous one
-        print(f"jaxicl: checkpoint {self.directory}/{step} is unreadable ({type(e).__name__}: {e}); skipping it",
-              file=sys.stderr)
-        continue
-      return step, restored["state"], dict(restored["meta"] or {})
+    """(step, state, meta) of the newest checkpoint that restores and validates, or None if there is none."""
+    candidates = self._candidates()
+    skipped = False
+    for step in candidates:
+      path = os.path.join(self.directory, str(step))
+      why, restored = None, None
+      if not os.path.isdir(path):
+        why = "not a checkpoint folder"
+      elif step not in self.steps():
+        why = "not a finished Orbax checkpoint"
+      else:
+        try:
+          restored = self.manager.restore(
+              step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                            meta=ocp.args.JsonRestore()))
+          meta = dict(restored["meta"] or {})
+          why = validate(restored["state"], abstract_state, step, meta)
+        except Exception as e:  # noqa: BLE001 -- any failure to read means: try the previous one
+          first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+          why = f"{type(e).__name__}: {first}"
+      if why is None:
+        return step, restored["state"], meta
+      skipped = True
+      if self.repair:
+        self._set_aside(path, f"is unreadable ({why}); skipping it")
+        self.manager.reload()
+      else:
+        _say(f"checkpoint {path} is unreadable ({why}); skipping it")
+    if skipped:
+      _say(f"no checkpoint in {self.directory} restores; starting from step 0" if self.repair
+           else f"no checkpoint in {self.directory} restores")
     return None
 
   def wait(self) -> None:
     """Blocks until pending async saves are on disk."""
-    self.manager.wait_until_finished()
+    if self.manager is not None:
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
-    self.manager.wait_until_finished()
-    self.manager.close()
+    if self.manager is not None:
+      self.manager.wait_until_finished()
+      self.manager.close()

@@ -1,10 +1,37 @@
-"""Command line: ``jaxicl train | eval | theory | reproduce | sweep``. Thin shell over the library."""
+"""Command line: ``jaxicl train | eval | theory | reproduce | sweep``. Thin shell over the library.
+
+Exit status: 0 success; 2 bad input (an invalid value, argument, config file or workdir, named in a one-line
+message on stderr); 3 a training run diverged (non-finite loss; the last good checkpoint is kept).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+EXIT_BAD_INPUT = 2
+EXIT_DIVERGED = 3  # = jaxicl.train.EXIT_DIVERGED (not imported: the CLI starts without loading JAX)
+
+
+class _Parser(argparse.ArgumentParser):
+  """argparse with a one-line usage error (``prog: error: ...``, exit 2)."""
+
+  def error(self, message: str):
+    self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _int_at_least(lo: int):
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {lo}") from None
+    if value < lo:
+      raise argparse.ArgumentTypeError(f"{text!r}: must be >= {lo}")
+    return value
+  parse.__name__ = f"integer >= {lo}"
+  return parse
 
 
 def _train(args) -> int:
@@ -56,14 +83,14 @@ def _sweep(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="jaxicl", description=__doc__)
-  sub = p.add_subparsers(dest="command", required=True)
+  p = _Parser(prog="jaxicl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
   t = sub.add_parser("train", help="train (or resume) a run in --workdir")
   t.add_argument("--config", required=True, help="preset name or config .json")
   t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. task.d=10")
   t.add_argument("--workdir", required=True)
-  t.add_argument("--stop-after", type=int, default=None, help="stop (checkpointed) at this step")
+  t.add_argument("--stop-after", type=_int_at_least(1), default=None, help="stop (checkpointed) at this step")
   t.add_argument("--quiet", action="store_true")
   t.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() (multi-host)")
   t.set_defaults(fn=_train)
@@ -71,7 +98,7 @@ def parser() -> argparse.ArgumentParser:
   e = sub.add_parser("eval", help="excess risk vs number of in-context examples against baselines, in distribution "
                      "and under distribution shifts, with bootstrap confidence intervals")
   e.add_argument("--workdir", required=True)
-  e.add_argument("--prompts", type=int, default=None, help="held-out prompts (default: train.eval_prompts)")
+  e.add_argument("--prompts", type=_int_at_least(1), default=None, help="held-out prompts (default: train.eval_prompts)")
   e.add_argument("--run", type=int, default=0, help="which run (seed × lr) of the workdir")
   e.add_argument("--out", default=None, help="folder for eval.json / eval.csv / eval.png (default: workdir)")
   e.add_argument("--shift", action="append", default=[], metavar="NAME[=VALUE],...",
@@ -107,9 +134,20 @@ def main(argv: list[str] | None = None) -> int:
   args = parser().parse_args(argv)
   try:
     return args.fn(args)
+  except FloatingPointError as e:  # train.DivergenceError
+    _error(args.command, e)
+    return EXIT_DIVERGED
   except ValueError as e:
-    print(f"jaxicl {args.command}: error: {e}", file=sys.stderr)
-    return 2
+    _error(args.command, e)
+    return EXIT_BAD_INPUT
+  except OSError as e:  # a filesystem failure not caught earlier: name the path
+    where = f"{e.filename}: " if e.filename else ""
+    _error(args.command, f"{where}{e.strerror or e}")
+    return EXIT_BAD_INPUT
+
+
+def _error(command: str, message) -> None:
+  print(f"jaxicl {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from typing import Any, Callable
 
 from jaxicl import tasks
 from jaxicl.models import ModelConfig
+
+def _finite(x: Any) -> bool:
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
 
 def _check(ok: bool, field: str, value: Any, why: str) -> None:
   if not ok:
@@ -39,13 +44,18 @@ class OptimConfig:
   freeze: tuple[str, ...] = ()  # e.g. ("W_in",) or ("block_0/attn",)
 
   def __post_init__(self):
-    _check(self.lr > 0, "optim.lr", self.lr, "must be > 0")
+    _check(_finite(self.lr) and self.lr > 0, "optim.lr", self.lr, "must be a finite number > 0")
     _check(0 <= self.b1 < 1, "optim.b1", self.b1, "must be in [0, 1)")
     _check(0 <= self.b2 < 1, "optim.b2", self.b2, "must be in [0, 1)")
-    _check(self.weight_decay >= 0, "optim.weight_decay", self.weight_decay, "must be >= 0")
+    _check(_finite(self.eps) and self.eps > 0, "optim.eps", self.eps, "must be a finite number > 0")
+    _check(_finite(self.weight_decay) and self.weight_decay >= 0, "optim.weight_decay", self.weight_decay,
+           "must be a finite number >= 0")
     _check(self.schedule in SCHEDULES, "optim.schedule", self.schedule, f"known: {SCHEDULES}")
     _check(self.warmup_steps >= 0, "optim.warmup_steps", self.warmup_steps, "must be >= 0")
-    _check(self.grad_clip is None or self.grad_clip > 0, "optim.grad_clip", self.grad_clip, "must be > 0")
+    _check(self.grad_clip is None or (_finite(self.grad_clip) and self.grad_clip > 0), "optim.grad_clip",
+           self.grad_clip, "must be a finite number > 0 (or none)")
+    _check(all(isinstance(f, str) and f for f in self.freeze), "optim.freeze", self.freeze,
+           "must be non-empty parameter-path prefixes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +77,8 @@ class CurriculumConfig:
     _check(self.dims_start is None or self.dims_start >= 1, "curriculum.dims_start", self.dims_start, "must be >= 1")
     _check(self.points_start is None or self.points_start >= 1, "curriculum.points_start", self.points_start,
            "must be >= 1")
+    _check(self.dims_inc >= 0, "curriculum.dims_inc", self.dims_inc, "must be >= 0")
+    _check(self.points_inc >= 0, "curriculum.points_inc", self.points_inc, "must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,12 +103,15 @@ class TrainConfig:
     _check(self.steps >= 1, "train.steps", self.steps, "must be >= 1")
     _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
     _check(len(self.seeds) >= 1, "train.seeds", self.seeds, "needs at least one seed")
-    _check(all(lr > 0 for lr in self.lrs), "train.lrs", self.lrs, "learning rates must be > 0")
+    _check(all(0 <= s < 2**31 for s in self.seeds), "train.seeds", self.seeds, "seeds must be in [0, 2**31)")
+    _check(all(_finite(lr) and lr > 0 for lr in self.lrs), "train.lrs", self.lrs,
+           "learning rates must be finite numbers > 0")
     _check(self.log_every >= 1, "train.log_every", self.log_every, "must be >= 1")
     _check(self.ckpt_every >= 0 and self.ckpt_every % self.log_every == 0, "train.ckpt_every", self.ckpt_every,
            f"must be a non-negative multiple of train.log_every={self.log_every}")
     _check(self.keep_ckpts >= 1, "train.keep_ckpts", self.keep_ckpts, "must be >= 1")
     _check(self.shard in SHARD_MODES, "train.shard", self.shard, f"known: {SHARD_MODES}")
+    _check(self.eval_prompts >= 1, "train.eval_prompts", self.eval_prompts, "must be >= 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +123,7 @@ class Config:
   train: TrainConfig = TrainConfig()
 
   def __post_init__(self):
+    check_values(self)
     c = self.curriculum
     if c.dims_start is not None:
       _check(c.dims_start <= self.task.d, "curriculum.dims_start", c.dims_start, f"must be <= task.d={self.task.d}")
@@ -140,47 +156,112 @@ def to_dict(cfg: Config) -> dict[str, Any]:
   return dataclasses.asdict(cfg)
 
 
-def _coerce(value: Any, annotation: Any, field: str) -> Any:
-  """Converts a JSON value or a ``key=value`` string to the field's annotated type."""
+_INT_LIMIT = 2**31  # every int field (steps, seeds, sizes) becomes an int32 on device
+
+
+class _Text(str):
+  """A ``key=value`` override's value: text to be parsed (a plain ``str`` from a JSON file is not parsed)."""
+
+
+def _describe(annotation: Any) -> str:
+  return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def _coerce(value: Any, annotation: Any, field: str, nested: bool = False) -> Any:
+  """Checks a JSON value, or parses a ``key=value`` string, against the field's annotated type.
+
+  Override strings (from ``--set``) are parsed: ``"1e3"`` is read as the int 1000 (integral values only),
+  ``"true"``/``"false"`` as bools, ``"a,b"`` or a JSON list ``"[a, b]"`` as tuples, ``"none"`` as None. Non-string
+  values (JSON) must already have the right type: no silent coercion (2.5 or true for an int, "3" for a float are
+  errors); a single value for a variable-length tuple field is the 1-tuple. Floats must be finite and ints must fit in int32. Raises ``ValueError`` naming ``field``.
+  """
   origin = typing.get_origin(annotation)
   args = typing.get_args(annotation)
   if origin in (typing.Union, types.UnionType):
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+    if value is None or (isinstance(value, _Text) and value.strip().lower() in ("none", "null")):
       if type(None) in args:
         return None
+      raise ValueError(f"{field}={value!r}: must not be None (expected {_describe(annotation)})")
+    errors = []
     for arg in args:
       if arg is type(None):
         continue
       try:
-        return _coerce(value, arg, field)
-      except (ValueError, TypeError):
-        pass
-    raise ValueError(f"{field}={value!r}: cannot be read as {annotation}")
+        return _coerce(value, arg, field, nested)
+      except ValueError as e:
+        errors.append(str(e))
+    raise ValueError(errors[0] if len(errors) == 1 else f"{field}={value!r}: expected {_describe(annotation)}")
   if origin is tuple:
-    if isinstance(value, str):
-      value = [v for v in value.replace("(", "").replace(")", "").split(",") if v.strip()]
+    if isinstance(value, _Text):
+      text = value.strip()
+      if text.startswith("["):
+        try:
+          value = json.loads(text)
+        except json.JSONDecodeError:
+          raise ValueError(f"{field}={value!r}: not a valid JSON list") from None
+      else:
+        value = [_Text(v.strip()) for v in text.replace("(", "").replace(")", "").split(",") if v.strip()]
+    if (not nested and not isinstance(value, (list, tuple, dict)) and args and args[-1] is Ellipsis
+        and typing.get_origin(args[0]) is not tuple):
+      value = [value]
+    if not isinstance(value, (list, tuple)):
+      raise ValueError(f"{field}={value!r}: expected a list ({_describe(annotation)})")
     if args and args[-1] is Ellipsis:
-      return tuple(_coerce(v, args[0], field) for v in value)
-    return tuple(_coerce(v, a, field) for v, a in zip(value, args))
+      return tuple(_coerce(v, args[0], f"{field}[{i}]", True) for i, v in enumerate(value))
+    if len(value) != len(args):
+      raise ValueError(f"{field}={value!r}: expected {len(args)} entries")
+    return tuple(_coerce(v, a, f"{field}[{i}]", True) for i, (v, a) in enumerate(zip(value, args)))
   if annotation is bool:
-    if isinstance(value, str):
-      if value.lower() in ("1", "true", "yes"):
+    if isinstance(value, _Text):
+      if value.strip().lower() in ("1", "true", "yes"):
         return True
-      if value.lower() in ("0", "false", "no"):
+      if value.strip().lower() in ("0", "false", "no"):
         return False
       raise ValueError(f"{field}={value!r}: expected true/false")
-    return bool(value)
-  if annotation in (int, float, str):
+    if not isinstance(value, bool):
+      raise ValueError(f"{field}={value!r}: expected true/false, got {type(value).__name__}")
+    return value
+  if annotation is int:
+    if isinstance(value, _Text):
+      try:
+        number = float(value)
+      except ValueError:
+        raise ValueError(f"{field}={value!r}: expected an integer") from None
+      if not (math.isfinite(number) and number.is_integer()):
+        raise ValueError(f"{field}={value!r}: expected an integer")
+      value = int(number) if not value.strip().lstrip("+-").isdigit() else int(value)
+    elif isinstance(value, bool) or not isinstance(value, int):
+      raise ValueError(f"{field}={value!r}: expected an integer, got {type(value).__name__}")
+    if not -_INT_LIMIT <= value < _INT_LIMIT:
+      raise ValueError(f"{field}={value!r}: out of range (|value| must be < 2**31)")
+    return value
+  if annotation is float:
+    if isinstance(value, _Text):
+      try:
+        value = float(value)
+      except ValueError:
+        raise ValueError(f"{field}={value!r}: expected a number") from None
+    elif isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ValueError(f"{field}={value!r}: expected a number, got {type(value).__name__}")
     try:
-      if annotation is int and isinstance(value, str):
-        return int(float(value)) if float(value).is_integer() else int(value)
-      return annotation(value)
-    except (TypeError, ValueError):
-      raise ValueError(f"{field}={value!r}: expected {annotation.__name__}") from None
+      value = float(value)
+    except OverflowError:
+      raise ValueError(f"{field}={value!r}: not a finite number") from None
+    if not math.isfinite(value):
+      raise ValueError(f"{field}={value!r}: must be a finite number")
+    return value
+  if annotation is str:
+    if not isinstance(value, str):
+      raise ValueError(f"{field}={value!r}: expected a string, got {type(value).__name__}")
+    return str(value)
   return value
 
 
-def _build(cls, values: dict[str, Any], prefix: str):
+def _build(cls, values: Any, prefix: str):
+  """``cls(**values)`` with every field checked by ``_coerce`` (nested dataclasses recursively)."""
+  where = prefix.rstrip(".") or "config"
+  if not isinstance(values, dict):
+    raise ValueError(f"{where}={values!r}: must be an object ({{field: value, ...}}), got {type(values).__name__}")
   hints = typing.get_type_hints(cls)
   kwargs = {}
   for key, value in values.items():
@@ -190,11 +271,33 @@ def _build(cls, values: dict[str, Any], prefix: str):
       kwargs[key] = _build(hints[key], value, f"{prefix}{key}.")
     else:
       kwargs[key] = _coerce(value, hints[key], prefix + key)
-  return cls(**kwargs)
+  try:
+    return cls(**kwargs)
+  except (TypeError, OverflowError, ArithmeticError) as e:  # a check that compared values of a wrong kind
+    raise ValueError(f"{where}: invalid values ({type(e).__name__}: {e})") from None
+
+
+def check_values(cfg: Any, prefix: str = "") -> None:
+  """Every float in a (nested) config dataclass is finite and every int fits in int32, whatever built it."""
+  for f in dataclasses.fields(cfg):
+    value = getattr(cfg, f.name)
+    name = prefix + f.name
+    if dataclasses.is_dataclass(value):
+      check_values(value, name + ".")
+      continue
+    stack = [value]
+    while stack:
+      v = stack.pop()
+      if isinstance(v, (tuple, list)):
+        stack.extend(v)
+      elif isinstance(v, float) and not math.isfinite(v):
+        raise ValueError(f"{name}={value!r}: must be finite")
+      elif isinstance(v, int) and not isinstance(v, bool) and not -_INT_LIMIT <= v < _INT_LIMIT:
+        raise ValueError(f"{name}={value!r}: out of range (|value| must be < 2**31)")
 
 
 def from_dict(values: dict[str, Any]) -> Config:
-  """Inverse of ``to_dict`` (missing fields take their defaults); unknown fields raise ``ValueError``."""
+  """Inverse of ``to_dict`` (missing fields take their defaults); unknown fields or bad values raise ``ValueError``."""
   return _build(Config, values, "")
 
 
@@ -208,12 +311,15 @@ def override(cfg: Config, assignments: list[str]) -> Config:
     keys = path.strip().split(".")
     node = values
     for k in keys[:-1]:
-      if not isinstance(node, dict) or k not in node:
-        raise ValueError(f"override {path!r}: unknown config section {k!r}")
+      if not isinstance(node, dict) or k not in node or not isinstance(node[k], dict):
+        raise ValueError(f"override {path.strip()!r}: unknown config section {k!r}; known: {sorted(values)}")
       node = node[k]
-    if not isinstance(node, dict) or keys[-1] not in node:
-      raise ValueError(f"override {path!r}: unknown config field {keys[-1]!r}")
-    node[keys[-1]] = raw
+    if keys[-1] not in node:
+      raise ValueError(f"override {path.strip()!r}: unknown config field {keys[-1]!r}; known: {sorted(node)}")
+    if isinstance(node[keys[-1]], dict):
+      raise ValueError(f"override {path.strip()}={raw!r}: {path.strip()!r} is a section, not a field; set its "
+                       f"fields, e.g. {path.strip()}.{next(iter(node[keys[-1]]))}=...")
+    node[keys[-1]] = _Text(raw)
   return from_dict(values)
 
 
@@ -235,9 +341,15 @@ def get_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -
   elif name_or_path.endswith(".json"):
     try:
       with open(name_or_path) as f:
-        cfg = from_dict(json.load(f))
+        values = json.load(f)
     except OSError as e:
-      raise ValueError(f"config={name_or_path!r}: cannot read the file ({e})") from None
+      raise ValueError(f"config={name_or_path!r}: cannot read the file ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ValueError(f"config={name_or_path!r}: not valid JSON ({e})") from None
+    try:
+      cfg = from_dict(values)
+    except ValueError as e:
+      raise ValueError(f"config={name_or_path!r}: {e}") from None
   else:
     raise ValueError(f"config={name_or_path!r}: neither a preset ({sorted(PRESETS)}) nor a .json file")
   return override(cfg, list(overrides))

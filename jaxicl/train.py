@@ -12,11 +12,17 @@ are (``shard=runs``); both are plain ``jax.jit`` with ``NamedSharding``.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
+import socket
+import sys
 import time
 import warnings
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
+
+import filelock
 
 import jax
 import jax.numpy as jnp
@@ -227,47 +233,65 @@ class Engine:
 
 # ----------------------------------------------------------------------------- the loop
 
+EXIT_DIVERGED = 3  # the CLI's exit status for a non-finite loss (2: bad input)
+
+
+class DivergenceError(FloatingPointError):
+  """A non-finite training loss: the run stopped before saving the bad state; earlier checkpoints are intact."""
+
+
 def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = False, resume: bool = True,
           devices: list | None = None, stop_after: int | None = None) -> TrainResult:
   """Trains every run of ``cfg`` together; checkpoints to / resumes from ``workdir/checkpoints``.
 
-  ``stop_after`` ends the loop early at that step (for tests and budgets), saving a checkpoint there.
-  Raises ``FloatingPointError`` on a non-finite loss, keeping the last good checkpoint.
+  ``stop_after`` ends the loop early at that step (for tests and budgets), saving a checkpoint there; chunks
+  and checkpoints stay on the ``log_every`` / ``ckpt_every`` grids after a resume from any step. One process
+  at a time may train in a workdir (``workdir/.lock``). Raises ``ValueError`` on bad input (config, workdir)
+  and ``DivergenceError`` on a non-finite loss, keeping the last good checkpoint.
   """
-  engine = Engine(cfg, devices)
-  history: list[dict[str, Any]] = []
-  ckpt = None
-  state = None
-  if workdir is not None:
-    os.makedirs(workdir, exist_ok=True)
-    _check_or_write_config(cfg, workdir)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_ckpts)
-    if resume:
-      restored = ckpt.restore_latest(engine.abstract_state())
-      if restored is not None:
-        state = TrainState(*restored[1])
-        history = _read_history(workdir, upto=restored[0])
-  if state is None:
-    state = engine.init()
-  step = int(np.asarray(state.step)[0])
-  total = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
-  bar = _progress_bar(total, step) if progress else None
-  metrics_file = open(os.path.join(workdir, "metrics.jsonl"), "w" if step == 0 else "a") if workdir else None
-  board = _tensorboard(workdir)
-  try:
+  if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, (int, np.integer))
+                                 or stop_after < 1):
+    raise ValueError(f"stop_after={stop_after!r}: must be an integer >= 1")
+  engine = _engine(cfg, None if devices is None else tuple(devices))
+  with contextlib.ExitStack() as stack:
+    ckpt = None
+    state = None
+    history: list[dict[str, Any]] = []
+    if workdir is not None:
+      _make_workdir(workdir)
+      stack.enter_context(workdir_lock(workdir))
+      _check_or_write_config(cfg, workdir)
+      ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_ckpts)
+      stack.callback(ckpt.close)
+      if resume:
+        restored = ckpt.restore_latest(engine.abstract_state())
+        if restored is not None:
+          state = TrainState(*restored[1])
+          history = _read_history(workdir, upto=restored[0])
+      _atomic_write(os.path.join(workdir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+    if state is None:
+      state = engine.init()
+    step = int(np.asarray(state.step)[0])
+    total = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
+    if progress:
+      stack.enter_context(contextlib.closing(bar := _progress_bar(total, step)))
+    else:
+      bar = None
+    metrics_file = stack.enter_context(open(os.path.join(workdir, "metrics.jsonl"), "a")) if workdir else None
+    board = _tensorboard(workdir)
+    if board is not None:
+      stack.callback(board.close)
+    log_every = cfg.train.log_every
     while step < total:
-      length = min(cfg.train.log_every, total - step)
+      length = min(log_every - step % log_every, total - step)  # back on the log grid after an off-grid stop
       t0 = time.perf_counter()
       state, losses = engine.run_chunk(state, length)
       losses = np.asarray(losses)  # the one host sync per chunk
       elapsed = time.perf_counter() - t0
-      step += length
       if not np.all(np.isfinite(losses)):
         bad_step, bad_run = np.argwhere(~np.isfinite(losses))[0]
-        seed, lr = cfg.runs[bad_run]
-        kept = f"; last good checkpoint at step {ckpt.steps()[-1]}" if ckpt and ckpt.steps() else ""
-        raise FloatingPointError(f"non-finite loss at step {step - length + bad_step} in run {bad_run} "
-                                 f"(seed={seed}, lr={lr}){kept}")
+        _diverged(cfg, ckpt, step + int(bad_step), int(bad_run))
+      step += length
       record = {"step": step, "loss": losses.mean(axis=0).tolist(), "last_loss": losses[-1].tolist(),
                 "steps_per_s": length / elapsed}
       history.append(record)
@@ -283,16 +307,24 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = F
         bar.set_postfix(loss=f"{float(np.mean(record['loss'])):.4g}", steps_s=f"{record['steps_per_s']:.0f}")
       if ckpt and ((cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or step == total):
         ckpt.save(step, state, {"step": step})
-  finally:
-    if bar is not None:
-      bar.close()
-    if metrics_file:
-      metrics_file.close()
-    if board is not None:
-      board.close()
-    if ckpt:
-      ckpt.close()
   return TrainResult(state=state, history=history, model=engine.model, config=cfg)
+
+
+@functools.lru_cache(maxsize=4)
+def _engine(cfg: configs.Config, devices: tuple | None) -> Engine:
+  """One Engine (and its compiled programs) per config: repeated or resumed runs in a process do not recompile."""
+  return Engine(cfg, None if devices is None else list(devices))
+
+
+def _diverged(cfg: configs.Config, ckpt: Checkpointer | None, step: int, run: int) -> None:
+  seed, lr = cfg.runs[run]
+  kept = ""
+  if ckpt is not None:
+    ckpt.wait()
+    kept = (f"; last good checkpoint: step {ckpt.steps()[-1]} in {ckpt.directory}" if ckpt.steps()
+            else "; no checkpoint was written")
+  raise DivergenceError(f"non-finite loss at step {step} in run {run} (seed={seed}, lr={lr:g}){kept}; try a lower "
+                        "learning rate (optim.lr / train.lrs) or gradient clipping (e.g. optim.grad_clip=1.0)")
 
 
 def run_params(state: TrainState, run: int = 0) -> Any:
@@ -301,10 +333,10 @@ def run_params(state: TrainState, run: int = 0) -> Any:
 
 
 def load_run(workdir: str) -> TrainResult:
-  """Config and latest checkpointed state of a finished (or interrupted) run directory."""
+  """Config and latest valid checkpointed state of a finished (or interrupted) run directory (read only)."""
   cfg = load_config(workdir)
   engine = Engine(cfg)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_ckpts)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_ckpts, repair=False)
   try:
     restored = ckpt.restore_latest(engine.abstract_state())
   finally:
@@ -316,24 +348,104 @@ def load_run(workdir: str) -> TrainResult:
 
 
 def load_config(workdir: str) -> configs.Config:
+  """The ``config.json`` of a run directory; ``ValueError`` naming the file if it is missing or invalid."""
   path = os.path.join(workdir, "config.json")
   try:
     with open(path) as f:
-      return configs.from_dict(json.load(f))
+      values = json.load(f)
   except OSError as e:
-    raise ValueError(f"workdir={workdir!r}: no readable config.json ({e})") from None
+    raise ValueError(f"workdir={workdir!r}: no readable config.json ({e.strerror}: {path})") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  try:
+    return configs.from_dict(values)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+
+
+# ----------------------------------------------------------------------------- workdir files
+
+def _atomic_write(path: str, text: str) -> None:
+  """Writes ``text`` to ``path`` via a temporary file and ``os.replace``: readers see the old or the new file."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  try:
+    with open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def _make_workdir(workdir: str) -> None:
+  """Creates ``workdir``; filesystem failures become a ``ValueError`` naming the path."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except FileExistsError:
+    raise ValueError(f"workdir={workdir!r}: exists and is not a directory") from None
+  except OSError as e:
+    raise ValueError(f"workdir={workdir!r}: cannot create it ({e.strerror}: {e.filename})") from None
+  if not os.path.isdir(workdir):
+    raise ValueError(f"workdir={workdir!r}: exists and is not a directory")
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ValueError(f"workdir={workdir!r}: not writable")
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds ``workdir/.lock`` (an OS file lock, released when the process ends, even by SIGKILL) for one writer.
+
+  A second process gets ``ValueError`` naming the holder (pid and host, from ``workdir/.lock.owner``).
+  """
+  path = os.path.join(workdir, ".lock")
+  lock = filelock.FileLock(path, timeout=0)
+  try:
+    lock.acquire()
+  except filelock.Timeout:
+    try:
+      with open(path + ".owner") as f:
+        holder = f.read().strip() or "unknown"
+    except OSError:
+      holder = "unknown"
+    raise ValueError(f"workdir={workdir!r}: another process is training in it ({holder}); wait for it to finish "
+                     "or use another workdir") from None
+  try:
+    _atomic_write(path + ".owner", f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    yield
+  finally:
+    lock.release()
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  return os.path.isdir(ckpt_dir) and any(n.isdigit() for n in os.listdir(ckpt_dir))
 
 
 def _check_or_write_config(cfg: configs.Config, workdir: str) -> None:
+  """Writes ``config.json`` (atomically) or checks that the workdir's run has the same config.
+
+  An unreadable ``config.json`` in a workdir without checkpoints (a run killed in its first seconds) is
+  rewritten; with checkpoints it is an error, as is a missing one.
+  """
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
-    existing = load_config(workdir)
-    if existing != cfg:
-      raise ValueError(f"workdir={workdir!r} holds a run with a different config; use a new workdir "
-                       f"(differences: {_diff(configs.to_dict(existing), configs.to_dict(cfg))})")
-    return
-  with open(path, "w") as f:
-    json.dump(configs.to_dict(cfg), f, indent=2)
+    try:
+      existing = load_config(workdir)
+    except ValueError as e:
+      if _has_checkpoints(workdir):
+        raise ValueError(f"{e}; the workdir holds checkpoints, so it is not rewritten: fix the file or use a "
+                         "new workdir") from None
+      print(f"jaxicl: {e}; no checkpoint yet, so it is rewritten", file=sys.stderr)
+    else:
+      if existing != cfg:
+        raise ValueError(f"workdir={workdir!r} holds a run with a different config; use a new workdir "
+                         f"(differences: {_diff(configs.to_dict(existing), configs.to_dict(cfg))})")
+      return
+  elif _has_checkpoints(workdir):
+    raise ValueError(f"{path}: missing, but the workdir holds checkpoints; restore the file or use a new workdir")
+  _atomic_write(path, json.dumps(configs.to_dict(cfg), indent=2) + "\n")
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -346,15 +458,33 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
   return out
 
 
-def _read_history(workdir: str, upto: int) -> list[dict[str, Any]]:
+def _read_history(workdir: str, upto: int | None = None) -> list[dict[str, Any]]:
+  """The records of ``workdir/metrics.jsonl`` with step <= ``upto``, one per step, in order.
+
+  Unparseable lines (a torn last line from a killed run) are dropped with a warning, as are repeated steps.
+  """
   path = os.path.join(workdir, "metrics.jsonl")
   if not os.path.exists(path):
     return []
-  with open(path) as f:
-    records = [json.loads(line) for line in f if line.strip()]
-  records = [r for r in records if r["step"] <= upto]
-  with open(path, "w") as f:  # drop records past the checkpoint: they will be recomputed
-    f.writelines(json.dumps(r) + "\n" for r in records)
+  with open(path, errors="replace") as f:
+    lines = f.read().split("\n")
+  records, last = [], -1
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      step = record["step"]
+      ok = isinstance(step, int) and step > last
+    except (json.JSONDecodeError, KeyError, TypeError):
+      ok = False
+    if not ok:
+      where = "torn last line" if i >= len(lines) - 2 else f"line {i + 1}"
+      print(f"jaxicl: {path}: dropping an unreadable record ({where}: {line[:80]!r})", file=sys.stderr)
+      continue
+    if upto is None or step <= upto:
+      records.append(record)
+      last = step
   return records
 
 

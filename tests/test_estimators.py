@@ -188,11 +188,8 @@ def test_bayes_edge_cases_of_the_prior():
   assert np.isclose(E.bayes(xs, ys, theta0, tau2, noise)[0], xs[0] @ theta0)
 
 
-def test_jit_and_vmap_match_the_per_prompt_loop():
-  rng = np.random.default_rng(6)
-  xs = rng.standard_normal((3, 6, 3)).astype(np.float32)
-  ys = rng.standard_normal((3, 6)).astype(np.float32)
-  prior = {"prior_mean": np.array([0.3, 0.0, -0.2], np.float32), "tau2": 0.5, "noise_var": 0.1}
+def _batched_and_loop(xs, ys, dtype):
+  prior = {"prior_mean": np.array([0.3, 0.0, -0.2], dtype), "tau2": 0.5, "noise_var": 0.1}
   for name, hparams in [
       ("ols", {}), ("ridge", {"lam": 0.2}), ("bayes", prior), ("pool_bayes", {"pool": xs[0, :4], "noise_var": 0.1}),
       ("gd", {"lr": 0.1, "steps": 3}), ("pto", {"lr": 0.1, "steps": 3}), ("knn", {"k": 2}), ("lasso", {"alpha": 0.05}),
@@ -201,10 +198,27 @@ def test_jit_and_vmap_match_the_per_prompt_loop():
     batched = np.asarray(jax.jit(E.batched(fn))(xs, ys))
     one = jax.jit(fn)
     loop = np.stack([np.asarray(one(x, y)) for x, y in zip(xs, ys)])
-    assert batched.shape == (3, 6)
-    np.testing.assert_allclose(batched, loop, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert batched.shape == (3, 6) and batched.dtype == dtype, (name, batched.dtype)
+    yield name, fn, batched, loop
+
+
+def test_jit_and_vmap_match_the_per_prompt_loop():
+  rng = np.random.default_rng(6)
+  xs = rng.standard_normal((3, 6, 3))
+  ys = rng.standard_normal((3, 6))
+  # Batching must not change the computation: in float64 the two paths agree to round-off (eps64 = 2e-16 times
+  # the solves' condition numbers, < 1e3 here, times a few terms), far below any change of method.
+  with jax.enable_x64(True):
+    for name, fn, batched, loop in _batched_and_loop(xs, ys, np.float64):
+      np.testing.assert_allclose(batched, loop, rtol=0, atol=1e-11 * np.max(np.abs(loop)), err_msg=name)
+  # float32 (the default): vmapped solves may reduce in another order; rounding (eps32 = 1.2e-7) amplified by the
+  # condition number (< 1e3) bounds the difference by ~1e-4 of the largest prediction.
+  xs, ys = xs.astype(np.float32), ys.astype(np.float32)
+  for name, fn, batched, loop in _batched_and_loop(xs, ys, np.float32):
+    np.testing.assert_allclose(batched, loop, rtol=0, atol=1e3 * 1.2e-7 * np.max(np.abs(loop)), err_msg=name)
     if name in ("ridge", "knn"):  # eager (no jit) too
-      np.testing.assert_allclose(fn(xs[0], ys[0]), loop[0], rtol=1e-5, atol=1e-6, err_msg=name)
+      np.testing.assert_allclose(fn(xs[0], ys[0]), loop[0], rtol=0, atol=1e3 * 1.2e-7 * np.max(np.abs(loop)),
+                                 err_msg=name)
   # predict passes numeric hyper-parameters as traced arguments
   reference = E.batched(E.get_estimator("gd", lr=0.1, steps=3))(xs, ys)
   np.testing.assert_allclose(E.predict("gd", xs, ys, lr=0.1, steps=3), reference, rtol=1e-5, atol=1e-6)

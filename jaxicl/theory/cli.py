@@ -4,14 +4,19 @@
 
 Prints C_single (with s* and w*), C_multi, their ratio, the numerically optimal (c, w) of ``--heads`` full-rank
 heads, and, when ``--p`` is given with p/h < d, the rank-limited analysis at context size ``--D``.
-Invalid input exits with status 2 and a message naming the field.
+Invalid input exits with status 2 and a one-line message naming the field (stderr). With ``--json`` stdout
+holds exactly one JSON document, also on errors (``{"error": ...}``); diagnostics go to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 import sys
+from typing import Iterator
 
 import numpy as np
 
@@ -25,8 +30,17 @@ CONVENTIONS = ("x, x_i ~ N(0, I_d); theta ~ N(0, tau2 I_d) (default tau2 = 1/d, 
                "w is reported in model units (T * effective w).")
 
 
+class _UsageError(ValueError):
+  pass
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str):
+    raise _UsageError(message)
+
+
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="jaxicl theory", description="O(1/D) constants of softmax attention ICL.")
+  p = _Parser(prog="jaxicl theory", description="O(1/D) constants of softmax attention ICL.")
   p.add_argument("--d", type=int, required=True, help="input dimension d >= 1")
   p.add_argument("--noise-var", type=float, default=0.0, help="label noise variance sigma^2 >= 0")
   p.add_argument("--heads", type=int, default=2, help="number of heads h for the numerical optimum")
@@ -47,8 +61,11 @@ def compute(d: int, noise_var: float, heads: int = 2, p: int | None = None, tau2
   sigma2 = check_nonneg(noise_var, "noise_var")
   t2 = resolve_tau2(d, tau2)
   h = check_d(heads, "heads")
-  if not temperature > 0:
-    fail("temperature", temperature, "must be > 0")
+  if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+      math.isfinite(temperature) and temperature > 0):
+    fail("temperature", temperature, "must be a finite number > 0")
+  if w_min is not None and not (math.isfinite(w_min) and w_min > 0):
+    fail("w_min", w_min, "must be a finite number > 0")
   if p is not None:
     check_d(p, "p")
     if p % h:
@@ -100,18 +117,49 @@ def _table(out: dict) -> str:
   return "\n".join(lines)
 
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+  """Sends everything written to file descriptor 1 (also by C libraries, e.g. LAPACK) to stderr meanwhile."""
+  sys.stdout.flush()
+  saved = os.dup(1)
+  try:
+    os.dup2(2, 1)
+    yield
+  finally:
+    sys.stdout.flush()
+    os.dup2(saved, 1)
+    os.close(saved)
+
+
+def _json_safe(value):
+  """JSON has no inf/nan: they are written as null (strict JSON on stdout)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_safe(v) for v in value]
+  return value
+
+
 def main(argv: list[str] | None = None) -> int:
-  """Entry point; returns the exit status (2 on invalid input)."""
+  """Entry point; returns the exit status (2 on invalid input, 1 if the computation fails)."""
+  argv = sys.argv[1:] if argv is None else list(argv)
+  as_json = "--json" in argv
   try:
-    args = _parser().parse_args(argv)
-  except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
-    return int(exc.code or 0)
-  try:
-    out = compute(args.d, args.noise_var, args.heads, args.p, args.tau2, args.D, args.temperature, args.w_min)
-  except ValueError as exc:
-    print(f"jaxicl theory: error: {exc}", file=sys.stderr)
-    return 2
-  print(json.dumps(out, indent=2) if args.json else _table(out))
+    try:
+      args = _parser().parse_args(argv)
+    except SystemExit as exc:  # --help
+      return int(exc.code or 0)
+    with _stdout_to_stderr():
+      out = compute(args.d, args.noise_var, args.heads, args.p, args.tau2, args.D, args.temperature, args.w_min)
+  except (ValueError, TimeoutError, ArithmeticError, MemoryError, RuntimeError) as exc:
+    message = " ".join(str(exc).split())
+    print(f"jaxicl theory: error: {message}", file=sys.stderr)
+    if as_json:
+      print(json.dumps({"error": message}))
+    return 2 if isinstance(exc, ValueError) else 1
+  print(json.dumps(_json_safe(out), indent=2, allow_nan=False) if args.json else _table(out))
   return 0
 
 

@@ -27,6 +27,7 @@ wᵀG⁻¹w ≤ 1/a_1 = 1/g'(0).
 from __future__ import annotations
 
 import math
+import time
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -50,7 +51,15 @@ def signal_variance(d: int, tau2: float | None = None) -> float:
 
 
 def g_function(t, d: int, noise_var: float, signal: float, xp=np):
-  """g(t) = (S + σ²)(1 − 2t)^(−d/2) + S·t(1 − 2t)^(−d/2−1), elementwise; ``xp`` is numpy or jax.numpy."""
+  """g(t) = (S + σ²)(1 − 2t)^(−d/2) + S·t(1 − 2t)^(−d/2−1), elementwise; ``xp`` is numpy or jax.numpy.
+
+  With numpy the result is float64 and +inf where it overflows (never ``OverflowError``), as with jax.numpy.
+  """
+  if xp is np:
+    t = np.asarray(t, dtype=np.float64)
+    with np.errstate(over="ignore"):
+      base = 1.0 - 2.0 * t
+      return (signal + noise_var) * base ** (-d / 2.0) + signal * t * base ** (-d / 2.0 - 1.0)
   base = 1.0 - 2.0 * t
   return (signal + noise_var) * base ** (-d / 2.0) + signal * t * base ** (-d / 2.0 - 1.0)
 
@@ -73,9 +82,9 @@ class SingleHeadOptimum(NamedTuple):
 
 
 def single_head_constant(s: float, d: int, noise_var: float, tau2: float | None = None) -> float:
-  """D·L limit of one head at s = w² (c = 1/w): g(s)/s = (1−2s)^(−d/2)[(S+σ²)/s + S/(1−2s)]."""
+  """D·L limit of one head at s = w² (c = 1/w): g(s)/s = (1−2s)^(−d/2)[(S+σ²)/s + S/(1−2s)] (inf if it overflows)."""
   d, sigma2, signal = _check(d, noise_var, tau2)
-  if not 0.0 < s < 0.5:
+  if isinstance(s, bool) or not isinstance(s, (int, float, np.integer, np.floating)) or not 0.0 < s < 0.5:
     fail("s", s, "must lie in (0, 1/2)")
   return float(g_function(s, d, sigma2, signal) / s)
 
@@ -102,8 +111,10 @@ def c_multi(d: int, noise_var: float, tau2: float | None = None) -> float:
 
 
 def _pow_difference(s, a):
-  """(1 − 2s)^(−a) − (1 + 2s)^(−a) without cancellation: (1+2s)^(−a)·expm1(2a·atanh(2s))."""
-  return (1.0 + 2.0 * s) ** (-a) * np.expm1(2.0 * a * np.arctanh(2.0 * s))
+  """(1 − 2s)^(−a) − (1 + 2s)^(−a) without cancellation: (1+2s)^(−a)·expm1(2a·atanh(2s)) (inf on overflow)."""
+  with np.errstate(over="ignore", invalid="ignore"):
+    out = (1.0 + 2.0 * s) ** (-a) * np.expm1(2.0 * a * np.arctanh(2.0 * s))
+  return np.where(np.isnan(out), np.inf, out)
 
 
 def pair_constant(s, d: int, noise_var: float, tau2: float | None = None):
@@ -119,7 +130,8 @@ def pair_constant(s, d: int, noise_var: float, tau2: float | None = None):
     fail("s", s.tolist(), "must lie in [0, 1/2)")
   safe = np.where(s > 0, s, 0.25)
   ratio = np.where(s > 0, _pow_difference(safe, d / 2.0) / (2.0 * safe), float(d))  # limit s -> 0: d
-  out = (signal + sigma2) * ratio + 0.5 * signal * ((1 - 2 * s) ** (-d / 2 - 1) + (1 + 2 * s) ** (-d / 2 - 1))
+  with np.errstate(over="ignore", invalid="ignore"):
+    out = (signal + sigma2) * ratio + 0.5 * signal * ((1 - 2 * s) ** (-d / 2 - 1) + (1 + 2 * s) ** (-d / 2 - 1))
   return float(out) if out.ndim == 0 else out
 
 
@@ -168,41 +180,105 @@ def default_w_min(d: int) -> float:
   return 0.1 / math.sqrt(d)
 
 
+_GROWTH = 20.0  # default w_max: the Gram entries grow by at most e^_GROWTH over g(0)
+
+
+def default_w_max(d: int) -> float:
+  """Default upper bound on |w_k|: min(0.7, w) with (1 − 2w²)^(−d/2) = e^20, so G stays finite and well scaled.
+
+  Larger heads cannot help: the one-head optimum s* ≈ 1/d has (1 − 2s*)^(−d/2) ≈ e, and for h ≥ 2 the optimum
+  sits at small |w|. The bound shrinks like √(20/d) for large d (0.7 for d <= 80).
+  """
+  return min(0.7, math.sqrt(-math.expm1(-2.0 * _GROWTH / d) / 2.0))
+
+
 def optimal_heads(h: int, d: int, noise_var: float, tau2: float | None = None, *, w_min: float | None = None,
-                  w_max: float = 0.7, n_starts: int = 24, steps: int = 60, seed: int = 0) -> HeadsOptimum:
+                  w_max: float | None = None, n_starts: int = 24, steps: int = 60, seed: int = 0,
+                  time_limit: float = 600.0) -> HeadsOptimum:
   """min over (c, w) of cᵀG(w)c s.t. Σ c_k w_k = 1, |w_k| ∈ [w_min, w_max], by numerical optimisation in JAX.
 
   For given w the optimal c is G⁻¹w/(wᵀG⁻¹w) with value 1/(wᵀG⁻¹w); w_k = ±(w_min + (w_max − w_min)·sigmoid(u_k))
-  is optimised by a multi-start damped Newton method in JAX (float64), ``n_starts`` starts cycling over
-  the sign patterns (the number of positive heads). h = 1 reproduces C_single. For h >= 2
-  the infimum C_multi is approached only as w → 0, so the optimum sits on |w_k| = w_min for some heads; it
-  decreases to C_multi as w_min → 0 (and with more heads at fixed w_min, which cancel more Taylor terms of g).
-  ``w_max`` must be < 1/√2 (G is finite iff every w_k² < 1/2).
+  is optimised by a multi-start damped Newton method in JAX (float64, ``steps`` iterations: bounded time),
+  ``n_starts`` starts cycling over the sign patterns (the number of positive heads). The optimum for h heads is
+  built from the one for h − 1 (warm starts: its heads plus one new head), and is never worse than it padded
+  with a zero head (c_h = 0), so the constant is non-increasing in h by construction. h = 1 reproduces
+  C_single. For h >= 2 the infimum C_multi is approached only as w → 0, so the optimum sits on |w_k| = w_min
+  for some heads; it decreases to C_multi as w_min → 0 (and with more heads at fixed w_min, which cancel more
+  Taylor terms of g). ``w_max`` must be < 1/√2 (G is finite iff every w_k² < 1/2); its default
+  ``default_w_max(d)`` keeps G finite at any d. Raises ``TimeoutError`` after ``time_limit`` seconds.
   """
   if isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1:
     fail("heads", h, "must be an integer >= 1")
   d, sigma2, signal = _check(d, noise_var, tau2)
   w_min = default_w_min(d) if w_min is None else float(w_min)
+  if w_max is None:
+    w_max = default_w_max(d) if default_w_max(d) > w_min else 0.5 * (w_min + math.sqrt(0.5))
+  w_max = float(w_max)
   if not 0.0 < w_min < w_max < math.sqrt(0.5):
     fail("w_min, w_max", (w_min, w_max), "need 0 < w_min < w_max < 1/sqrt(2)")
-  # Heads are padded to a fixed width (inactive ones masked out) so that one compilation serves every h <= 8.
-  width = max(h, _PAD_HEADS)
+  if isinstance(n_starts, bool) or not isinstance(n_starts, (int, np.integer)) or n_starts < 1:
+    fail("n_starts", n_starts, "must be an integer >= 1")
+  if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 1:
+    fail("steps", steps, "must be an integer >= 1")
+  deadline = time.monotonic() + time_limit
+  best = None
+  for k in range(1, int(h) + 1):
+    best = _optimal_heads_step(k, best, d, sigma2, signal, w_min, w_max, int(n_starts), int(steps), seed)
+    if time.monotonic() > deadline and k < h:
+      raise TimeoutError(f"optimal_heads(h={h}, d={d}): time_limit={time_limit:g} s reached after {k} heads; "
+                         "lower n_starts or steps, or raise time_limit")
+  value, c, w = best
+  return HeadsOptimum(value, c, w, w_min, w_max)
+
+
+def _exact_value(w: np.ndarray, d: int, sigma2: float, signal: float) -> tuple[np.ndarray, float] | None:
+  """(c, cᵀGc) for heads w (sorted descending), or None if G is not finite or the solve fails."""
+  gram = head_gram(w, d, sigma2, signal / d)
+  if not np.all(np.isfinite(gram)):
+    return None
+  try:
+    c, value = optimal_output_weights(w, d, sigma2, signal / d)
+  except np.linalg.LinAlgError:
+    return None
+  return (c, value) if np.isfinite(value) and value > 0 else None
+
+
+def _optimal_heads_step(h: int, previous: tuple | None, d: int, sigma2: float, signal: float, w_min: float,
+                        w_max: float, n_starts: int, steps: int, seed: int) -> tuple[float, np.ndarray, np.ndarray]:
+  """(value, c, w) for h heads: multi-start Newton with warm starts from ``previous`` = the h − 1 optimum."""
+  width = max(h, _PAD_HEADS)  # padded (inactive heads masked out): one compilation serves every h <= 8
   patterns = [np.array([1.0] * n_plus + [-1.0] * (h - n_plus) + [0.0] * (width - h))
               for n_plus in range((h + 1) // 2, h + 1)]
   signs = np.stack([patterns[i % len(patterns)] for i in range(n_starts)])  # a fixed count: one compilation
   starts = np.random.default_rng(seed).normal(0.0, 1.5, size=signs.shape)
+  if previous is not None:  # warm starts: the h - 1 heads, plus a new head of either sign near either bound
+    fraction = np.clip((np.abs(previous[2]) - w_min) / (w_max - w_min), 1e-9, 1.0 - 1e-9)
+    u_prev = np.log(fraction) - np.log1p(-fraction)
+    for j, (sign, u_new) in enumerate(((1.0, -3.0), (-1.0, -3.0), (1.0, 0.0), (-1.0, 0.0))[:n_starts]):
+      signs[j] = 0.0
+      signs[j, :h] = np.append(np.sign(previous[2]), sign)
+      starts[j] = 0.0
+      starts[j, :h] = np.append(u_prev, u_new)
   n = len(signs)
   aux = {"sign": signs, "d": np.full(n, d), "noise": np.full(n, sigma2), "signal": np.full(n, signal),
          "lo": np.full(n, w_min), "hi": np.full(n, w_max)}
   us, _ = _optim.minimise(_heads_objective, starts, aux, steps=steps)
   best = None
-  for k in range(n_starts):  # re-evaluate every start exactly (pseudo-inverse), keep the best
-    w = _bounded_w(us[k], signs[k], w_min, w_max, xp=np)[:h]
-    c, value = optimal_output_weights(np.sort(w)[::-1], d, sigma2, signal / d)
-    if np.isfinite(value) and (best is None or value < best[0]):
-      best = (value, c, np.sort(w)[::-1])
-  value, c, w = best
-  return HeadsOptimum(value, c, w, w_min, w_max)
+  for k in range(n):  # re-evaluate every start exactly (pseudo-inverse), keep the best
+    w = np.sort(_bounded_w(us[k], signs[k], w_min, w_max, xp=np)[:h])[::-1]
+    exact = _exact_value(w, d, sigma2, signal)
+    if exact is not None and (best is None or exact[1] < best[0]):
+      best = (exact[1], exact[0], w)
+  if previous is not None and (best is None or best[0] > previous[0]):
+    # never worse than the h - 1 optimum plus a zero head (c = 0 at |w| = w_min): the same predictor
+    w = np.append(previous[2], w_min)
+    c = np.append(previous[1], 0.0)
+    order = np.argsort(-w, kind="stable")
+    best = (previous[0], c[order], w[order])
+  if best is None:
+    raise ValueError(f"optimal_heads(h={h}, d={d}): no start gave a finite constant (w_max={w_max:g}); "
+                     "lower w_max")
+  return best
 
 
 _PAD_HEADS = 8

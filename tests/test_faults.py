@@ -1,0 +1,504 @@
+"""Fault injection: killed runs, corrupted checkpoints and run files, concurrent writers, bad filesystems, divergence.
+
+Every case asserts survival by its outcome: the resumed (or restarted) run ends with parameters and optimizer
+state bit-identical to an uninterrupted run, ``metrics.jsonl`` holds exactly one record per logged step with the
+uninterrupted run's losses, and refused input is a one-line error naming the path (exit 2).
+
+CI runs a sampled subset (one case per kind). The whole battery (every file of the latest checkpoint × truncate /
+garble / delete, SIGKILL at many random offsets, ...) runs with ``JAXICL_FAULTS=all python -m pytest -q
+tests/test_faults.py``; ``JAXICL_FAULTS_SEED`` changes the sampled cases and kill offsets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import REPO, subprocess_env
+from jaxicl import checkpoint, cli, configs, tasks, train
+
+FULL = os.environ.get("JAXICL_FAULTS", "") == "all"
+SEED = int(os.environ.get("JAXICL_FAULTS_SEED", "0"))
+OVERRIDES = ["train.steps=40", "train.log_every=10", "train.ckpt_every=10", "train.keep_ckpts=3"]
+
+
+def _cfg() -> configs.Config:
+  return configs.get_config("tiny", OVERRIDES)
+
+
+def _leaves(state) -> list[np.ndarray]:
+  return [np.asarray(x) for x in jax.tree.leaves((state.params, state.opt_state, state.step))]
+
+
+def _assert_same_state(a, b) -> None:
+  for x, y in zip(_leaves(a), _leaves(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+def _records(workdir) -> list[dict]:
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    return [json.loads(line) for line in f]
+
+
+def _assert_metrics_intact(workdir, reference_history) -> None:
+  """One record per logged step, the uninterrupted run's steps and losses (bit-exact)."""
+  records = _records(workdir)
+  assert [r["step"] for r in records] == [h["step"] for h in reference_history]
+  assert [r["loss"] for r in records] == [h["loss"] for h in reference_history]
+
+
+def _one_line_error(text: str, *needles: str) -> None:
+  lines = [line for line in text.splitlines() if line.strip()]
+  assert lines and "Traceback" not in text, text
+  assert "error:" in lines[-1] and all(n in lines[-1] for n in needles), text
+
+
+@pytest.fixture(scope="module")
+def reference():
+  """The uninterrupted run (in this process; the engine's programs are reused by the cases)."""
+  return train.train(_cfg())
+
+
+@pytest.fixture(scope="module")
+def stopped(tmp_path_factory):
+  """A workdir stopped at step 30 (checkpoints 10, 20, 30), copied by each case."""
+  workdir = str(tmp_path_factory.mktemp("stopped") / "run")
+  train.train(_cfg(), workdir, stop_after=30)
+  return workdir
+
+
+def _copy(stopped, tmp_path) -> str:
+  workdir = str(tmp_path / "run")
+  shutil.copytree(stopped, workdir, ignore=shutil.ignore_patterns(".lock*"))
+  return workdir
+
+
+# ----------------------------------------------------------------------------- corrupted checkpoints
+
+def _latest(workdir) -> str:
+  return os.path.join(workdir, "checkpoints", "30")
+
+
+def _files(directory) -> list[str]:
+  return sorted(os.path.relpath(os.path.join(root, f), directory)
+                for root, _, files in os.walk(directory) for f in files)
+
+
+def _truncate(path):
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.truncate(size // 2)
+
+
+def _garble(path):
+  size = os.path.getsize(path)
+  rng = random.Random(path)
+  with open(path, "r+b") as f:
+    f.seek(size // 3)
+    f.write(bytes(rng.randrange(256) for _ in range(max(1, min(64, size - size // 3)))))
+
+
+FILE_FAULTS = {"truncate": _truncate, "garble": _garble, "delete": os.remove}
+
+
+def _file_cases() -> list[tuple[str, int]]:
+  """(fault, index of a file of the latest checkpoint): every file with JAXICL_FAULTS=all, else one per fault."""
+  if FULL:
+    return [(fault, i) for fault in FILE_FAULTS for i in range(16)]
+  rng = random.Random(SEED)
+  return [(fault, rng.randrange(1000)) for fault in FILE_FAULTS]
+
+
+def _resume_and_check(workdir, reference, capsys=None):
+  result = train.train(_cfg(), workdir)
+  _assert_same_state(result.state, reference.state)
+  _assert_metrics_intact(workdir, reference.history)
+  steps = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), repair=False).steps()
+  assert steps and steps[-1] == 40 and all(s % 10 == 0 for s in steps), steps
+  return result
+
+
+@pytest.mark.parametrize("fault,index", _file_cases())
+def test_damaged_file_in_the_latest_checkpoint(fault, index, stopped, reference, tmp_path):
+  workdir = _copy(stopped, tmp_path)
+  files = _files(_latest(workdir))
+  if FULL and index >= len(files):
+    pytest.skip(f"the checkpoint has {len(files)} files")
+  FILE_FAULTS[fault](os.path.join(_latest(workdir), files[index % len(files)]))
+  _resume_and_check(workdir, reference)
+
+
+def _empty_dir(workdir):
+  shutil.rmtree(_latest(workdir))
+  os.makedirs(_latest(workdir))
+
+
+def _plain_file(workdir):
+  shutil.rmtree(_latest(workdir))
+  with open(_latest(workdir), "w") as f:
+    f.write("not a checkpoint")
+
+
+def _all_garbled(workdir):
+  for f in _files(_latest(workdir)):
+    with open(os.path.join(_latest(workdir), f), "wb") as fh:
+      fh.write(b"garbage")
+
+
+def _nan_state(workdir):
+  """A checkpoint that Orbax reads fine but holds NaN parameters (e.g. saved from a broken state)."""
+  cfg = _cfg()
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_ckpts)
+  state = ckpt.restore_latest(train.Engine(cfg).abstract_state())[1]
+  shutil.rmtree(_latest(workdir))
+  ckpt.manager.reload()
+  state = state._replace(params=jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), state.params))
+  ckpt.save(30, state, {"step": 30})
+  ckpt.close()
+
+
+def _wrong_values(workdir):
+  """A well-formed checkpoint whose values differ from the ones saved (fingerprint mismatch)."""
+  cfg = _cfg()
+  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_ckpts)
+  step, state, meta = ckpt.restore_latest(train.Engine(cfg).abstract_state())
+  shutil.rmtree(_latest(workdir))
+  ckpt.manager.reload()
+  ckpt.save(30, state._replace(params=jax.tree.map(lambda x: x + 1.0, state.params)), {"step": 30})
+  ckpt.wait()
+  with open(os.path.join(_latest(workdir), "meta", "metadata")) as f:
+    saved = json.load(f)
+  saved["fingerprint"] = meta["fingerprint"]
+  with open(os.path.join(_latest(workdir), "meta", "metadata"), "w") as f:
+    json.dump(saved, f)
+  ckpt.close()
+
+
+def _tmp_leftover(workdir):
+  """A save interrupted by a kill leaves Orbax's temporary folder behind."""
+  os.makedirs(os.path.join(workdir, "checkpoints", "40.orbax-checkpoint-tmp-1234567", "state"))
+
+
+def _all_checkpoints_bad(workdir):
+  for step in (10, 20, 30):
+    shutil.rmtree(os.path.join(workdir, "checkpoints", str(step)))
+    os.makedirs(os.path.join(workdir, "checkpoints", str(step)))
+
+
+def _checkpoints_is_a_file(workdir):
+  shutil.rmtree(os.path.join(workdir, "checkpoints"))
+  with open(os.path.join(workdir, "checkpoints"), "w") as f:
+    f.write("oops")
+
+
+CHECKPOINT_FAULTS = {"empty_dir": _empty_dir, "plain_file": _plain_file, "all_files_garbled": _all_garbled,
+                     "nan_values": _nan_state, "wrong_values": _wrong_values, "tmp_leftover": _tmp_leftover,
+                     "none_restorable": _all_checkpoints_bad, "checkpoints_dir_is_a_file": _checkpoints_is_a_file}
+_SAMPLED_CHECKPOINT_FAULTS = ("empty_dir", "plain_file", "nan_values", "none_restorable")
+
+
+@pytest.mark.parametrize("fault", [f for f in CHECKPOINT_FAULTS if FULL or f in _SAMPLED_CHECKPOINT_FAULTS])
+def test_bad_latest_checkpoint_is_skipped_and_set_aside(fault, stopped, reference, tmp_path, capsys):
+  workdir = _copy(stopped, tmp_path)
+  CHECKPOINT_FAULTS[fault](workdir)
+  capsys.readouterr()
+  _resume_and_check(workdir, reference)
+  err = capsys.readouterr().err
+  if fault != "tmp_leftover":
+    assert "moved it to" in err and os.listdir(os.path.join(workdir, "checkpoints_corrupt")), err
+  if fault in ("none_restorable", "checkpoints_dir_is_a_file"):
+    assert "starting from step 0" in err or "is not a directory" in err, err
+
+
+def test_read_only_loading_skips_without_moving(stopped, tmp_path, capsys):
+  workdir = _copy(stopped, tmp_path)
+  _empty_dir(workdir)
+  loaded = train.load_run(workdir)
+  assert int(np.asarray(loaded.state.step)[0]) == 20
+  assert "unreadable" in capsys.readouterr().err
+  assert os.path.isdir(_latest(workdir)) and not os.path.exists(os.path.join(workdir, "checkpoints_corrupt"))
+
+
+# ----------------------------------------------------------------------------- run files
+
+def _torn_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write('{"step": 40, "loss": [1.2')
+
+
+def _garbled_metrics_line(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  lines = open(path).read().splitlines(keepends=True)
+  lines.insert(1, "\x00\x00garbage\n")
+  open(path, "w").writelines(lines)
+
+
+def _duplicated_metrics(workdir):
+  path = os.path.join(workdir, "metrics.jsonl")
+  lines = open(path).read().splitlines(keepends=True)
+  open(path, "w").writelines(lines + lines[-1:])
+
+
+def _records_past_the_checkpoint(workdir):
+  """Killed after logging step 40 but before its checkpoint: the record is recomputed, not duplicated."""
+  with open(os.path.join(workdir, "metrics.jsonl"), "a") as f:
+    f.write(json.dumps({"step": 40, "loss": [123.0], "last_loss": [123.0], "steps_per_s": 1.0}) + "\n")
+
+
+def _metrics_missing(workdir):
+  os.remove(os.path.join(workdir, "metrics.jsonl"))
+
+
+RUN_FILE_FAULTS = {"torn_metrics_line": _torn_metrics, "garbled_metrics_line": _garbled_metrics_line,
+                   "duplicated_metrics_line": _duplicated_metrics, "records_past_checkpoint": _records_past_the_checkpoint}
+
+
+@pytest.mark.parametrize("fault", [f for f in RUN_FILE_FAULTS if FULL or f in ("torn_metrics_line",
+                                                                                "records_past_checkpoint")])
+def test_damaged_metrics_are_repaired_on_resume(fault, stopped, reference, tmp_path, capsys):
+  workdir = _copy(stopped, tmp_path)
+  RUN_FILE_FAULTS[fault](workdir)
+  _resume_and_check(workdir, reference)
+  if fault in ("torn_metrics_line", "garbled_metrics_line"):
+    assert "dropping an unreadable record" in capsys.readouterr().err
+
+
+def test_empty_config_before_any_checkpoint_is_rewritten(reference, tmp_path, capsys):
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  (workdir / "config.json").write_text("")  # killed in its first seconds, before atomic writes existed
+  (workdir / "metrics.jsonl").write_text('{"step": 10, "loss": [1.0]')
+  result = train.train(_cfg(), str(workdir))
+  _assert_same_state(result.state, reference.state)
+  _assert_metrics_intact(str(workdir), reference.history)
+  assert configs.from_dict(json.loads((workdir / "config.json").read_text())) == _cfg()
+  assert "rewritten" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content", ["", "{\"task\": {\"d\": 3", "[1, 2]", "{\"task\": {\"d\": 2.5}}", None])
+def test_bad_config_json_beside_checkpoints_is_a_one_line_error(content, stopped, tmp_path, capsys):
+  if not FULL and content not in ("", None):
+    pytest.skip("sampled: JAXICL_FAULTS=all runs every variant")
+  workdir = _copy(stopped, tmp_path)
+  path = os.path.join(workdir, "config.json")
+  if content is None:
+    os.remove(path)
+  else:
+    open(path, "w").write(content)
+  args = ["train", "--config", "tiny", "--workdir", workdir, "--quiet"] + [a for o in OVERRIDES for a in ("--set", o)]
+  assert cli.main(args) == 2
+  _one_line_error(capsys.readouterr().err, path)
+  assert os.path.isdir(_latest(workdir))  # nothing was touched
+
+
+# ----------------------------------------------------------------------------- filesystem
+
+def _train_cli(workdir: str) -> list[str]:
+  return ["train", "--config", "tiny", "--workdir", workdir, "--quiet", "--set", "train.steps=10",
+          "--set", "train.log_every=10"]
+
+
+def _fs_cases(tmp_path):
+  cases = {}
+  (tmp_path / "a_file").write_text("x")
+  cases["workdir_is_a_file"] = (str(tmp_path / "a_file"), "a_file")
+  cases["inside_a_file"] = (str(tmp_path / "a_file" / "run"), "a_file")
+  long = "n" * 300
+  cases["name_too_long"] = (str(tmp_path / long / "run"), long)
+  if os.geteuid() == 0:  # root ignores permission bits: use a filesystem that refuses everyone
+    cases["parent_not_writable"] = ("/sys/jaxicl_fault_test/run", "/sys/jaxicl_fault_test")
+  else:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    cases["parent_not_writable"] = (str(ro / "run"), str(ro))
+  return cases
+
+
+@pytest.mark.parametrize("case", ["workdir_is_a_file", "inside_a_file", "name_too_long", "parent_not_writable"])
+def test_filesystem_errors_are_one_line_errors_naming_the_path(case, tmp_path, capsys):
+  workdir, needle = _fs_cases(tmp_path)[case]
+  assert cli.main(_train_cli(workdir)) == 2
+  _one_line_error(capsys.readouterr().err, needle)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits")
+def test_read_only_finished_workdir_is_a_one_line_error(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  assert cli.main(_train_cli(str(workdir))) == 0
+  for root, dirs, files in os.walk(workdir):
+    for name in dirs + files:
+      os.chmod(os.path.join(root, name), 0o500 if name in dirs else 0o400)
+  workdir.chmod(0o500)
+  try:
+    assert cli.main(_train_cli(str(workdir))) == 2
+    _one_line_error(capsys.readouterr().err, str(workdir))
+  finally:
+    for root, dirs, _ in os.walk(workdir):
+      for name in dirs:
+        os.chmod(os.path.join(root, name), 0o700)
+    workdir.chmod(0o700)
+
+
+# ----------------------------------------------------------------------------- divergence
+
+@tasks.register_family("rare_nan_for_test")
+def _rare_nan(key, cfg):
+  w = jax.random.normal(key, (cfg.d,))
+  return jnp.where(jax.random.uniform(jax.random.fold_in(key, 7)) < 2e-3, jnp.nan, w)
+
+
+def test_divergence_stops_with_exit_3_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+  sets = ["task.family=rare_nan_for_test", "train.steps=30", "train.log_every=10", "train.ckpt_every=10"]
+  cfg = configs.get_config("tiny", sets)
+  data_key = np.asarray(train._engine(cfg, None).init().data_key)[0]
+  first_nan = next(t for t in range(cfg.train.steps) if np.isnan(np.asarray(
+      tasks.sample_batch(tasks.batch_key(data_key, t), cfg.task, cfg.train.batch_size).ys)).any())
+  assert 10 <= first_nan < 30, first_nan  # the case needs a checkpoint before the NaN
+  workdir = str(tmp_path / "run")
+  rc = cli.main(["train", "--config", "tiny", "--workdir", workdir, "--quiet"] + [a for s in sets for a in ("--set", s)])
+  assert rc == cli.EXIT_DIVERGED == train.EXIT_DIVERGED == 3
+  last_good = first_nan // 10 * 10
+  _one_line_error(capsys.readouterr().err, f"non-finite loss at step {first_nan} in run 0", "seed=0", "lr=0.003",
+                  f"last good checkpoint: step {last_good}", "grad_clip")
+  loaded = train.load_run(workdir)
+  assert int(np.asarray(loaded.state.step)[0]) == last_good
+  assert all(np.all(np.isfinite(x)) for x in _leaves(loaded.state))
+  assert max(r["step"] for r in _records(workdir)) == last_good
+
+
+# ----------------------------------------------------------------------------- killed processes, concurrent writers
+
+SUB_OVERRIDES = ["train.steps=100", "train.log_every=10", "train.ckpt_every=10", "train.seeds=0,1"]
+
+
+def _sub_cmd(workdir: str) -> list[str]:
+  cmd = [sys.executable, "-m", "jaxicl.cli", "train", "--config", "tiny", "--workdir", workdir, "--quiet"]
+  for o in SUB_OVERRIDES:
+    cmd += ["--set", o]
+  return cmd
+
+
+def _sub_run(workdir: str, cache: str) -> subprocess.CompletedProcess:
+  proc = subprocess.run(_sub_cmd(workdir), cwd=REPO, env=subprocess_env(cache), capture_output=True, text=True,
+                        timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
+
+
+@pytest.fixture(scope="module")
+def sub_reference(tmp_path_factory, xla_cache):
+  """An uninterrupted subprocess run (the same compiler flags as the killed ones) and its wall time."""
+  workdir = str(tmp_path_factory.mktemp("sub_reference") / "run")
+  t0 = time.monotonic()
+  _sub_run(workdir, xla_cache)
+  return train.load_run(workdir), _records(workdir), time.monotonic() - t0
+
+
+def _wait_for(predicate, proc, timeout=300.0, poll=0.002) -> bool:
+  deadline = time.monotonic() + timeout
+  while time.monotonic() < deadline:
+    if predicate():
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(poll)
+  return False
+
+
+def _ckpt_entries(workdir):
+  d = os.path.join(workdir, "checkpoints")
+  return os.listdir(d) if os.path.isdir(d) else []
+
+
+KILL_POINTS = {
+    "before_first_checkpoint": lambda w: os.path.exists(os.path.join(w, "config.json")),
+    "during_a_save": lambda w: any("tmp" in e for e in _ckpt_entries(w)),
+    "after_some_checkpoints": lambda w: sum(e.isdigit() for e in _ckpt_entries(w)) >= 2,
+}
+
+
+def _kill_cases():
+  rng = random.Random(SEED)
+  cases = [("random_offset", rng.random()) for _ in range(12 if FULL else 0)]  # CI: the writer test kills at random
+  cases += [(k, None) for k in KILL_POINTS for _ in range(3 if FULL else 1) if FULL or k == "during_a_save"]
+  return cases
+
+
+def _check_survived(workdir, sub_reference):
+  ref, ref_records, _ = sub_reference
+  resumed = train.load_run(workdir)
+  _assert_same_state(resumed.state, ref.state)
+  records = _records(workdir)
+  assert [r["step"] for r in records] == [r["step"] for r in ref_records]
+  assert [r["loss"] for r in records] == [r["loss"] for r in ref_records]
+  steps = [int(e) for e in _ckpt_entries(workdir) if e.isdigit()]
+  assert steps and all(s % 10 == 0 for s in steps), steps
+
+
+@pytest.mark.parametrize("point,offset", _kill_cases())
+def test_sigkill_at_any_moment_resumes_bit_identically(point, offset, sub_reference, tmp_path, xla_cache):
+  workdir = str(tmp_path / "run")
+  proc = subprocess.Popen(_sub_cmd(workdir), cwd=REPO, env=subprocess_env(xla_cache), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE)
+  try:
+    if point == "random_offset":
+      time.sleep(offset * sub_reference[2])
+    else:
+      _wait_for(lambda: KILL_POINTS[point](workdir), proc)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  _sub_run(workdir, xla_cache)
+  _check_survived(workdir, sub_reference)
+
+
+def test_second_writer_is_refused_and_a_killed_writer_does_not_block(sub_reference, tmp_path, xla_cache):
+  workdir = str(tmp_path / "run")
+  env = subprocess_env(xla_cache)
+  first = subprocess.Popen(_sub_cmd(workdir), cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+  try:
+    assert _wait_for(lambda: os.path.exists(os.path.join(workdir, ".lock.owner")), first)
+    second = subprocess.run(_sub_cmd(workdir), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    running = first.poll() is None
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  if running:  # the first writer held the lock during the whole attempt
+    assert second.returncode == 2
+    _one_line_error(second.stderr, "another process is training", f"pid {first.pid}")
+  _sub_run(workdir, xla_cache)  # the killed holder's lock died with it
+  _check_survived(workdir, sub_reference)
+
+
+def test_lock_is_refused_within_one_process_too(tmp_path):
+  with train.workdir_lock(str(tmp_path)):
+    with pytest.raises(ValueError, match=f"another process is training in it \\(pid {os.getpid()}"):
+      with train.workdir_lock(str(tmp_path)):
+        pass
+  with train.workdir_lock(str(tmp_path)):  # released
+    pass
+
+
+# ----------------------------------------------------------------------------- resume cadence
+
+def test_checkpoints_stay_on_the_grid_after_an_off_grid_stop(reference, tmp_path):
+  workdir = str(tmp_path / "run")
+  first = train.train(_cfg(), workdir, stop_after=25)
+  assert [h["step"] for h in first.history] == [10, 20, 25]
+  result = train.train(_cfg(), workdir)
+  assert [h["step"] for h in result.history] == [10, 20, 25, 30, 40]
+  _assert_same_state(result.state, reference.state)
+  steps = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), repair=False).steps()
+  assert steps == [25, 30, 40]
