@@ -33,9 +33,9 @@ def _theory(argv: list[str]) -> int:
 
 def _reproduce(args) -> int:
   if args.study == "multihead":
-    from experiments.multihead_superiority import run as study
+    from jaxicl.studies.multihead import run as study
   else:
-    from experiments.head_utilization import run as study
+    from jaxicl.studies.head_utilization import run as study
   study.main(preset=args.preset, out=args.out)
   return 0
 

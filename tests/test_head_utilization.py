@@ -1,4 +1,4 @@
-"""Tests of study 2 (experiments/head_utilization): the tiny preset end to end through the CLI, the baseline
+"""Tests of study 2 (jaxicl/studies/head_utilization): the tiny preset end to end through the CLI, the baseline
 tuning machinery, and the notebook.
 
 The CLI run and the notebook share a persistent XLA compilation cache (and fast, unoptimised XLA), so the
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from conftest import REPO, reproduce, subprocess_env
 
-from experiments.head_utilization import run
+from jaxicl.studies.head_utilization import run
 from jaxicl import estimators, tasks
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import REPO, reproduce, subprocess_env
 
-from experiments.multihead_superiority import heads as H
-from experiments.multihead_superiority import presets, run
+from jaxicl.studies.multihead import heads as H
+from jaxicl.studies.multihead import presets, run
 from jaxicl import configs, evaluate, tasks
 from jaxicl.models import ModelConfig, build_model
 

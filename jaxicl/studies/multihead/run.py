@@ -20,7 +20,7 @@ Outputs in ``out``:
     ``fig4_ablations.png``, ``fig5_head_parameters.png``, ``fig0_loss_curves.png``.
 
 Entry point ``main(preset, out)``; command line ``jaxicl reproduce multihead --preset tiny|quick|full --out DIR``
-or ``python -m experiments.multihead_superiority.run --preset quick --out DIR``.
+or ``python -m jaxicl.studies.multihead.run --preset quick --out DIR``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
-from experiments.multihead_superiority import analysis, heads as heads_lib, plots
-from experiments.multihead_superiority.presets import VARIANTS, StudyPreset, get_preset
+from jaxicl.studies.multihead import analysis, heads as heads_lib, plots
+from jaxicl.studies.multihead.presets import VARIANTS, StudyPreset, get_preset
 from jaxicl import configs, evaluate, train
 from jaxicl.models import ICLModel, ModelConfig, build_model
 

@@ -23,7 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from experiments.multihead_superiority.presets import VARIANTS, StudyPreset  # noqa: E402
+from jaxicl.studies.multihead.presets import VARIANTS, StudyPreset  # noqa: E402
 
 H_COLORS = {1: "tab:red", 2: "tab:orange", 4: "tab:blue", 8: "tab:purple", 16: "tab:brown"}
 MODE_STYLE = {"full": ("tab:blue", "o"), "no_read_in": ("tab:green", "s"), "lazy": ("tab:gray", "^")}
