@@ -40,7 +40,7 @@ def _softmax_smoother(xs, ys, w, c):
 @pytest.mark.parametrize("read_in", [True, False])
 def test_handset_heads_are_extracted_exactly(read_in):
   d, w, c = 2, [0.4, -0.25], [1.5, -2.0]
-  model_cfg = ModelConfig(name="softmax_icl", embed_dim=8, num_heads=2, read_in=read_in)
+  model_cfg = ModelConfig(name="softmax_icl", embed_dim=8, heads=(2,), read_in=read_in)
   params = H.handset_params(d, model_cfg, w, c)
   hp = H.extract_heads(params, d, model_cfg)
   np.testing.assert_allclose(hp.A, np.asarray(w)[:, None, None] * np.eye(d), atol=1e-6)
@@ -64,7 +64,7 @@ def test_extracted_heads_reproduce_random_models(name):
   """For arbitrary parameters (all terms A_k, b_k, c_k, u_k non-zero) the extracted kernel smoother, evaluated
   without the model code, gives the model's predictions: the extraction formula is the model."""
   d, D = 3, 10
-  model_cfg = ModelConfig(name=name, embed_dim=12, num_heads=3)
+  model_cfg = ModelConfig(name=name, embed_dim=12, heads=(3,))
   model = build_model(model_cfg, tasks.TaskConfig(d=d, n_points=D + 1))
   params = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(3)))
   params["W_out"]["kernel"] = params["W_out"]["kernel"] * 100.0  # undo the small read-out init

@@ -76,7 +76,7 @@ class Group:
     """The training ``Config`` of this group under ``spec``."""
     return configs.Config(
         task=VARIANTS[self.variant].task(self.d, self.D),
-        model=ModelConfig(name="softmax_icl", embed_dim=self.p, num_heads=self.h, read_in=self.read_in),
+        model=ModelConfig(name="softmax_icl", embed_dim=self.p, heads=(self.h,), read_in=self.read_in),
         optim=configs.OptimConfig(lr=spec.lrs[0], schedule=spec.schedule, warmup_steps=spec.warmup_steps,
                                   freeze=("W_in",) if self.lazy else ()),
         train=configs.TrainConfig(steps=spec.steps, batch_size=spec.batch_size, seeds=seeds,
