@@ -71,8 +71,11 @@ def _theory(argv: list[str]) -> int:
 def _reproduce(args) -> int:
   if args.study == "multihead":
     from jaxicl.studies.multihead import run as study
-  else:
-    from jaxicl.studies.head_utilization import run as study
+    study.main(preset=args.preset, out=args.out, overrides=args.set, stop_after=args.stop_after)
+    return 0
+  if args.set or args.stop_after is not None:
+    raise ValueError("--set / --stop-after: the head-utilization study takes neither yet")
+  from jaxicl.studies.head_utilization import run as study
   study.main(preset=args.preset, out=args.out)
   return 0
 
@@ -109,6 +112,10 @@ def parser() -> argparse.ArgumentParser:
   r.add_argument("study", choices=["multihead", "head-utilization"])
   r.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
   r.add_argument("--out", required=True)
+  r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                 help="override every training config of the study (multihead), e.g. train.steps=100")
+  r.add_argument("--stop-after", type=int, default=None,
+                 help="stop every program at this step (checkpointed; multihead); run again to resume")
   r.set_defaults(fn=_reproduce)
 
   s = sub.add_parser("sweep", help="grid × seeds, grouped into vmapped programs")

@@ -26,9 +26,11 @@ def subprocess_env(cache: str) -> dict:
   return env
 
 
-def reproduce(study: str, out: str, cache: str) -> subprocess.CompletedProcess:
-  """``jaxicl reproduce STUDY --preset tiny --out OUT`` in a subprocess; fails the test on a non-zero exit."""
-  proc = subprocess.run([sys.executable, "-m", "jaxicl.cli", "reproduce", study, "--preset", "tiny", "--out", out],
+def reproduce(study: str, out: str, cache: str, *extra: str) -> subprocess.CompletedProcess:
+  """``jaxicl reproduce STUDY --preset tiny --out OUT [EXTRA...]`` in a subprocess; fails the test on a non-zero
+  exit."""
+  proc = subprocess.run([sys.executable, "-m", "jaxicl.cli", "reproduce", study, "--preset", "tiny", "--out", out,
+                         *extra],
                         cwd=REPO, env=subprocess_env(cache), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc
