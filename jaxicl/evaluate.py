@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import estimators, layouts, tasks
-from jaxicl.models import ICLModel
+from jaxicl import configs, estimators, layouts, tasks
+from jaxicl.models import ICLModel, build_model
 
 EVAL_SEED = 1_000_003  # held-out prompts: a key no training step uses (training keys are fold_in(seed, step))
 
@@ -139,7 +139,9 @@ def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, o
   cfg = result.config
   if not 0 <= run < len(cfg.runs):
     raise ValueError(f"run={run}: the workdir has runs 0..{len(cfg.runs) - 1}")
-  report = evaluate(result.model, train.run_params(result.state, run), cfg.task, n_prompts or cfg.train.eval_prompts)
+  task = configs.variant_tasks(cfg)[cfg.run_variants[run]]  # the run's own (unpadded) task
+  model = build_model(cfg.model, task)
+  report = evaluate(model, train.run_params(result.state, run), task, n_prompts or cfg.train.eval_prompts)
   seed, lr = cfg.runs[run]
   report.update(run=run, seed=seed, lr=lr, step=int(np.asarray(result.state.step)[run]))
   out_dir = out_dir or workdir

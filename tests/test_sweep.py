@@ -44,8 +44,8 @@ def test_bad_grid_is_named():
 def test_sweep_fuses_context_lengths_and_noise_into_one_program(tmp_path):
   """A grid over D (one-layer model) and σ² is ONE group: one train.train call whose runs carry (n_points, σ²);
   each row equals the run trained alone at its own unpadded length."""
-  base = ["train.steps=6", "train.log_every=3", "train.batch_size=8", "train.eval_prompts=64", "task.d=2",
-          "model.embed_dim=4", "model.heads=2"]
+  base = ["train.steps=6", "train.log_every=3", "train.ckpt_every=0", "train.batch_size=8", "train.eval_prompts=64",
+          "task.d=2", "model.embed_dim=4", "model.heads=2"]
   grid = ["task.n_points=5,9", "task.noise_var=0,0.5"]
   groups = sweep.plan("study1", sweep.parse_grid(grid), 1, base)
   assert len(groups) == 1 and groups[0][0] == {} and groups[0][1].task.n_points == 9
