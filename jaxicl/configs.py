@@ -85,14 +85,19 @@ class CurriculumConfig:
 class TrainConfig:
   """Loop, seeds, logging and checkpointing.
 
-  ``seeds`` × ``lrs`` runs train together in one compiled program (vmapped); ``lrs`` empty means
-  just ``optim.lr``. ``log_every`` is also the number of steps fused in one ``lax.scan`` chunk.
+  ``task_variants`` × ``lrs`` × ``seeds`` runs train together in one compiled program (vmapped); ``lrs``
+  empty means just ``optim.lr``; ``task_variants`` empty means just ``task``. A task variant is a string
+  ``field=value;field=value`` of task fields in ``tasks.TRACED_FIELDS`` (e.g. ``n_points=21;noise_var=1``)
+  that its runs take instead of ``task``'s: they are passed to the program as arrays, and runs with fewer
+  points than ``task.n_points`` are padded and masked (one-layer models). ``log_every`` is also the number
+  of steps fused in one ``lax.scan`` chunk.
   """
 
   steps: int = 1000
   batch_size: int = 64
   seeds: tuple[int, ...] = (0,)
   lrs: tuple[float, ...] = ()
+  task_variants: tuple[str, ...] = ()
   log_every: int = 100
   ckpt_every: int = 0  # 0: only at the end; must be a multiple of log_every
   keep_ckpts: int = 3
@@ -138,6 +143,8 @@ class Config:
     if self.model.name == "gpt2":
       _check(self.task.n_points <= self.model.max_points, "task.n_points", self.task.n_points,
              f"exceeds model.max_points={self.model.max_points}")
+    if self.train.task_variants:
+      variant_tasks(self)  # raises on a bad variant
 
   @property
   def lrs(self) -> tuple[float, ...]:
@@ -145,8 +152,55 @@ class Config:
 
   @property
   def runs(self) -> list[tuple[int, float]]:
-    """(seed, lr) of every run, lr-major: run r has lr ``lrs[r // n_seeds]``, seed ``seeds[r % n_seeds]``."""
-    return [(s, lr) for lr in self.lrs for s in self.train.seeds]
+    """(seed, lr) of every run, variant-major then lr-major: run r has lr ``lrs[(r // n_seeds) % n_lrs]``,
+    seed ``seeds[r % n_seeds]`` and task variant ``r // (n_lrs · n_seeds)`` (``run_variants``)."""
+    n_variants = max(1, len(self.train.task_variants))
+    return [(s, lr) for _ in range(n_variants) for lr in self.lrs for s in self.train.seeds]
+
+  @property
+  def run_variants(self) -> list[int]:
+    """The task variant (index into ``train.task_variants``; 0 without variants) of every run."""
+    per_variant = len(self.lrs) * len(self.train.seeds)
+    return [r // per_variant for r in range(len(self.runs))]
+
+
+def parse_variant(variant: str) -> dict[str, str]:
+  """``"n_points=21;noise_var=1"`` -> {"n_points": "21", "noise_var": "1"}; fields must be in ``tasks.TRACED_FIELDS``."""
+  out = {}
+  for item in variant.split(";"):
+    if not item.strip():
+      continue
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if not sep or key not in tasks.TRACED_FIELDS:
+      raise ValueError(f"train.task_variants={variant!r}: {item.strip()!r} is not field=value with a field of "
+                       f"{tasks.TRACED_FIELDS}")
+    out[key] = value.strip()
+  return out
+
+
+def variant_tasks(cfg: Config) -> list[tasks.TaskConfig]:
+  """The TaskConfig of every task variant of ``cfg`` (``[cfg.task]`` without variants); checks that they can
+  share the program: same d, at most ``task.n_points`` points, a traceable prior and covariance, and (gpt2)
+  the same number of points."""
+  if not cfg.train.task_variants:
+    return [cfg.task]
+  tasks.check_traceable(cfg.task, "task")
+  hints = typing.get_type_hints(tasks.TaskConfig)
+  out = []
+  for variant in cfg.train.task_variants:
+    values = {k: _coerce(v, hints[k], f"train.task_variants[{variant!r}].{k}")
+              for k, v in parse_variant(variant).items()}
+    task = dataclasses.replace(cfg.task, **values)
+    tasks.check_traceable(task, f"train.task_variants={variant!r}")
+    _check(task.n_points <= cfg.task.n_points, "train.task_variants", variant,
+           f"n_points must be <= task.n_points={cfg.task.n_points} (the padded length)")
+    if not cfg.model.one_layer:
+      _check(task.n_points == cfg.task.n_points, "train.task_variants", variant,
+             f"n_points differs from task.n_points: padded contexts need a one-layer model, not {cfg.model.name!r}")
+    _check(task.n_points >= 2, "train.task_variants", variant, "needs n_points >= 2 (a context and the query)")
+    out.append(task)
+  return out
 
 
 # ----------------------------------------------------------------------------- dict / file / overrides
@@ -413,7 +467,7 @@ def study1() -> Config:
   """
   return Config(
       task=tasks.TaskConfig(d=5, n_points=51),
-      model=ModelConfig(name="softmax_icl", embed_dim=64, num_heads=4),
+      model=ModelConfig(name="softmax_icl", embed_dim=64, heads=(4,)),
       optim=OptimConfig(lr=1e-3),
       train=TrainConfig(steps=3000, batch_size=256, log_every=250, ckpt_every=1000),
   )

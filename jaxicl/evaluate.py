@@ -29,8 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import estimators, layouts, shifts as shifts_lib, tasks
-from jaxicl.models import ICLModel
+from jaxicl import configs, estimators, layouts, shifts as shifts_lib, tasks
+from jaxicl.models import ICLModel, build_model
 
 EVAL_SEED = 1_000_003  # held-out prompts: a key no training step uses (training keys are fold_in(seed, step))
 N_BOOT = 1000  # bootstrap resamples
@@ -560,14 +560,17 @@ def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, o
   cfg = result.config
   if not 0 <= run < len(cfg.runs):
     raise ValueError(f"run={run}: the workdir has runs 0..{len(cfg.runs) - 1}")
+  task = configs.variant_tasks(cfg)[cfg.run_variants[run]]  # the run's own (unpadded) task
+  model = build_model(cfg.model, task)
   seed, lr = cfg.runs[run]
-  same_lr = [r for r, (_, lr_r) in enumerate(cfg.runs) if lr_r == lr]
+  variant = cfg.run_variants[run]
+  same_lr = [r for r, (_, lr_r) in enumerate(cfg.runs) if lr_r == lr and cfg.run_variants[r] == variant]
   run_params = jax.tree.map(lambda a: a[np.asarray(same_lr)], result.state.params)
-  index = layouts.get_layout(result.model.layout).target_index(cfg.task.n_points)
+  index = layouts.get_layout(model.layout).target_index(task.n_points)
   for spec in specs:
-    shifts_lib.check_task(spec, cfg.task.d, index)
-  baselines = suite_baselines(cfg.task, index)
-  report = evaluate_runs(result.model, run_params, cfg.task, n_prompts or cfg.train.eval_prompts, baselines,
+    shifts_lib.check_task(spec, task.d, index)
+  baselines = suite_baselines(task, index)
+  report = evaluate_runs(model, run_params, task, n_prompts or cfg.train.eval_prompts, baselines,
                          shifts=specs, run=same_lr.index(run), n_boot=n_boot, ci_level=ci_level)
   report.update(run=run, seed=seed, lr=lr, step=int(np.asarray(result.state.step)[run]),
                 seeds=[cfg.runs[r][0] for r in same_lr])
@@ -575,7 +578,7 @@ def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, o
   os.makedirs(out_dir, exist_ok=True)
   report["table"] = os.path.join(out_dir, "eval.json")
   report["csv"] = write_csv(report, os.path.join(out_dir, "eval.csv"))
-  title = f"{cfg.model.name}, d={cfg.task.d}, {cfg.task.family} (seed {seed}, step {report['step']})"
+  title = f"{cfg.model.name}, d={task.d}, {task.family} (seed {seed}, step {report['step']})"
   report["plot"] = plot_report(report, os.path.join(out_dir, "eval.png"), title)
 
   def write(tmp):

@@ -57,11 +57,6 @@ def valid_heads(n_heads: Sequence[int]) -> np.ndarray:
   return np.arange(H)[None, :] < np.asarray(n_heads)[:, None]
 
 
-def full_mask(n_heads: Sequence[int]) -> np.ndarray:
-  """The all-ones head mask [L, H] (float32)."""
-  return np.ones(mask_shape(n_heads), np.float32)
-
-
 def single_head_masks(n_heads: Sequence[int]) -> np.ndarray:
   """The M = L·H masks removing one head each, stacked: [M, L, H], mask m = l·H + k zeroes (l, k)."""
   L, H = mask_shape(n_heads)

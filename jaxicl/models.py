@@ -64,10 +64,11 @@ weights [B, H_l, Tq, Tk] (one-layer models: [B, H, 1, D], the query row over the
 ``linear_icl`` the un-normalised s·q·k_i/D), and for gpt2 ``aux["hidden"]`` [L+1, B, T, E] float32:
 the input embedding and every block's output (the residual stream before ``ln_f``).
 
-Attention implementations (``attention_impl``): ``einsum`` computes the weights explicitly (needed
-for ``capture``), ``xla`` calls ``jax.nn.dot_product_attention`` (inputs [B, T, H, K]), ``auto``
-uses ``xla`` unless weights are requested. ``capture=True`` always uses the einsum path.
-``linear_icl`` has no softmax and always uses the einsum path.
+Attention implementations (``attention_impl``): ``einsum`` computes the weights explicitly, ``xla``
+always calls ``jax.nn.dot_product_attention`` (inputs [B, T, H, K]; ``capture=True`` is then an
+error, it returns no weights), ``auto`` uses ``xla`` unless weights are requested (``capture=True``
+takes the einsum path). ``linear_icl`` has no softmax and always uses the einsum path (``xla`` is
+rejected for it).
 """
 
 from __future__ import annotations
@@ -104,50 +105,73 @@ def _is_pos_int(v) -> bool:
   return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
 
 
+# Fields that only one family of models has, with their defaults (``None`` in a ModelConfig = this default).
+ONE_LAYER_FIELDS = {"embed_dim": 64, "read_in": True}
+GPT2_FIELDS = {"width": 256, "n_layers": 12, "mlp": True, "mlp_ratio": 4, "max_points": 101, "layout": "interleaved",
+               "io_init": "fan_in"}
+DEFAULT_HEADS = {"softmax_icl": (4,), "linear_icl": (4,), "gpt2": (8,)}
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """What a model is. Hashable, so it can be a static argument of ``jax.jit``.
 
+  Fields that belong to one family of models default to ``None`` and take the family's default
+  (``ONE_LAYER_FIELDS`` / ``GPT2_FIELDS``) when they apply; set on a model they do not apply to, they
+  are an error naming the model (``ModelConfig.width=64: does not apply to model 'softmax_icl'``).
+
   Attributes:
     name: ``softmax_icl`` | ``linear_icl`` (one-layer, theory layout) | ``gpt2``.
-    embed_dim: p, the embedding dimension of the one-layer models.
-    num_heads: h, heads of the one-layer models; p % h must be 0 (head width p/h).
-    read_in: one-layer models: learn W_in (True) or use the fixed zero-padding z ↦ [z; 0] (False,
-      needs p ≥ d+1).
+    heads: heads per layer. One-layer models: exactly one entry h (default 4), p % h == 0. gpt2: one
+      entry = the same for all layers (default 8), else one entry per layer; width % heads_l == 0.
+      An int or a list is converted to a tuple.
     attn_scale: multiplier of the attention logits q·k; ``None`` = 1/√(head width).
-    width: E, the decoder width (gpt2).
-    n_layers: L (gpt2).
-    heads: heads per layer; one entry = the same for all layers, else one entry per layer;
-      width % heads_l must be 0. A list or an int is converted to a tuple.
-    mlp: gpt2 blocks have an MLP sub-block.
-    mlp_ratio: MLP width F = width · mlp_ratio.
-    max_points: the learned positional embedding covers 2·max_points tokens (gpt2).
-    layout: gpt2 token layout, ``interleaved`` or ``interleaved_flag`` (one-layer models always
-      use ``theory``).
     dtype: compute dtype ``float32`` or ``bfloat16`` (parameters stay float32).
-    io_init: gpt2 read-in / read-out initialisation, ``fan_in`` (U(±1/√fan_in), kernel and bias) or
-      ``gpt2`` (N(0, 0.02²) kernel, zero bias); see the module docstring.
-    attention_impl: ``einsum`` | ``xla`` | ``auto`` (xla unless attention weights are requested).
+    attention_impl: ``auto`` (``jax.nn.dot_product_attention`` unless attention weights are
+      requested, then the explicit einsum), ``einsum`` (always explicit) or ``xla`` (always
+      ``jax.nn.dot_product_attention``; requesting weights is an error). Softmax models only:
+      ``linear_icl`` has no softmax and accepts only ``auto`` / ``einsum``.
+    embed_dim: one-layer models: p, the embedding dimension (default 64).
+    read_in: one-layer models: learn W_in (True, default) or use the fixed zero-padding z ↦ [z; 0]
+      (False, needs p ≥ d+1).
+    width: gpt2: E, the decoder width (default 256).
+    n_layers: gpt2: L (default 12).
+    mlp: gpt2: blocks have an MLP sub-block (default True).
+    mlp_ratio: gpt2: MLP width F = width · mlp_ratio (default 4).
+    max_points: gpt2: the learned positional embedding covers 2·max_points tokens (default 101).
+    layout: gpt2 token layout, ``interleaved`` (default) or ``interleaved_flag`` (one-layer models
+      always use ``theory``).
+    io_init: gpt2 read-in / read-out initialisation, ``fan_in`` (default; U(±1/√fan_in), kernel and
+      bias) or ``gpt2`` (N(0, 0.02²) kernel, zero bias); see the module docstring.
   """
 
   name: str = "softmax_icl"
-  embed_dim: int = 64
-  num_heads: int = 4
-  read_in: bool = True
+  heads: tuple[int, ...] | None = None
   attn_scale: float | None = None
-  width: int = 256
-  n_layers: int = 12
-  heads: tuple[int, ...] = (8,)
-  mlp: bool = True
-  mlp_ratio: int = 4
-  max_points: int = 101
-  layout: str = "interleaved"
   dtype: str = "float32"
-  io_init: str = "fan_in"
   attention_impl: str = "auto"
+  embed_dim: int | None = None
+  read_in: bool | None = None
+  width: int | None = None
+  n_layers: int | None = None
+  mlp: bool | None = None
+  mlp_ratio: int | None = None
+  max_points: int | None = None
+  layout: str | None = None
+  io_init: str | None = None
 
   def __post_init__(self):
-    heads = self.heads
+    if self.name not in MODEL_NAMES:
+      _fail("name", self.name, f"unknown model; known: {MODEL_NAMES}")
+    one_layer = self.name in ONE_LAYER_MODELS
+    own, other = (ONE_LAYER_FIELDS, GPT2_FIELDS) if one_layer else (GPT2_FIELDS, ONE_LAYER_FIELDS)
+    for field in other:
+      if getattr(self, field) is not None:
+        _fail(field, getattr(self, field), f"does not apply to model {self.name!r}")
+    for field, default in own.items():
+      if getattr(self, field) is None:
+        object.__setattr__(self, field, default)
+    heads = DEFAULT_HEADS[self.name] if self.heads is None else self.heads
     if isinstance(heads, (int, np.integer)) and not isinstance(heads, bool):
       heads = (int(heads),)
     elif isinstance(heads, list):
@@ -156,13 +180,27 @@ class ModelConfig:
     validate(self)
 
   @property
+  def one_layer(self) -> bool:
+    return self.name in ONE_LAYER_MODELS
+
+  @property
   def layer_heads(self) -> tuple[int, ...]:
-    """Heads of each layer (length ``n_layers`` for gpt2, ``(num_heads,)`` for one-layer models)."""
-    if self.name in ONE_LAYER_MODELS:
-      return (self.num_heads,)
-    if len(self.heads) == 1:
-      return self.heads * self.n_layers
-    return tuple(self.heads)
+    """Heads of each layer: ``heads`` for one-layer models, length ``n_layers`` for gpt2."""
+    if self.one_layer or len(self.heads) > 1:
+      return tuple(self.heads)
+    return self.heads * self.n_layers
+
+  @property
+  def head_dims(self) -> tuple[int, ...]:
+    """Head width K_l of each layer: p/h (one-layer) or E/H_l (gpt2)."""
+    model_width = self.embed_dim if self.one_layer else self.width
+    return tuple(model_width // h for h in self.layer_heads)
+
+  def logit_scale(self, layer: int = 0) -> float:
+    """s of layer ``layer``: ``attn_scale``, or 1/√K_l."""
+    if self.attn_scale is not None:
+      return float(self.attn_scale)
+    return 1.0 / math.sqrt(self.head_dims[layer])
 
   @property
   def compute_dtype(self):
@@ -170,35 +208,43 @@ class ModelConfig:
 
 
 def validate(cfg: ModelConfig) -> None:
-  """Raises ``ValueError`` naming the first invalid field of ``cfg`` (all fields are checked, whatever the model)."""
+  """Raises ``ValueError`` naming the first invalid field of ``cfg`` (the fields that apply to its model)."""
   if cfg.name not in MODEL_NAMES:
     _fail("name", cfg.name, f"unknown model; known: {MODEL_NAMES}")
-  for field in ("embed_dim", "num_heads", "width", "n_layers", "mlp_ratio", "max_points"):
+  one_layer = cfg.name in ONE_LAYER_MODELS
+  sizes = ("embed_dim",) if one_layer else ("width", "n_layers", "mlp_ratio", "max_points")
+  for field in sizes:
     if not _is_pos_int(getattr(cfg, field)):
       _fail(field, getattr(cfg, field), "must be an integer >= 1")
-  if cfg.embed_dim % cfg.num_heads != 0:
-    raise ValueError(
-        f"ModelConfig.embed_dim={cfg.embed_dim} is not divisible by ModelConfig.num_heads={cfg.num_heads}: "
-        "the head width p/h must be an integer")
+  if not isinstance(cfg.heads, tuple) or len(cfg.heads) == 0 or not all(_is_pos_int(h) for h in cfg.heads):
+    _fail("heads", cfg.heads, "must be a non-empty tuple of integers >= 1")
+  if one_layer:
+    if len(cfg.heads) != 1:
+      _fail("heads", cfg.heads, f"model {cfg.name!r} has one layer: needs exactly one entry")
+    if cfg.embed_dim % cfg.heads[0] != 0:
+      raise ValueError(
+          f"ModelConfig.embed_dim={cfg.embed_dim} is not divisible by ModelConfig.heads={cfg.heads}: "
+          "the head width p/h must be an integer")
+  else:
+    if len(cfg.heads) not in (1, cfg.n_layers):
+      _fail("heads", cfg.heads, f"needs 1 or n_layers={cfg.n_layers} entries, got {len(cfg.heads)}")
+    for h in cfg.heads:
+      if cfg.width % h != 0:
+        _fail("heads", cfg.heads, f"width={cfg.width} is not divisible by {h} heads")
+    if cfg.layout not in GPT2_LAYOUTS:
+      _fail("layout", cfg.layout, f"unknown gpt2 layout; known: {GPT2_LAYOUTS}")
+    if cfg.io_init not in IO_INITS:
+      _fail("io_init", cfg.io_init, f"unknown; known: {IO_INITS}")
   if cfg.attn_scale is not None and not (
       isinstance(cfg.attn_scale, (int, float, np.floating)) and math.isfinite(cfg.attn_scale)):
     _fail("attn_scale", cfg.attn_scale, "must be None or a finite number")
-  if not isinstance(cfg.heads, tuple) or len(cfg.heads) == 0 or not all(_is_pos_int(h) for h in cfg.heads):
-    _fail("heads", cfg.heads, "must be a non-empty tuple of integers >= 1")
-  if len(cfg.heads) not in (1, cfg.n_layers):
-    _fail("heads", cfg.heads, f"needs 1 or n_layers={cfg.n_layers} entries, got {len(cfg.heads)}")
-  for h in cfg.heads:
-    if cfg.width % h != 0:
-      _fail("heads", cfg.heads, f"width={cfg.width} is not divisible by {h} heads")
-  if cfg.layout not in GPT2_LAYOUTS:
-    _fail("layout", cfg.layout, f"unknown gpt2 layout; known: {GPT2_LAYOUTS}")
   if cfg.dtype not in DTYPES:
     _fail("dtype", cfg.dtype, f"unknown dtype; known: {tuple(DTYPES)}")
-  if cfg.io_init not in IO_INITS:
-    _fail("io_init", cfg.io_init, f"unknown; known: {IO_INITS}")
   if cfg.attention_impl not in ATTENTION_IMPLS:
     _fail("attention_impl", cfg.attention_impl, f"unknown; known: {ATTENTION_IMPLS}")
-  for field in ("read_in", "mlp"):
+  if cfg.name == "linear_icl" and cfg.attention_impl == "xla":
+    _fail("attention_impl", cfg.attention_impl, "linear_icl has no softmax; use 'auto' or 'einsum'")
+  for field in ("read_in",) if one_layer else ("mlp",):
     if not isinstance(getattr(cfg, field), (bool, np.bool_)):
       _fail(field, getattr(cfg, field), "must be a bool")
 
@@ -220,17 +266,20 @@ def _large_negative(dtype) -> float:
   return float(-0.7 * jnp.finfo(dtype).max)
 
 
-def softmax_weights(q: jax.Array, k: jax.Array, scale: float, causal: bool) -> jax.Array:
+def softmax_weights(q: jax.Array, k: jax.Array, scale: float, causal: bool,
+                    key_mask: jax.Array | None = None) -> jax.Array:
   """a = softmax_s(scale · q_t·k_s) in float32; q [B, Tq, H, K], k [B, Tk, H, K] -> [B, H, Tq, Tk].
 
-  ``causal`` masks keys s > t (query t and key s index the same sequence, Tq = Tk); masked weights
-  are exactly 0.
+  ``causal`` masks keys s > t (query t and key s index the same sequence, Tq = Tk); ``key_mask``
+  [B, Tk] (bool) masks the keys where it is False. Masked weights are exactly 0.
   """
   logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * scale
   if causal:
     tq, tk = logits.shape[-2:]
     allowed = jnp.tril(jnp.ones((tq, tk), bool))
     logits = jnp.where(allowed, logits, _large_negative(jnp.float32))
+  if key_mask is not None:
+    logits = jnp.where(key_mask[:, None, None, :], logits, _large_negative(jnp.float32))
   return jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
 
 
@@ -240,15 +289,17 @@ def weighted_values(weights: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, causal: bool,
-           use_xla: bool) -> tuple[jax.Array, jax.Array | None]:
+           use_xla: bool, key_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
   """Softmax attention [B, Tq, H, K] x2, [B, Tk, H, K] -> ([B, Tq, H, K], weights [B, H, Tq, Tk] or None).
 
   ``use_xla``: ``jax.nn.dot_product_attention`` (no weights returned); else the explicit einsum path.
+  ``key_mask`` [B, Tk] bool: attend only to the keys where it is True.
   """
   if use_xla:
-    out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal)
+    mask = None if key_mask is None else key_mask[:, None, None, :]
+    out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal, mask=mask)
     return out, None
-  weights = softmax_weights(q, k, scale, causal)
+  weights = softmax_weights(q, k, scale, causal, key_mask)
   return weighted_values(weights, v), weights
 
 
@@ -282,6 +333,7 @@ class OneLayerICL(nn.Module):
 
   embed_dim: int
   num_heads: int
+  head_dim: int
   read_in: bool
   softmax: bool
   attn_scale: float
@@ -289,10 +341,9 @@ class OneLayerICL(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, head_mask: jax.Array | None = None,
-               want_weights: bool = False) -> tuple[jax.Array, jax.Array | None]:
-    p, h = self.embed_dim, self.num_heads
-    kdim = p // h
+  def __call__(self, tokens: jax.Array, head_mask: jax.Array | None = None, want_weights: bool = False,
+               n_context: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
+    p, h, kdim = self.embed_dim, self.num_heads, self.head_dim
     tokens = tokens.astype(self.dtype)
     if self.read_in:
       e = nn.Dense(p, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
@@ -302,7 +353,11 @@ class OneLayerICL(nn.Module):
     context, query = e[:, :-1], e[:, -1:]  # [B, D, p], [B, 1, p]
     attn = OneLayerAttention(h, kdim, self.softmax, self.attn_scale, self.use_xla and not want_weights,
                              self.dtype, name="attn")
-    heads, weights = attn(query, context)  # [B, 1, H, K]
+    key_mask = None
+    if n_context is not None:  # padded prompts: only the first n_context tokens are context
+      n_context = jnp.broadcast_to(jnp.asarray(n_context), (tokens.shape[0],))
+      key_mask = jnp.arange(context.shape[1])[None, :] < n_context[:, None]  # [B, D]
+    heads, weights = attn(query, context, key_mask)  # [B, 1, H, K]
     if head_mask is not None:
       heads = heads * head_mask.astype(heads.dtype)[None, None, :, None]
     concat = heads.reshape(heads.shape[0], p)  # head k at rows k·K..(k+1)·K-1
@@ -323,7 +378,8 @@ class OneLayerAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, query: jax.Array, context: jax.Array) -> tuple[jax.Array, jax.Array | None]:
+  def __call__(self, query: jax.Array, context: jax.Array,
+               key_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
     def proj(name):
       return nn.DenseGeneral((self.num_heads, self.head_dim), use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=nn.initializers.lecun_normal(), name=name)
@@ -332,9 +388,12 @@ class OneLayerAttention(nn.Module):
     k = proj("key")(context)  # [B, D, H, K]
     v = proj("value")(context)  # [B, D, H, K]
     if self.softmax:
-      return attend(q, k, v, self.scale, causal=False, use_xla=self.use_xla)
-    n_context = context.shape[1]
-    weights = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * (self.scale / n_context)
+      return attend(q, k, v, self.scale, causal=False, use_xla=self.use_xla, key_mask=key_mask)
+    weights = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * self.scale
+    if key_mask is None:
+      weights = weights / context.shape[1]
+    else:
+      weights = jnp.where(key_mask[:, None, None, :], weights, 0.0) / jnp.sum(key_mask, -1)[:, None, None, None]
     return weighted_values(weights, v), weights
 
 
@@ -359,6 +418,7 @@ class MultiHeadAttention(nn.Module):
   """Causal multi-head self-attention [B, T, E] -> [B, T, E]; head outputs masked before ``out``."""
 
   num_heads: int
+  head_dim: int
   width: int
   scale: float
   use_xla: bool
@@ -368,7 +428,7 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, head_mask: jax.Array | None,
                want_weights: bool) -> tuple[jax.Array, jax.Array | None]:
-    h, kdim = self.num_heads, self.width // self.num_heads
+    h, kdim = self.num_heads, self.head_dim
     init = nn.initializers.normal(GPT2_INIT_STD)
 
     def proj(name):
@@ -404,6 +464,7 @@ class Block(nn.Module):
   """Pre-LayerNorm block: h += MHA(LN_1 h); h += MLP(LN_2 h) (if ``mlp``)."""
 
   num_heads: int
+  head_dim: int
   width: int
   mlp: bool
   mlp_ratio: int
@@ -416,7 +477,7 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, head_mask: jax.Array | None,
                want_weights: bool) -> tuple[jax.Array, jax.Array | None]:
     ln = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, param_dtype=jnp.float32, name=name)
-    a, weights = MultiHeadAttention(self.num_heads, self.width, self.scale, self.use_xla, self.out_std,
+    a, weights = MultiHeadAttention(self.num_heads, self.head_dim, self.width, self.scale, self.use_xla, self.out_std,
                                     self.dtype, name="attn")(ln("ln_1")(x), head_mask, want_weights)
     x = x + a
     if self.mlp:
@@ -446,11 +507,10 @@ class GPT2(nn.Module):
     x = x + pos[:n_tokens].astype(dtype)[None]
     out_std = GPT2_INIT_STD / math.sqrt(2 * cfg.n_layers)
     hidden, weights = [x], []
+    use_xla = cfg.attention_impl in ("xla", "auto")
     for layer, h in enumerate(cfg.layer_heads):
-      scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.width // h)
-      use_xla = cfg.attention_impl in ("xla", "auto")
-      x, w = Block(h, cfg.width, cfg.mlp, cfg.mlp_ratio, scale, use_xla, out_std, dtype,
-                   name=f"block_{layer}")(x, _head_mask_for_layer(head_mask, layer, h), capture)
+      x, w = Block(h, cfg.head_dims[layer], cfg.width, cfg.mlp, cfg.mlp_ratio, cfg.logit_scale(layer), use_xla,
+                   out_std, dtype, name=f"block_{layer}")(x, _head_mask_for_layer(head_mask, layer, h), capture)
       hidden.append(x)
       weights.append(w)
     x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, name="ln_f")(x)
@@ -486,9 +546,8 @@ def build_model(cfg: ModelConfig, task: tasks.TaskConfig) -> ICLModel:
     if not cfg.read_in and cfg.embed_dim < d + 1:
       _fail("embed_dim", cfg.embed_dim, f"read_in=False zero-pads [x; y] into R^p, needs embed_dim >= d+1 = {d + 1}")
     layout_name = "theory"
-    scale = cfg.attn_scale if cfg.attn_scale is not None else 1.0 / math.sqrt(cfg.embed_dim // cfg.num_heads)
-    module = OneLayerICL(cfg.embed_dim, cfg.num_heads, cfg.read_in, cfg.name == "softmax_icl", float(scale),
-                         use_xla=cfg.attention_impl in ("xla", "auto"), dtype=cfg.compute_dtype)
+    module = OneLayerICL(cfg.embed_dim, n_heads[0], cfg.head_dims[0], cfg.read_in, cfg.name == "softmax_icl",
+                         cfg.logit_scale(0), use_xla=cfg.attention_impl in ("xla", "auto"), dtype=cfg.compute_dtype)
   else:
     if n > cfg.max_points:
       _fail("max_points", cfg.max_points, f"smaller than TaskConfig.n_points={n}")
@@ -502,13 +561,21 @@ def build_model(cfg: ModelConfig, task: tasks.TaskConfig) -> ICLModel:
     return _plain(module.init(key, layout.tokens(xs, ys))["params"])
 
   def apply(params: Params, xs: jax.Array, ys: jax.Array, *, head_mask: jax.Array | None = None,
-            capture: bool = False):
-    """Predictions [B, P] (float32) for prompts xs [B, N, d], ys [B, N]; with capture, (preds, aux)."""
+            capture: bool = False, n_context: jax.Array | int | None = None):
+    """Predictions [B, P] (float32) for prompts xs [B, N, d], ys [B, N]; with capture, (preds, aux).
+
+    ``n_context`` (one-layer models; scalar or [B]): padded prompts whose context is only the first
+    ``n_context`` points (the query stays the last point); the others are masked out of attention.
+    """
+    if n_context is not None and cfg.name not in ONE_LAYER_MODELS:
+      raise ValueError(f"n_context: padded contexts need a one-layer model, not {cfg.name!r}")
+    if capture and cfg.attention_impl == "xla":
+      _fail("attention_impl", cfg.attention_impl, "returns no attention weights (capture=True); use 'auto' or 'einsum'")
     mask = _check_head_mask(head_mask, n_heads)
     tokens = layout.tokens(xs, ys)
     if cfg.name in ONE_LAYER_MODELS:
       preds, weights = module.apply({"params": params}, tokens, _head_mask_for_layer(mask, 0, n_heads[0]),
-                                    capture)
+                                    capture, n_context)
       aux = {"attn": (weights,)}
     else:
       out, weights, hidden = module.apply({"params": params}, tokens, mask, capture)

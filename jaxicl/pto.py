@@ -52,8 +52,6 @@ estimators do) by running the transformer once per prefix (a vmap over the N con
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -160,8 +158,3 @@ def predict_batch(params: Params, xs: jax.Array, ys: jax.Array) -> jax.Array:
   """``predict`` over prompts: [B, N, d], [B, N] -> [B, N]."""
   return jax.vmap(lambda x, y: predict(params, x, y))(xs, ys)
 
-
-def pto_transformer(d: int, lr: float, steps: int) -> Any:
-  """A prompt-level estimator ``fn(xs_Nxd, ys_N) -> preds_N`` backed by the hand-set transformer."""
-  params = build_params(d, lr, steps)
-  return lambda xs, ys: predict(params, xs, ys)

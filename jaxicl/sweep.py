@@ -1,7 +1,10 @@
 """Sweeps: a grid of config values × seeds, grouped into as few compiled programs as shapes allow.
 
-Every grid point that differs only in ``optim.lr`` joins the same group (learning rates and seeds are
-the vmapped run axis of one ``train.train`` call); other keys (shapes, tasks, schedules) make new
+Every grid point that differs only in run-axis keys joins the same group, one ``train.train`` call whose
+runs carry their own values: ``optim.lr`` (``train.lrs``), seeds, and the task keys that can be traced
+(``task.noise_var``, ``task.rho``, ``task.cov``, ``task.local_radius``, ``task.prior_mean_norm``,
+``task.w_var``, ``task.prior_mean``, and for one-layer models ``task.n_points``, padded to the group's
+largest and masked): they become ``train.task_variants``. Other keys (model shapes, d, schedules) make new
 groups. Each group trains in its own workdir under ``out/groups/``, so an interrupted sweep resumes
 mid-group from its checkpoints and skips finished groups. Results: ``out/results.csv`` and ``.json``,
 one row per (grid point, seed).
@@ -16,11 +19,14 @@ import json
 import os
 from typing import Any
 
+import jax
 import numpy as np
 
-from jaxicl import configs, evaluate, train
+from jaxicl import configs, evaluate, tasks, train
+from jaxicl.models import build_model
 
 VMAPPED_KEYS = ("optim.lr",)
+TASK_RUN_KEYS = tuple(f"task.{f}" for f in tasks.TRACED_FIELDS)
 
 
 def parse_grid(grid: list[str]) -> dict[str, list[str]]:
@@ -39,11 +45,15 @@ def parse_grid(grid: list[str]) -> dict[str, list[str]]:
 
 def plan(config: str, grid: dict[str, list[str]], n_seeds: int, overrides: list[str] | tuple[str, ...] = ()
          ) -> list[tuple[dict[str, str], configs.Config]]:
-  """Groups of the sweep: (the group's grid assignment without vmapped keys, its Config with seeds/lrs set)."""
+  """Groups of the sweep: (the group's grid assignment without run-axis keys, its Config with seeds, lrs and
+  task variants set)."""
   if n_seeds < 1:
     raise ValueError(f"seeds={n_seeds}: must be >= 1")
-  shape_keys = [k for k in grid if k not in VMAPPED_KEYS]
+  base = configs.get_config(config, overrides)
+  task_keys = [k for k in grid if k in TASK_RUN_KEYS and (k != "task.n_points" or base.model.one_layer)]
+  shape_keys = [k for k in grid if k not in VMAPPED_KEYS and k not in task_keys]
   lrs = grid.get("optim.lr")
+  variants = [dict(zip(task_keys, values)) for values in itertools.product(*(grid[k] for k in task_keys))]
   groups = []
   for values in itertools.product(*(grid[k] for k in shape_keys)):
     assignment = dict(zip(shape_keys, values))
@@ -51,6 +61,11 @@ def plan(config: str, grid: dict[str, list[str]], n_seeds: int, overrides: list[
     sets.append("train.seeds=" + ",".join(str(s) for s in range(n_seeds)))
     if lrs:
       sets.append("train.lrs=" + ",".join(lrs))
+    if task_keys:
+      if "task.n_points" in task_keys:  # the padded length: the largest
+        sets.append(f"task.n_points={max(int(v) for v in grid['task.n_points'])}")
+      sets.append("train.task_variants=" + ",".join(
+          ";".join(f"{k[len('task.'):]}={v}" for k, v in variant.items()) for variant in variants))
     groups.append((assignment, configs.get_config(config, sets)))
   return groups
 
@@ -67,14 +82,20 @@ def run_group(cfg: configs.Config, workdir: str, progress: bool = False) -> list
     with open(done_path) as f:
       return json.load(f)
   result = train.train(cfg, workdir, progress=progress)
-  prompts = evaluate.eval_prompts(cfg.task, cfg.train.eval_prompts)
-  risks = evaluate.run_risks(result.model, result.state.params, prompts)  # [R, P], one program for all runs
+  risks: list = [None] * len(cfg.runs)
+  for v, task in enumerate(configs.variant_tasks(cfg)):  # each variant on prompts of its own (unpadded) task
+    runs = [r for r, rv in enumerate(cfg.run_variants) if rv == v]
+    params = jax.tree.map(lambda a: a[np.asarray(runs)], result.state.params)
+    prompts = evaluate.eval_prompts(task, cfg.train.eval_prompts)
+    for r, risk in zip(runs, evaluate.run_risks(build_model(cfg.model, task), params, prompts)):  # [R_v, P]
+      risks[r] = risk
+  variants = [{f"task.{k}": val for k, val in configs.parse_variant(v).items()} for v in cfg.train.task_variants]
   rows = []
   for r, (seed, lr) in enumerate(cfg.runs):
     risk = risks[r]
-    rows.append({"seed": seed, "optim.lr": lr, "final_loss": result.history[-1]["loss"][r],
-                 "excess_risk_last": float(risk[-1]), "excess_risk_mean": float(np.mean(risk)),
-                 "steps": cfg.train.steps})
+    rows.append({**(variants[cfg.run_variants[r]] if variants else {}), "seed": seed, "optim.lr": lr,
+                 "final_loss": result.history[-1]["loss"][r], "excess_risk_last": float(risk[-1]),
+                 "excess_risk_mean": float(np.mean(risk)), "steps": cfg.train.steps})
   with open(done_path, "w") as f:
     json.dump(rows, f)
   return rows

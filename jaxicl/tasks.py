@@ -288,3 +288,83 @@ def mask_dims(prompts: Prompt, n_dims: jax.Array | int) -> Prompt:
   targets = jnp.einsum("...nd,...d->...n", xs, w)
   ys = targets + (prompts.ys - prompts.targets)
   return Prompt(xs=xs, ys=ys, targets=targets, w=w)
+
+
+# ----------------------------------------------------------------------------- per-run (traced) task values
+
+# TaskConfig fields a run may set for itself inside one compiled program (``TrainConfig.task_variants``).
+TRACED_FIELDS = ("n_points", "noise_var", "w_var", "prior_mean", "prior_mean_norm", "cov", "rho", "local_radius")
+QUERY_INDEX = 2**31 - 1  # fold_in index of the query point's randomness (context point i uses i)
+
+
+class TaskParams(NamedTuple):
+  """The scenario values of one run as arrays, so runs with different values share one program.
+
+  A leading R axis when stacked over runs. Prompts of such runs have the program's N points; a run
+  with D = ``n_context`` < N - 1 uses the first D as its context and the last as its query (the points
+  between are padding that the model masks out).
+  """
+
+  n_context: jax.Array  # int32 D
+  noise_var: jax.Array  # σ²
+  tau2: jax.Array  # prior variance of each entry of w
+  prior_mean: jax.Array  # [d] θ0
+  rho: jax.Array  # equicorrelation ρ (0: identity covariance)
+  local: jax.Array  # bool: context inputs local to the query
+  local_radius: jax.Array  # r (when local)
+
+
+def check_traceable(cfg: TaskConfig, field: str = "task") -> None:
+  """Raises ``ValueError`` unless ``cfg``'s prompts can be drawn by ``sample_prompt_traced``."""
+  if cfg.family != "linear":
+    raise ValueError(f"{field}: family={cfg.family!r}: per-run task values need the 'linear' family")
+  if cfg.pool_size is not None:
+    raise ValueError(f"{field}: pool_size={cfg.pool_size!r}: per-run task values need pool_size=None")
+  if cfg.cov not in ("identity", "equicorrelated"):
+    raise ValueError(f"{field}: cov={cfg.cov!r}: per-run task values need an identity or equicorrelated covariance")
+
+
+def task_params(cfg: TaskConfig) -> TaskParams:
+  """The ``TaskParams`` of a (traceable) config: numpy scalars and θ0 [d]."""
+  check_traceable(cfg)
+  return TaskParams(
+      n_context=np.int32(cfg.n_points - 1), noise_var=np.float32(cfg.noise_var), tau2=np.float32(cfg.tau2),
+      prior_mean=prior_mean(cfg).astype(np.float32),
+      rho=np.float32(cfg.rho if cfg.cov == "equicorrelated" else 0.0),
+      local=np.bool_(cfg.local_radius is not None),
+      local_radius=np.float32(0.0 if cfg.local_radius is None else cfg.local_radius))
+
+
+def stack_params(params: list[TaskParams]) -> TaskParams:
+  """[R] TaskParams from a list of per-run ones."""
+  return TaskParams(*(np.stack(field) for field in zip(*params)))
+
+
+def sample_prompt_traced(key: jax.Array, cfg: TaskConfig, tp: TaskParams) -> Prompt:
+  """One prompt of ``cfg.n_points`` points whose scenario values come from ``tp`` (traced).
+
+  The same distribution as ``sample_prompt`` of the config ``tp`` was made from, padded: context point i
+  draws from ``fold_in(key_x, i)`` and the query from ``fold_in(key_x, QUERY_INDEX)``, so the first D
+  context points and the query do not depend on the padded length N. Inputs x = Σ^{1/2} g with
+  Σ^{1/2} = aI + (b - a)11ᵀ/d, a = √(1-ρ), b = √(1-ρ+dρ) (equicorrelated Σ = (1-ρ)I + ρ11ᵀ); local
+  context x_i = x_q + r Σ^{1/2} g_i; w = θ0 + √τ² N(0, I); y = wᵀx + σ ε.
+  """
+  d, n = cfg.d, cfg.n_points
+  k_w, k_x, k_eps = jax.random.split(key, 3)
+  w = jnp.asarray(tp.prior_mean, jnp.float32) + jnp.sqrt(tp.tau2) * jax.random.normal(k_w, (d,))
+  index = jnp.concatenate([jnp.arange(n - 1, dtype=jnp.int32), jnp.full((1,), QUERY_INDEX, jnp.int32)])
+  g = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k_x, i), (d,)))(index)  # [N, d]
+  a, b = jnp.sqrt(1.0 - tp.rho), jnp.sqrt(1.0 - tp.rho + d * tp.rho)
+  g = a * g + (b - a) * jnp.mean(g, axis=-1, keepdims=True)
+  query = g[-1]
+  context = jnp.where(tp.local, query + tp.local_radius * g[:-1], g[:-1])
+  xs = jnp.concatenate([context, query[None]], axis=0)
+  eps = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k_eps, i), ()))(index)
+  targets = xs @ w
+  ys = targets + jnp.sqrt(tp.noise_var) * eps
+  return Prompt(xs=xs, ys=ys, targets=targets, w=w)
+
+
+def sample_batch_traced(key: jax.Array, cfg: TaskConfig, tp: TaskParams, batch_size: int) -> Prompt:
+  """``batch_size`` prompts of ``sample_prompt_traced``: [B, N, d], [B, N], [B, N], [B, d]."""
+  return jax.vmap(lambda k: sample_prompt_traced(k, cfg, tp))(jax.random.split(key, batch_size))

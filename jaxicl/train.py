@@ -129,13 +129,14 @@ def active_points(cfg: configs.Config, step: jax.Array) -> jax.Array:
 
 
 def prediction_loss(model: ICLModel, params: Any, prompts: tasks.Prompt, n_active: jax.Array | int,
-                    target: str = "ys") -> jax.Array:
+                    target: str = "ys", n_context: jax.Array | None = None) -> jax.Array:
   """Mean squared error of the predictions [B, P] against ``prompts.ys`` (or ``targets``) at the
   layout's prediction points, counting only points < ``n_active`` (the causal model never looks ahead,
-  so the inactive tail changes nothing else)."""
+  so the inactive tail changes nothing else). ``n_context``: padded one-layer prompts (``ICLModel.apply``)."""
   n = prompts.xs.shape[-2]
   index = layouts.get_layout(model.layout).target_index(n)
-  preds = model.apply(params, prompts.xs, prompts.ys)
+  kwargs = {} if n_context is None else {"n_context": n_context}
+  preds = model.apply(params, prompts.xs, prompts.ys, **kwargs)
   labels = getattr(prompts, target)[..., index]
   weights = (jnp.asarray(index) < n_active).astype(jnp.float32)
   per_point = jnp.mean(jnp.square(preds.astype(jnp.float32) - labels), axis=0)
@@ -143,17 +144,31 @@ def prediction_loss(model: ICLModel, params: Any, prompts: tasks.Prompt, n_activ
 
 
 def make_step(cfg: configs.Config, model: ICLModel, tx: optax.GradientTransformation,
-              constrain_batch: Callable[[Any], Any] = lambda x: x) -> Callable[[TrainState], tuple[TrainState, jax.Array]]:
-  """One optimisation step of ONE run (vmap it over runs): sample on device, loss, AdamW update."""
+              constrain_batch: Callable[[Any], Any] = lambda x: x
+              ) -> Callable[[TrainState, tasks.TaskParams | None], tuple[TrainState, jax.Array]]:
+  """One optimisation step of ONE run (vmap it over runs): sample on device, loss, AdamW update.
 
-  def step_fn(state: TrainState) -> tuple[TrainState, jax.Array]:
+  ``step_fn(state, task_params)``: with ``train.task_variants`` the run's prompts come from
+  ``tasks.sample_batch_traced`` with its own ``task_params`` (padded to ``task.n_points``, masked);
+  without, ``task_params`` is None and the prompts come from ``tasks.sample_batch(cfg.task)``, the sparse
+  family drawing its support among the curriculum's active dimensions.
+  """
+  variants = bool(cfg.train.task_variants)
+
+  def step_fn(state: TrainState, task_params: tasks.TaskParams | None = None) -> tuple[TrainState, jax.Array]:
+    key = tasks.batch_key(state.data_key, state.step)
     n_dims = active_dims(cfg, state.step) if cfg.curriculum.dims_start is not None else None
-    prompts = tasks.sample_batch(tasks.batch_key(state.data_key, state.step), cfg.task, cfg.train.batch_size, n_dims)
+    if variants:
+      prompts = tasks.sample_batch_traced(key, cfg.task, task_params, cfg.train.batch_size)
+    else:
+      prompts = tasks.sample_batch(key, cfg.task, cfg.train.batch_size, n_dims)
     prompts = constrain_batch(prompts)
     if n_dims is not None:
       prompts = tasks.mask_dims(prompts, n_dims)
     n_active = active_points(cfg, state.step)
-    loss, grads = jax.value_and_grad(lambda p: prediction_loss(model, p, prompts, n_active))(state.params)
+    n_context = task_params.n_context if variants and cfg.model.one_layer else None
+    loss, grads = jax.value_and_grad(
+        lambda p: prediction_loss(model, p, prompts, n_active, n_context=n_context))(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     updates = jax.tree.map(lambda u: -state.lr * u, updates)
     params = optax.apply_updates(state.params, updates)
@@ -191,7 +206,6 @@ class Engine:
     replicated = NamedSharding(self.mesh, PartitionSpec())
     runs_sharded = NamedSharding(self.mesh, PartitionSpec("data"))
     self.state_sharding = runs_sharded if self.mode == "runs" else replicated
-    self.replicated = replicated
     example = jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
     self.tx = make_optimizer(cfg, example)
 
@@ -202,11 +216,16 @@ class Engine:
 
     step = jax.vmap(make_step(cfg, self.model, self.tx, constrain))
 
-    def chunk(state: TrainState, length: int):
-      return jax.lax.scan(lambda s, _: step(s), state, None, length=length)
+    def chunk(state: TrainState, task_params: tasks.TaskParams | None, length: int):
+      return jax.lax.scan(lambda s, _: step(s, task_params), state, None, length=length)
 
-    self._chunk = jax.jit(chunk, static_argnums=1, donate_argnums=0,
+    self._chunk = jax.jit(chunk, static_argnums=2, donate_argnums=0,
                           out_shardings=(self.state_sharding, replicated))
+    self.task_params = None  # [R] per-run task values (with train.task_variants)
+    if cfg.train.task_variants:
+      per_variant = [tasks.task_params(t) for t in configs.variant_tasks(cfg)]
+      stacked = tasks.stack_params([per_variant[v] for v in cfg.run_variants])
+      self.task_params = jax.device_put(stacked, self.state_sharding)
 
     def init(seeds, lrs):
       def one(seed, lr):
@@ -228,7 +247,7 @@ class Engine:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.state_sharding), shapes)
 
   def run_chunk(self, state: TrainState, length: int) -> tuple[TrainState, jax.Array]:
-    return self._chunk(state, length)
+    return self._chunk(state, self.task_params, length)
 
 
 # ----------------------------------------------------------------------------- the loop

@@ -1,4 +1,4 @@
-"""Shared test helpers: the repository root on sys.path (for ``experiments``), and fast subprocess runs of
+"""Shared test helpers: the repository root on sys.path (jaxicl importable without an install), and fast subprocess runs of
 ``jaxicl reproduce`` sharing one persistent XLA compilation cache."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:  # ``experiments`` is a top-level package of the repository
+if REPO not in sys.path:  # run from a checkout without `pip install -e .`
   sys.path.insert(0, REPO)
 
 # Tiny shapes compile far longer than they run: cheaper XLA passes keep the study pipelines' tests quick.
@@ -26,9 +26,11 @@ def subprocess_env(cache: str) -> dict:
   return env
 
 
-def reproduce(study: str, out: str, cache: str) -> subprocess.CompletedProcess:
-  """``jaxicl reproduce STUDY --preset tiny --out OUT`` in a subprocess; fails the test on a non-zero exit."""
-  proc = subprocess.run([sys.executable, "-m", "jaxicl.cli", "reproduce", study, "--preset", "tiny", "--out", out],
+def reproduce(study: str, out: str, cache: str, *extra: str) -> subprocess.CompletedProcess:
+  """``jaxicl reproduce STUDY --preset tiny --out OUT [EXTRA...]`` in a subprocess; fails the test on a non-zero
+  exit."""
+  proc = subprocess.run([sys.executable, "-m", "jaxicl.cli", "reproduce", study, "--preset", "tiny", "--out", out,
+                         *extra],
                         cwd=REPO, env=subprocess_env(cache), capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
   return proc

@@ -1,5 +1,5 @@
-"""Tests of study 2 (experiments/head_utilization): the tiny preset end to end through the CLI (summary.json checked
-against the checkpointed models and its own rules), config validation, and the notebook.
+"""Tests of study 2 (jaxicl/studies/head_utilization): the tiny preset end to end through the CLI (summary.json
+checked against the checkpointed models and its own rules), config validation, and the notebook.
 
 The CLI run and the notebook share a persistent XLA compilation cache (and fast, unoptimised XLA), so the
 notebook's run of the same tiny preset mostly reuses compiled programs.
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from conftest import REPO, reproduce, subprocess_env
 
-from experiments.head_utilization import run
 from jaxicl import interpret, train
+from jaxicl.studies.head_utilization import run
 
 
 @pytest.fixture(scope="module")

@@ -158,7 +158,7 @@ def test_probe_risks_and_attention_maps(tmp_path):
 
 def test_zero_head_on_one_layer_model():
   task = tasks.TaskConfig(d=3, n_points=6)
-  model = models.build_model(models.ModelConfig(name="linear_icl", embed_dim=8, num_heads=2), task)
+  model = models.build_model(models.ModelConfig(name="linear_icl", embed_dim=8, heads=(2,)), task)
   params = jax.jit(model.init)(jax.random.PRNGKey(0))
   prompts = tasks.sample_batch(jax.random.PRNGKey(1), task, 4)
   apply = jax.jit(lambda p, m: model.apply(p, prompts.xs, prompts.ys, head_mask=m))

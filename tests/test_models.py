@@ -30,7 +30,7 @@ def small_gpt2(**kw) -> models.ModelConfig:
 
 
 def one_layer(name: str, **kw) -> models.ModelConfig:
-  base = dict(name=name, embed_dim=8, num_heads=2)
+  base = dict(name=name, embed_dim=8, heads=(2,))
   base.update(kw)
   return models.ModelConfig(**base)
 
@@ -279,7 +279,7 @@ def hand_params(cfg: models.ModelConfig, q_blocks, v_rows, out_rows):
   W_V^k = e_0 e_{d}ᵀ (value coordinate 0 of head k holds y), W_out[k·K] = out_rows[k].
   Every other weight is zero.
   """
-  p, h = cfg.embed_dim, cfg.num_heads
+  p, h = cfg.embed_dim, cfg.heads[0]
   kd = p // h
   wq = np.zeros((p, h, kd), np.float32)
   wk = np.zeros((p, h, kd), np.float32)
@@ -355,18 +355,20 @@ def test_softmax_icl_equals_kernel_predictor(batch, read_in):
 
 @pytest.mark.parametrize("kwargs, needles", [
     (dict(name="mlp_icl"), ["name", "mlp_icl"]),
-    (dict(embed_dim=10, num_heads=4), ["embed_dim=10", "num_heads=4"]),
+    (dict(embed_dim=10, heads=(4,)), ["embed_dim=10", "heads=(4,)"]),
     (dict(embed_dim=0), ["embed_dim=0"]),
-    (dict(num_heads=0), ["num_heads=0"]),
-    (dict(width=30, heads=(8,)), ["heads", "width=30"]),
-    (dict(n_layers=3, heads=(4, 4)), ["heads", "n_layers=3"]),
+    (dict(heads=(0,)), ["heads=(0,)"]),
+    (dict(heads=(2, 2)), ["heads=(2, 2)", "exactly one entry"]),
+    (dict(name="gpt2", width=30, heads=(8,)), ["heads", "width=30"]),
+    (dict(name="gpt2", n_layers=3, heads=(4, 4)), ["heads", "n_layers=3"]),
     (dict(heads=()), ["heads"]),
-    (dict(heads=(8, 0)), ["heads"]),
-    (dict(n_layers=0), ["n_layers=0"]),
-    (dict(mlp_ratio=0), ["mlp_ratio=0"]),
-    (dict(max_points=0), ["max_points=0"]),
-    (dict(width=-8), ["width=-8"]),
-    (dict(layout="theory"), ["layout", "theory"]),
+    (dict(name="gpt2", heads=(8, 0)), ["heads"]),
+    (dict(name="gpt2", n_layers=0), ["n_layers=0"]),
+    (dict(name="gpt2", mlp_ratio=0), ["mlp_ratio=0"]),
+    (dict(name="gpt2", max_points=0), ["max_points=0"]),
+    (dict(name="gpt2", width=-8), ["width=-8"]),
+    (dict(name="gpt2", layout="theory"), ["layout", "theory"]),
+    (dict(name="linear_icl", attention_impl="xla"), ["attention_impl", "linear_icl"]),
     (dict(dtype="float16"), ["dtype", "float16"]),
     (dict(attention_impl="flash"), ["attention_impl", "flash"]),
     (dict(attn_scale=float("nan")), ["attn_scale"]),
@@ -378,10 +380,69 @@ def test_bad_config_raises_naming_field(kwargs, needles):
     assert needle in str(err.value)
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(name="softmax_icl", width=64), dict(name="linear_icl", n_layers=2), dict(name="softmax_icl", mlp=False),
+    dict(name="softmax_icl", mlp_ratio=2), dict(name="softmax_icl", max_points=8),
+    dict(name="linear_icl", layout="interleaved"), dict(name="softmax_icl", io_init="gpt2"),
+    dict(name="gpt2", embed_dim=8), dict(name="gpt2", read_in=False),
+])
+def test_a_field_of_another_model_is_an_error_naming_the_model(kwargs):
+  (field, value), = [(k, v) for k, v in kwargs.items() if k != "name"]
+  with pytest.raises(ValueError) as err:
+    models.ModelConfig(**kwargs)
+  assert str(err.value) == f"ModelConfig.{field}={value!r}: does not apply to model {kwargs['name']!r}"
+
+
+def test_heads_and_head_widths_per_model():
+  one = models.ModelConfig(name="softmax_icl", embed_dim=12, heads=3)
+  assert one.layer_heads == (3,) and one.head_dims == (4,) and one.logit_scale() == pytest.approx(0.5)
+  assert (one.width, one.n_layers, one.layout) == (None, None, None)  # gpt2 fields stay unset
+  gpt = models.ModelConfig(name="gpt2", width=24, n_layers=3, heads=(8, 4, 2), attn_scale=0.3)
+  assert gpt.layer_heads == (8, 4, 2) and gpt.head_dims == (3, 6, 12) and gpt.logit_scale(2) == 0.3
+  assert gpt.embed_dim is None and gpt.read_in is None
+  assert models.ModelConfig(name="gpt2", n_layers=2).layer_heads == (8, 8)  # the gpt2 default
+  assert models.ModelConfig().layer_heads == (4,) and models.ModelConfig().embed_dim == 64  # one-layer default
+
+
+def test_xla_attention_refuses_to_return_weights():
+  cfg = one_layer("softmax_icl", attention_impl="xla")
+  model = models.build_model(cfg, TASK)
+  params = model.init(jax.random.PRNGKey(0))
+  xs, ys = jnp.ones((1, N_POINTS, D_IN)), jnp.ones((1, N_POINTS))
+  with pytest.raises(ValueError, match="attention_impl='xla'"):
+    model.apply(params, xs, ys, capture=True)
+  auto = models.build_model(dataclasses.replace(cfg, attention_impl="auto"), TASK)
+  preds, aux = auto.apply(params, xs, ys, capture=True)  # auto falls back to the explicit weights
+  np.testing.assert_allclose(np.asarray(aux["attn"][0]).sum(-1), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(preds), np.asarray(model.apply(params, xs, ys)), rtol=1e-5, atol=1e-6)
+
+
 def test_build_model_checks_task_dependent_sizes():
   with pytest.raises(ValueError, match="embed_dim=3"):
-    models.build_model(models.ModelConfig(embed_dim=3, num_heads=1, read_in=False), TASK)  # p < d+1
+    models.build_model(models.ModelConfig(embed_dim=3, heads=(1,), read_in=False), TASK)  # p < d+1
   with pytest.raises(ValueError, match="max_points=4"):
     models.build_model(small_gpt2(max_points=4), TASK)
   cfg = models.ModelConfig(name="gpt2", heads=[8, 4, 2], n_layers=3)  # a list is stored as a tuple
   assert cfg.heads == (8, 4, 2) and hash(cfg) == hash(models.ModelConfig(name="gpt2", heads=(8, 4, 2), n_layers=3))
+
+
+@pytest.mark.parametrize("name", ["softmax_icl", "linear_icl"])
+def test_padded_context_masked_equals_the_unpadded_prompt(name, batch):
+  """A prompt padded with junk points between its context and its query, with n_context = its D, predicts
+  exactly what the unpadded prompt predicts (the junk gets zero attention weight)."""
+  model = models.build_model(one_layer(name), TASK)
+  params = model.init(jax.random.PRNGKey(3))
+  xs, ys = jnp.asarray(batch.xs), jnp.asarray(batch.ys)  # [B, N, d], D = N - 1
+  junk_x = 5.0 * jax.random.normal(jax.random.PRNGKey(4), (BATCH, 3, D_IN))
+  junk_y = 5.0 * jax.random.normal(jax.random.PRNGKey(5), (BATCH, 3))
+  pad_xs = jnp.concatenate([xs[:, :-1], junk_x, xs[:, -1:]], axis=1)
+  pad_ys = jnp.concatenate([ys[:, :-1], junk_y, ys[:, -1:]], axis=1)
+  want = np.asarray(model.apply(params, xs, ys))
+  for n_context in (N_POINTS - 1, jnp.full((BATCH,), N_POINTS - 1)):
+    got = np.asarray(model.apply(params, pad_xs, pad_ys, n_context=n_context))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(np.asarray(model.apply(params, pad_xs, pad_ys)), want, atol=1e-3)  # the junk matters unmasked
+  if name == "softmax_icl":
+    xla = models.build_model(one_layer(name, attention_impl="xla"), TASK)
+    np.testing.assert_allclose(np.asarray(xla.apply(params, pad_xs, pad_ys, n_context=N_POINTS - 1)), want,
+                               rtol=1e-5, atol=1e-6)

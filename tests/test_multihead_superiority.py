@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 from conftest import REPO, reproduce, subprocess_env
 
-from experiments.multihead_superiority import heads as H
-from experiments.multihead_superiority import presets, run
+from jaxicl.studies.multihead import heads as H
+from jaxicl.studies.multihead import presets, run
 from jaxicl import configs, evaluate, tasks
 from jaxicl.models import ModelConfig, build_model
 
@@ -40,7 +40,7 @@ def _softmax_smoother(xs, ys, w, c):
 @pytest.mark.parametrize("read_in", [True, False])
 def test_handset_heads_are_extracted_exactly(read_in):
   d, w, c = 2, [0.4, -0.25], [1.5, -2.0]
-  model_cfg = ModelConfig(name="softmax_icl", embed_dim=8, num_heads=2, read_in=read_in)
+  model_cfg = ModelConfig(name="softmax_icl", embed_dim=8, heads=(2,), read_in=read_in)
   params = H.handset_params(d, model_cfg, w, c)
   hp = H.extract_heads(params, d, model_cfg)
   np.testing.assert_allclose(hp.A, np.asarray(w)[:, None, None] * np.eye(d), atol=1e-6)
@@ -64,7 +64,7 @@ def test_extracted_heads_reproduce_random_models(name):
   """For arbitrary parameters (all terms A_k, b_k, c_k, u_k non-zero) the extracted kernel smoother, evaluated
   without the model code, gives the model's predictions: the extraction formula is the model."""
   d, D = 3, 10
-  model_cfg = ModelConfig(name=name, embed_dim=12, num_heads=3)
+  model_cfg = ModelConfig(name=name, embed_dim=12, heads=(3,))
   model = build_model(model_cfg, tasks.TaskConfig(d=d, n_points=D + 1))
   params = jax.tree.map(np.asarray, model.init(jax.random.PRNGKey(3)))
   params["W_out"]["kernel"] = params["W_out"]["kernel"] * 100.0  # undo the small read-out init
@@ -92,6 +92,23 @@ def test_plan_shares_groups_and_every_config_builds():
   assert set(shared["sections"]) == {"main", "hsweep0", "psweep0", "scenario", "ablation"} and len(shared["seeds"]) == 3
   strong = next(g for g in quick if g.variant == "prior_strong")
   assert strong.config(presets.get_preset("quick"), (0,)).task.tau2 == pytest.approx(1.0 / strong.D)
+
+
+def test_groups_fuse_into_programs_whose_variants_are_the_groups_tasks():
+  """Groups differing only in D and scenario share a program; its variants reproduce each group's own task."""
+  spec = presets.get_preset("quick")
+  planned = run.plan(spec)
+  grouped = run.programs(planned)
+  assert len(grouped) == 7 and sum(len(g) for g in grouped.values()) == 19
+  for groups in grouped.values():
+    cfg = run.program_config(spec, groups, planned)
+    assert cfg.task.n_points == max(g.D for g in groups) + 1
+    for v, (group, task) in enumerate(zip(groups, configs.variant_tasks(cfg))):
+      assert task == group.config(spec, (0,)).task
+      runs = run.group_runs(cfg, v, tuple(planned[group]["seeds"]))
+      assert [cfg.runs[r][0] for r in runs] == sorted(planned[group]["seeds"])
+  cfg = run.program_config(spec, grouped[(5, 4, 32, True, False)], planned, ["train.steps=10", "optim.lr=0.01"])
+  assert cfg.train.steps == 10 and cfg.optim.lr == 0.01 and len(cfg.train.task_variants) == 3 + 4
 
 
 def test_lr_selection_uses_training_loss_per_seed():
@@ -154,6 +171,32 @@ def test_table_rows_agree_with_reevaluating_saved_params(tiny_out):
     dl.append(row["D"] * risk)
   assert np.mean(dl) == pytest.approx(row["dl_mean"], rel=1e-4)
   assert np.std(dl, ddof=1) / np.sqrt(len(dl)) == pytest.approx(row["dl_se"], rel=1e-3, abs=1e-6)
+
+
+def test_resumed_reproduction_equals_the_uninterrupted_one(tiny_out, xla_cache, tmp_path):
+  """``reproduce --stop-after 15`` leaves checkpoints mid-program and no summary; the rerun resumes them and ends
+  with the same per-run risks as the uninterrupted run (same flags and cache: bit-identical training)."""
+  out = str(tmp_path / "resumed")
+  reproduce("multihead", out, xla_cache, "--stop-after", "15")
+  assert not os.path.exists(os.path.join(out, "summary.json"))
+  workdirs = os.listdir(os.path.join(out, "programs"))
+  assert workdirs and all(os.path.exists(os.path.join(out, "programs", w, "checkpoints", "15")) for w in workdirs)
+  reproduce("multihead", out, xla_cache)
+  with open(os.path.join(out, "groups.json")) as f:
+    resumed = json.load(f)
+  with open(os.path.join(tiny_out, "groups.json")) as f:
+    straight = json.load(f)
+  assert resumed.keys() == straight.keys()
+  for name, rec in straight.items():
+    np.testing.assert_allclose([r["risk"] for r in resumed[name]["runs"]], [r["risk"] for r in rec["runs"]],
+                               rtol=1e-6, err_msg=name)
+
+
+def test_reproduce_overrides_reach_every_program(tmp_path):
+  from jaxicl import cli
+  assert cli.main(["reproduce", "multihead", "--preset", "tiny", "--out", str(tmp_path), "--set",
+                   "model.width=8"]) == 2  # a gpt2 field on the study's one-layer model: named error, exit 2
+  assert not os.path.exists(tmp_path / "programs")
 
 
 def test_notebook_executes_with_tiny_preset(tiny_out, xla_cache, tmp_path, monkeypatch):

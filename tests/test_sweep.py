@@ -39,3 +39,22 @@ def test_bad_grid_is_named():
     sweep.plan("tiny", sweep.parse_grid(["task.nope=1,2"]), 1)
   with pytest.raises(ValueError, match="grid 'task.d'"):
     sweep.parse_grid(["task.d="])
+
+
+def test_sweep_fuses_context_lengths_and_noise_into_one_program(tmp_path):
+  """A grid over D (one-layer model) and σ² is ONE group: one train.train call whose runs carry (n_points, σ²);
+  each row equals the run trained alone at its own unpadded length."""
+  base = ["train.steps=6", "train.log_every=3", "train.ckpt_every=0", "train.batch_size=8", "train.eval_prompts=64",
+          "task.d=2", "model.embed_dim=4", "model.heads=2"]
+  grid = ["task.n_points=5,9", "task.noise_var=0,0.5"]
+  groups = sweep.plan("study1", sweep.parse_grid(grid), 1, base)
+  assert len(groups) == 1 and groups[0][0] == {} and groups[0][1].task.n_points == 9
+  assert len(groups[0][1].train.task_variants) == 4
+  rows = sweep.run_sweep("study1", grid, 1, str(tmp_path), base, progress=False)
+  assert {(r["task.n_points"], r["task.noise_var"]) for r in rows} == {("5", "0"), ("5", "0.5"), ("9", "0"),
+                                                                         ("9", "0.5")}
+  row = next(r for r in rows if r["task.n_points"] == "5" and r["task.noise_var"] == "0.5")
+  alone = train.train(configs.get_config("study1", base + ["task.n_points=5", "task.noise_var=0.5",
+                                                           "train.task_variants=noise_var=0.5"]))
+  np.testing.assert_allclose(row["final_loss"], alone.history[-1]["loss"][0], rtol=2e-4)
+  assert len(sweep.plan("tiny", sweep.parse_grid(["task.n_points=4,8"]), 1)) == 2  # gpt2: n_points is a shape

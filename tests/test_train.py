@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -225,9 +226,27 @@ def test_uneven_sharding_is_a_clear_error():
 ])
 def test_bad_config_values_are_named(override, field):
   base = "study1" if override.startswith("model.embed") else "tiny"
-  extra = ["model.num_heads=4"] if base == "study1" else []
+  extra = ["model.heads=4"] if base == "study1" else []
   with pytest.raises(ValueError, match=field.replace(".", r"\.")):
     configs.get_config(base, extra + [override])
+
+
+@pytest.mark.parametrize("base,override,message", [
+    ("tiny", "model.embed_dim=8", "ModelConfig.embed_dim=8: does not apply to model 'gpt2'"),
+    ("study1", "model.width=64", "ModelConfig.width=64: does not apply to model 'softmax_icl'"),
+    ("study1", "model.n_layers=3", "ModelConfig.n_layers=3: does not apply to model 'softmax_icl'"),
+    ("tiny", "model.num_heads=8", "model.num_heads"),  # the old one-layer name is no field any more
+])
+def test_an_inapplicable_model_field_is_an_error(base, override, message):
+  with pytest.raises(ValueError, match=re.escape(message)):
+    configs.get_config(base, [override])
+
+
+def test_one_heads_field_sets_every_model():
+  assert configs.get_config("study1", ["model.heads=8"]).model.head_dims == (8,)  # p = 64
+  assert configs.get_config("tiny", ["model.heads=4"]).model.layer_heads == (4, 4)
+  with pytest.raises(ValueError, match="exactly one entry"):
+    configs.get_config("study1", ["model.heads=4,4"])
 
 
 def test_config_round_trips_through_json(tmp_path):
@@ -267,3 +286,46 @@ def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
   for r in records:
     for run, loss in enumerate(r["loss"]):
       assert scalars[(f"loss/run{run}", r["step"])] == pytest.approx(loss, rel=1e-6)
+
+
+def test_compilation_cache_location_is_documented_and_overridable(tmp_path):
+  from jaxicl import cli
+  home = {"HOME": str(tmp_path)}
+  assert cli.compilation_cache_dir(home) == os.path.join(str(tmp_path), ".cache", "jaxicl", "xla")
+  assert cli.compilation_cache_dir({**home, "XDG_CACHE_HOME": "/c"}) == "/c/jaxicl/xla"
+  assert cli.compilation_cache_dir({**home, "JAXICL_COMPILATION_CACHE": "/x"}) == "/x"
+  assert cli.compilation_cache_dir({**home, "JAXICL_COMPILATION_CACHE": "none"}) is None
+  assert cli.compilation_cache_dir({"JAXICL_COMPILATION_CACHE": "/x", "JAX_COMPILATION_CACHE_DIR": "/j"}) == "/j"
+
+
+def _variants_cfg(n_points: int, variants: tuple[str, ...]) -> configs.Config:
+  return configs.Config(
+      task=tasks.TaskConfig(d=2, n_points=n_points),
+      model=configs.ModelConfig(name="softmax_icl", embed_dim=4, heads=(2,)),
+      optim=configs.OptimConfig(lr=1e-2),
+      train=configs.TrainConfig(steps=6, batch_size=8, seeds=(0, 1), log_every=3, task_variants=variants))
+
+
+def test_fused_task_variants_equal_separately_compiled_groups():
+  """Runs differing in D (padded to the largest and masked) and in noise / correlation / prior share one program
+  and train exactly as each group compiled on its own at its own unpadded length (float32 reduction order)."""
+  variants = ("n_points=9", "n_points=6;noise_var=0.5;cov=equicorrelated;rho=0.3", "n_points=4;prior_mean_norm=1")
+  fused = train.train(_variants_cfg(9, variants))
+  assert len(fused.config.runs) == 6 and fused.config.run_variants == [0, 0, 1, 1, 2, 2]
+  for v, variant in enumerate(variants):
+    n = int(configs.parse_variant(variant)["n_points"])
+    alone = train.train(_variants_cfg(n, (variant,)))
+    for leaf_f, leaf_a in zip(jax.tree.leaves(fused.state.params), jax.tree.leaves(alone.state.params)):
+      np.testing.assert_allclose(np.asarray(leaf_f)[2 * v:2 * v + 2], np.asarray(leaf_a), rtol=2e-4, atol=2e-5)
+    np.testing.assert_allclose(np.asarray(fused.history[-1]["loss"])[2 * v:2 * v + 2], alone.history[-1]["loss"],
+                               rtol=2e-4)
+
+
+def test_task_variants_are_validated():
+  with pytest.raises(ValueError, match="n_points must be <= task.n_points=5"):
+    _variants_cfg(5, ("n_points=9",))
+  with pytest.raises(ValueError, match="d=3"):
+    _variants_cfg(5, ("d=3",))
+  with pytest.raises(ValueError, match="one-layer model"):
+    configs.get_config("tiny", ["train.task_variants=n_points=4,n_points=8"])
+  assert len(configs.get_config("tiny", ["train.task_variants=noise_var=0,noise_var=1"]).runs) == 2

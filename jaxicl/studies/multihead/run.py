@@ -4,8 +4,11 @@ measure D·L on held-out prompts, and compare with the theory's O(1/D) constants
 Protocol (shared/studies.md, theory.md): x ~ N(0, I_d), θ ~ N(0, I_d/d), y = θᵀx + ε, tokens z_i = [x_i; y_i],
 query [x; 0]; the model is ``jaxicl.models`` ``softmax_icl`` (read-in W_in, h heads of width p/h, W_out; no
 residual, bias, MLP or LayerNorm), trained with Adam on fresh prompts every step (MSE against the noisy label y),
-and evaluated by the excess risk L = E(ŷ − θᵀx)² on ``eval_prompts`` held-out prompts. Each group (one shape) is
-one ``jaxicl.train.train`` call with all seeds (× learning rates) vmapped in one compiled program. Reported:
+and evaluated by the excess risk L = E(ŷ − θᵀx)² on ``eval_prompts`` held-out prompts of the group's own task. A
+group is one (d, D, h, p, scenario, read-in, lazy); the groups that share (d, h, p, read-in, lazy) are ONE
+``jaxicl.train.train`` call (``program_config``): their D and scenario values are per-run ``train.task_variants``
+(contexts padded to the largest D and masked, so each run trains exactly as it would alone), with all seeds
+(× learning rates) vmapped too. Reported:
 mean over seeds ± standard error (SE = std/√n_seeds) of D·L.
 
 Outputs in ``out``:
@@ -13,14 +16,16 @@ Outputs in ``out``:
   * ``main_table.csv`` (d, D, h, D·L ± SE, C_single, C_multi, finite-D Monte Carlo optima), ``sweeps.csv``,
     ``scenarios.csv``, ``ablations.csv``, ``heads.csv`` + ``heads.json``, ``theory.json``, ``groups.json``
     (every group: config, per-run risks, learning rates, training-loss history);
-  * ``params/<group>.npz`` — trained parameters of every run (leading run axis; keys ``W_in/kernel`` …) and
-    ``groups/<group>.json`` — the record of that group (a finished group is reused when ``main`` is run again
-    with the same config, so an interrupted ``full`` run resumes);
+  * ``programs/<d,h,p,mode>_<hash>/`` — one ``jaxicl.train`` workdir per compiled program (config.json,
+    metrics.jsonl, Orbax checkpoints): the groups that differ only in D and task scenario train together as
+    ``train.task_variants`` (padded to the largest D, masked), so an interrupted run resumes mid-program from
+    its last checkpoint and a finished program is read back instead of retrained;
+    ``groups/<group>.json`` — the record of that group (its runs' indices in the program's workdir);
   * figures ``fig1_dl_vs_D.png``, ``fig2_heads_vs_embedding.png``, ``fig3_scenarios.png``,
     ``fig4_ablations.png``, ``fig5_head_parameters.png``, ``fig0_loss_curves.png``.
 
 Entry point ``main(preset, out)``; command line ``jaxicl reproduce multihead --preset tiny|quick|full --out DIR``
-or ``python -m experiments.multihead_superiority.run --preset quick --out DIR``.
+or ``python -m jaxicl.studies.multihead.run --preset quick --out DIR``.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -37,9 +43,9 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
-from experiments.multihead_superiority import analysis, heads as heads_lib, plots
-from experiments.multihead_superiority.presets import VARIANTS, StudyPreset, get_preset
-from jaxicl import configs, evaluate, train
+from jaxicl.studies.multihead import analysis, heads as heads_lib, plots
+from jaxicl.studies.multihead.presets import VARIANTS, StudyPreset, get_preset
+from jaxicl import configs, evaluate, tasks, train
 from jaxicl.models import ICLModel, ModelConfig, build_model
 
 
@@ -76,7 +82,7 @@ class Group:
     """The training ``Config`` of this group under ``spec``."""
     return configs.Config(
         task=VARIANTS[self.variant].task(self.d, self.D),
-        model=ModelConfig(name="softmax_icl", embed_dim=self.p, num_heads=self.h, read_in=self.read_in),
+        model=ModelConfig(name="softmax_icl", embed_dim=self.p, heads=(self.h,), read_in=self.read_in),
         optim=configs.OptimConfig(lr=spec.lrs[0], schedule=spec.schedule, warmup_steps=spec.warmup_steps,
                                   freeze=("W_in",) if self.lazy else ()),
         train=configs.TrainConfig(steps=spec.steps, batch_size=spec.batch_size, seeds=seeds,
@@ -154,40 +160,72 @@ def mean_se(values: Iterable[float]) -> tuple[float, float]:
   return float(v.mean()), se
 
 
-# ------------------------------------------------------------------------------------------- params on disk
+# ------------------------------------------------------------------------------------------------ programs
 
 
-def flatten_params(params: Any) -> dict[str, np.ndarray]:
-  """Nested dict -> {"W_in/kernel": array, ...}."""
-  flat = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-    flat["/".join(str(getattr(k, "key", k)) for k in path)] = np.asarray(leaf)
-  return flat
+def program_key(group: Group) -> tuple:
+  """Groups with the same key share one compiled program: only D and the task scenario differ between them
+  (``train.task_variants``: padded to the largest D and masked, scenario values passed as arrays)."""
+  return (group.d, group.h, group.p, group.read_in, group.lazy)
 
 
-def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
-  """Inverse of ``flatten_params``."""
-  tree: dict = {}
-  for key, value in flat.items():
-    node = tree
-    parts = key.split("/")
-    for part in parts[:-1]:
-      node = node.setdefault(part, {})
-    node[parts[-1]] = np.asarray(value)
-  return tree
+def variant_string(task) -> str:
+  """The ``train.task_variants`` entry of a group's task (every traced field, so the variant is explicit)."""
+  def fmt(v):
+    return "none" if v is None else repr(v)
+  return ";".join(f"{f}={fmt(getattr(task, f))}" for f in
+                  ("n_points", "noise_var", "w_var", "prior_mean_norm", "cov", "rho", "local_radius")).replace("'", "")
+
+
+def programs(planned: dict[Group, dict[str, Any]]) -> dict[tuple, list[Group]]:
+  """The groups of ``plan`` by compiled program (``program_key``), in plan order."""
+  out: dict[tuple, list[Group]] = {}
+  for group in planned:
+    out.setdefault(program_key(group), []).append(group)
+  return out
+
+
+def program_config(spec: StudyPreset, groups: list[Group], planned: dict[Group, dict[str, Any]],
+                   overrides: list[str] | tuple[str, ...] = ()) -> configs.Config:
+  """One ``train.train`` config for ``groups`` (one per task variant, the union of their seeds), then ``overrides``."""
+  seeds = tuple(sorted({s for g in groups for s in planned[g]["seeds"]}))
+  group_cfgs = [g.config(spec, seeds) for g in groups]
+  n_points = max(c.task.n_points for c in group_cfgs)
+  base = group_cfgs[0]
+  steps_per_ckpt = spec.log_every * max(1, spec.steps // spec.log_every // 4)
+  cfg = dataclasses.replace(
+      base, task=tasks.TaskConfig(d=groups[0].d, n_points=n_points),
+      train=dataclasses.replace(base.train, task_variants=tuple(variant_string(c.task) for c in group_cfgs),
+                                ckpt_every=steps_per_ckpt))
+  return configs.override(cfg, list(overrides)) if overrides else cfg
+
+
+def program_dir(out: str, cfg: configs.Config) -> str:
+  """The train workdir of a program: ``out/programs/<d,h,p,mode>_<config hash>``."""
+  digest = hashlib.sha1(json.dumps(configs.to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+  m = cfg.model
+  mode = "" if m.read_in else "_noreadin"
+  mode += "_lazy" if cfg.optim.freeze else ""
+  return os.path.join(out, "programs", f"d{cfg.task.d}_h{m.heads[0]}_p{m.embed_dim}{mode}_{digest}")
+
+
+def group_runs(cfg: configs.Config, variant: int, seeds: tuple[int, ...]) -> list[int]:
+  """Indices (in the program's runs) of ``variant``'s runs with a seed in ``seeds``."""
+  return [r for r, ((s, _), v) in enumerate(zip(cfg.runs, cfg.run_variants)) if v == variant and s in seeds]
 
 
 def load_group(out: str, name: str) -> tuple[dict, dict]:
-  """(record, stacked params [R, ...]) of a finished group written by ``main``."""
+  """(record, its runs' params [R, ...]) of a finished group written by ``main`` (params from the program's
+  train workdir)."""
   with open(os.path.join(out, "groups", name + ".json")) as f:
     record = json.load(f)
-  with np.load(os.path.join(out, "params", name + ".npz")) as z:
-    params = unflatten_params({k: z[k] for k in z.files})
-  return record, params
+  result = train.load_run(os.path.join(out, record["program"]["workdir"]))
+  runs = np.asarray(record["program"]["runs"])
+  return record, jax.tree.map(lambda a: np.asarray(a)[runs], result.state.params)
 
 
 def group_model(record: dict) -> tuple[configs.Config, ICLModel]:
-  """The config and model of a group record."""
+  """The (unpadded) config and model of a group record."""
   cfg = configs.from_dict(record["config"])
   return cfg, build_model(cfg.model, cfg.task)
 
@@ -197,50 +235,65 @@ def run_params(params: dict, run: int) -> dict:
   return jax.tree.map(lambda a: a[run], params)
 
 
-# ---------------------------------------------------------------------------------------------- one group
+# ------------------------------------------------------------------------------------------------ one program
 
 
-def run_group(group: Group, seeds: tuple[int, ...], sections: list[str], spec: StudyPreset, out: str,
-              log=print) -> tuple[dict, dict]:
-  """Trains (or reloads) one group, evaluates every run on the held-out prompts; returns (record, params)."""
-  cfg = group.config(spec, seeds)
-  cfg_dict = configs.to_dict(cfg)
-  rec_path = os.path.join(out, "groups", group.name + ".json")
-  if os.path.exists(rec_path) and os.path.exists(os.path.join(out, "params", group.name + ".npz")):
-    record, params = load_group(out, group.name)
-    if record.get("config") == json.loads(json.dumps(cfg_dict)) and record.get("eval_prompts") == spec.eval_prompts:
-      record["sections"] = sections
-      record["reused"] = True
-      log(f"  {group.name}: reused from {rec_path}")
-      return record, params
+def run_program(spec: StudyPreset, groups: list[Group], planned: dict[Group, dict[str, Any]], out: str,
+                overrides: list[str] | tuple[str, ...] = (), log=print,
+                stop_after: int | None = None) -> dict[Group, tuple[dict, dict]] | None:
+  """Trains (or resumes, or reads) the program of ``groups`` in its train workdir and evaluates every group's runs
+  on held-out prompts of its own (unpadded) task; returns {group: (record, params [R_group, ...])}, or None when
+  ``stop_after`` ended training early (the workdir holds a checkpoint to resume from)."""
+  cfg = program_config(spec, groups, planned, overrides)
+  workdir = program_dir(out, cfg)
   t0 = time.perf_counter()
-  result = train.train(cfg)
-  params = jax.tree.map(np.asarray, result.state.params)
+  result = train.train(cfg, workdir, stop_after=stop_after)
+  if int(np.asarray(result.state.step)[0]) < cfg.train.steps:
+    return None
   t1 = time.perf_counter()
-  prompts = evaluate.eval_prompts(cfg.task, spec.eval_prompts)
-  risk = stacked_risk(result.model, params, prompts)
-  t2 = time.perf_counter()
-  history = {"step": [r["step"] for r in result.history], "loss": [r["loss"] for r in result.history]}
+  params_all = jax.tree.map(np.asarray, result.state.params)
   final_loss = np.asarray(result.history[-1]["loss"])
-  chosen = select_runs(cfg, final_loss)
-  D = group.D
-  dl = [float(D * risk[r]) for r in chosen]
-  dl_mean, dl_se = mean_se(dl)
-  record = {
-      "name": group.name, "group": dataclasses.asdict(group), "sections": sections, "seeds": list(seeds),
-      "lrs": list(cfg.lrs), "runs": [{"seed": s, "lr": lr, "risk": float(risk[r]), "dl": float(D * risk[r]),
-                                      "final_train_loss": float(final_loss[r])} for r, (s, lr) in enumerate(cfg.runs)],
-      "selected": chosen, "dl": dl, "dl_mean": dl_mean, "dl_se": dl_se, "loss_mean": dl_mean / D,
-      "train_s": t1 - t0, "eval_s": t2 - t1, "eval_prompts": spec.eval_prompts, "history": history,
-      "config": cfg_dict, "reused": False,
-  }
-  os.makedirs(os.path.dirname(rec_path), exist_ok=True)
-  os.makedirs(os.path.join(out, "params"), exist_ok=True)
-  np.savez(os.path.join(out, "params", group.name + ".npz"), **flatten_params(params))
-  with open(rec_path, "w") as f:
-    json.dump(record, f, indent=1)
-  log(f"  {group.name}: D·L = {dl_mean:.3f} ± {dl_se:.3f}  (train {t1 - t0:.1f} s, eval {t2 - t1:.1f} s)")
-  return record, params
+  out_records = {}
+  for v, (group, task) in enumerate(zip(groups, configs.variant_tasks(cfg))):
+    seeds = tuple(s for s in cfg.train.seeds if s in planned[group]["seeds"])
+    runs = group_runs(cfg, v, seeds)
+    group_cfg = dataclasses.replace(cfg, task=task, train=dataclasses.replace(cfg.train, seeds=seeds, task_variants=()))
+    params = jax.tree.map(lambda a: a[np.asarray(runs)], params_all)
+    prompts = evaluate.eval_prompts(task, cfg.train.eval_prompts)
+    te = time.perf_counter()
+    risk = stacked_risk(build_model(cfg.model, task), params, prompts)
+    eval_s = time.perf_counter() - te
+    chosen = select_runs(group_cfg, final_loss[runs])
+    D = task.n_points - 1
+    dl = [float(D * risk[r]) for r in chosen]
+    dl_mean, dl_se = mean_se(dl)
+    record = {
+        "name": group.name, "group": dataclasses.asdict(group), "sections": planned[group]["sections"],
+        "seeds": list(seeds), "lrs": list(group_cfg.lrs),
+        "runs": [{"seed": s, "lr": lr, "risk": float(risk[r]), "dl": float(D * risk[r]),
+                  "final_train_loss": float(final_loss[runs[r]])} for r, (s, lr) in enumerate(group_cfg.runs)],
+        "selected": chosen, "dl": dl, "dl_mean": dl_mean, "dl_se": dl_se, "loss_mean": dl_mean / D,
+        "train_s": t1 - t0, "eval_s": eval_s, "eval_prompts": cfg.train.eval_prompts,
+        "history": {"step": [h["step"] for h in result.history],
+                    "loss": [[h["loss"][r] for r in runs] for h in result.history]},
+        "config": configs.to_dict(group_cfg),
+        "program": {"workdir": os.path.relpath(workdir, out), "runs": runs, "n_groups": len(groups)},
+    }
+    os.makedirs(os.path.join(out, "groups"), exist_ok=True)
+    _write_json(os.path.join(out, "groups", group.name + ".json"), record)
+    log(f"  {group.name}: D·L = {dl_mean:.3f} ± {dl_se:.3f}")
+    out_records[group] = (record, params)
+  log(f"  program {os.path.basename(workdir)}: {len(groups)} groups, {len(cfg.runs)} runs, "
+      f"train {t1 - t0:.1f} s")
+  return out_records
+
+
+def _write_json(path: str, obj: Any) -> None:
+  """Atomic JSON write (temp file + rename)."""
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    json.dump(obj, f, indent=1)
+  os.replace(tmp, path)
 
 
 # -------------------------------------------------------------------------------------------------- tables
@@ -509,20 +562,39 @@ def _is_number(v) -> bool:
 # ---------------------------------------------------------------------------------------------------- main
 
 
-def main(preset: str = "quick", out: str = "results/multihead_superiority", *, verbose: bool = True) -> dict:
+def main(preset: str = "quick", out: str = "results/multihead_superiority", *, verbose: bool = True,
+         overrides: list[str] | tuple[str, ...] = (), stop_after: int | None = None) -> dict | None:
   """Runs study 1 with ``preset`` (``tiny`` | ``quick`` | ``full``, see ``presets``), writes everything to ``out``
-  and returns the summary dict (also written to ``out/summary.json``)."""
+  and returns the summary dict (also written to ``out/summary.json``).
+
+  ``overrides`` (``section.field=value``, as ``jaxicl train --set``) apply to every program's config.
+  ``stop_after``: stop every program's training at that step (checkpointed) and return None; a later call
+  resumes each program from its checkpoint.
+  """
   spec = get_preset(preset)
   log = print if verbose else (lambda *a, **k: None)
   os.makedirs(out, exist_ok=True)
   t_start = time.perf_counter()
   planned = plan(spec)
-  log(f"study 1 (multi-head superiority), preset {preset!r}: {len(planned)} groups on {jax.default_backend()}")
+  grouped = programs(planned)
+  log(f"study 1 (multi-head superiority), preset {preset!r}: {len(planned)} groups in {len(grouped)} compiled "
+      f"programs on {jax.default_backend()}")
   records: dict[Group, dict] = {}
   params: dict[Group, dict] = {}
-  for i, (group, entry) in enumerate(planned.items()):
-    log(f"[{i + 1}/{len(planned)}] {group.name} (seeds {entry['seeds']}, lrs {spec.lrs})")
-    records[group], params[group] = run_group(group, tuple(entry["seeds"]), entry["sections"], spec, out, log)
+  stopped = False
+  for i, groups in enumerate(grouped.values()):
+    log(f"[{i + 1}/{len(grouped)}] program of {len(groups)} groups: {', '.join(g.name for g in groups)}")
+    done = run_program(spec, groups, planned, out, overrides, log, stop_after)
+    if done is None:
+      stopped = True
+      continue
+    for group, (record, group_params) in done.items():
+      records[group], params[group] = record, group_params
+  if stopped:
+    log(f"stopped at step {stop_after}; run again to resume")
+    return None
+  records = {g: records[g] for g in planned}
+  params = {g: params[g] for g in planned}
   t_train = time.perf_counter()
   tables = build_tables(spec, records, params, log)
   t_theory = time.perf_counter()
@@ -545,8 +617,7 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
   order = ordering(tables["main"])
   summary = {
       "study": "multihead_superiority", "preset": preset, "preset_doc": spec.doc.strip(), "out": out,
-      "backend": jax.default_backend(), "n_groups": len(records),
-      "n_trained": sum(not r["reused"] for r in records.values()),
+      "backend": jax.default_backend(), "n_groups": len(records), "n_programs": len(grouped),
       "timing_s": {"total": time.perf_counter() - t_start, "train_and_eval": t_train - t_start,
                    "theory_and_tables": t_theory - t_train, "figures": t_plots - t_theory},
       "protocol": {"p": spec.p, "seeds": list(spec.seeds), "lrs": list(spec.lrs), "steps": spec.steps,
@@ -560,8 +631,7 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
       "tables": ["main_table.csv", "sweeps.csv", "scenarios.csv", "ablations.csv", "heads.csv", "heads.json",
                  "theory.json", "groups.json"],
   }
-  with open(os.path.join(out, "summary.json"), "w") as f:
-    json.dump(summary, f, indent=1)
+  _write_json(os.path.join(out, "summary.json"), summary)
   if verbose:
     print(format_summary(summary))
   return summary
@@ -569,7 +639,8 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
 
 def format_summary(summary: dict) -> str:
   """The printed summary table: D, h, D·L mean ± SE, C_single, C_multi (+ finite-D optima), ordering, notes."""
-  lines = [f"\nStudy 1 summary (preset {summary['preset']}, {summary['n_groups']} groups, "
+  lines = [f"\nStudy 1 summary (preset {summary['preset']}, {summary['n_groups']} groups in "
+           f"{summary.get('n_programs', summary['n_groups'])} programs, "
            f"{summary['timing_s']['total']:.0f} s on {summary['backend']})"]
   head = (f"{'d':>3} {'D':>5} {'h':>3} {'D·L mean ± SE':>18} {'C_single':>9} {'C_multi':>8} {'MC 1-head':>10} "
           f"{'MC pair':>8}")
@@ -594,8 +665,9 @@ def _cli(argv: list[str] | None = None) -> int:
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
   ap.add_argument("--out", required=True)
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
   args = ap.parse_args(argv)
-  main(args.preset, args.out)
+  main(args.preset, args.out, overrides=args.set)
   return 0
 
 

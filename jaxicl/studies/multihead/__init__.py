@@ -5,14 +5,14 @@ the theory's constants C_single and C_multi (``jaxicl.theory``), heads vs embedd
 scenarios (noisy labels, correlated features, local examples, prior knowledge), read-in / lazy-training
 ablations and the learned head parameters vs the theory's optimum.
 
-    from experiments.multihead_superiority import main
+    from jaxicl.studies.multihead import main
     summary = main(preset="quick", out="results/multihead_quick")   # or: jaxicl reproduce multihead ...
 
 Modules: ``presets`` (tiny / quick / full), ``run`` (``main``: training, evaluation, tables, summary),
 ``heads`` (per-head kernel parameters of a trained model), ``analysis`` (theory lines), ``plots`` (figures).
 """
 
-from experiments.multihead_superiority.presets import PRESETS, StudyPreset, get_preset
-from experiments.multihead_superiority.run import main
+from jaxicl.studies.multihead.presets import PRESETS, StudyPreset, get_preset
+from jaxicl.studies.multihead.run import main
 
 __all__ = ["PRESETS", "StudyPreset", "get_preset", "main"]

@@ -55,9 +55,7 @@ class HeadParams(NamedTuple):
 
 def logit_scale(model_cfg: ModelConfig) -> float:
   """s: ``attn_scale`` or the default 1/√(p/h) of ``jaxicl.models``."""
-  if model_cfg.attn_scale is not None:
-    return float(model_cfg.attn_scale)
-  return 1.0 / math.sqrt(model_cfg.embed_dim // model_cfg.num_heads)
+  return model_cfg.logit_scale(0)
 
 
 def read_in_matrix(params: Any, d: int, model_cfg: ModelConfig) -> np.ndarray:
@@ -118,8 +116,7 @@ def handset_params(d: int, model_cfg: ModelConfig, w, c) -> dict:
   """
   w = np.atleast_1d(np.asarray(w, np.float64))
   c = np.atleast_1d(np.asarray(c, np.float64))
-  p, h = model_cfg.embed_dim, model_cfg.num_heads
-  kdim = p // h
+  p, h, kdim = model_cfg.embed_dim, model_cfg.heads[0], model_cfg.head_dims[0]
   if w.shape != (h,) or c.shape != (h,):
     raise ValueError(f"w, c: need {h} entries each (one per head), got {w.shape}, {c.shape}")
   if kdim < d or p < d + 1:

@@ -21,8 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.multihead_superiority.heads import HeadParams
-from experiments.multihead_superiority.presets import Variant
+from jaxicl.studies.multihead.heads import HeadParams
+from jaxicl.studies.multihead.presets import Variant
 from jaxicl import theory as T
 
 

@@ -156,9 +156,11 @@ def quick(doc: str) -> StudyPreset:
   heads sweep h ∈ {1, 4, 8} at p=32 and p sweep p ∈ {4, 8, 32} at h=4 (D=50); scenarios σ²=1, equicorrelated,
   local r=2 and strong prior at D=50 with 2 seeds; lazy and no-read-in ablations (h=4, D=50).
 
-  `jaxicl reproduce multihead --preset quick --out results/multihead_quick` — about 5 minutes on an idle
-  2-core CPU (19 compiled groups; much of the time is XLA compilation), longer when other jobs share the
-  cores; under a minute of compute on a GPU. Shows the ordering: multi-head D·L below single-head D·L at D ≥ 50.
+  `jaxicl reproduce multihead --preset quick --out results/multihead_quick` — 19 groups trained in 7 compiled
+  programs (one per (h, p, read-in, lazy); D and the scenario are per-run values, contexts padded to D=100);
+  about 5 minutes on an idle 2-core CPU when each group was its own program (19 compiles; see the README for
+  the measurement of the 7-program version), under a minute of compute on a GPU. Shows the ordering: multi-head
+  D·L below single-head D·L at D ≥ 50.
   """
   return StudyPreset(
       name="quick", doc=doc, ds=(5,), Ds=(20, 50, 100), hs=(1, 4), p=32, seeds=(0, 1, 2), lrs=(5e-3,), steps=600,
@@ -178,9 +180,14 @@ def full(doc: str) -> StudyPreset:
   local r ∈ {1, 3}, weak and strong prior) at d=5, D ∈ {20, 50, 100, 200}, h ∈ {1, 4}; no-read-in and lazy
   ablations at d=5, D ∈ {20, 50, 100, 200}, h ∈ {1, 4}.
 
-  `jaxicl reproduce multihead --preset full --out results/multihead_full` — about 150 groups; estimated
-  1–2 hours on one modern GPU or TPU (from CPU step costs; not yet timed on an accelerator), impractical on CPU.
-  Finished groups are cached in --out, so an interrupted run resumes where it stopped.
+  `jaxicl reproduce multihead --preset full --out results/multihead_full` — 154 groups in 26 compiled programs
+  (one per (d, h, p, read-in, lazy); every D and scenario of a program padded to its largest D, up to 500).
+  Estimated ~90 minutes on one H100 (not yet timed on an accelerator): XLA's cost analysis of one training step
+  of one run of every program (benchmarks/estimate_full.py: 0.1–14 GFLOP per run-step) × runs × 6000
+  steps = 107 PFLOP, at an assumed sustained 20 TFLOP/s float32 (about 30 % of the H100's peak). The padding to
+  D=500 dominates the FLOPs (above the 15-minute target); impractical on CPU (a measured CPU step of the
+  smallest program ran at 0.14 GFLOP/s on the shared 2-core machine, 2026-11-25). Each program trains in its own
+  workdir under --out/programs with checkpoints, so an interrupted run resumes mid-program.
   """
   return StudyPreset(
       name="full", doc=doc, ds=(2, 5, 10), Ds=(10, 20, 50, 100, 200, 500), hs=(1, 2, 4, 8), p=64,

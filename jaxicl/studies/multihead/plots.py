@@ -1,4 +1,4 @@
-"""Figures of study 1 (PNG, matplotlib Agg). Every figure draws the measured D·L (mean over seeds ± SE) together
+"""Figures of study 1 (PNG + PDF through ``jaxicl.plotting``; no global matplotlib state). Every figure draws the measured D·L (mean over seeds ± SE) together
 with the theory's constants (C_single: dashed, C_multi: dash-dotted; finite-D Monte Carlo optima: dotted).
 
   * fig0_loss_curves.png — D·(training loss − σ²) vs step of the main groups (convergence check);
@@ -17,13 +17,10 @@ import math
 import os
 from typing import Any
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.multihead_superiority.presets import VARIANTS, StudyPreset  # noqa: E402
+from jaxicl import plotting
+from jaxicl.studies.multihead.presets import VARIANTS, StudyPreset
 
 H_COLORS = {1: "tab:red", 2: "tab:orange", 4: "tab:blue", 8: "tab:purple", 16: "tab:brown"}
 MODE_STYLE = {"full": ("tab:blue", "o"), "no_read_in": ("tab:green", "s"), "lazy": ("tab:gray", "^")}
@@ -40,21 +37,11 @@ def _constants(ax, c_single: float, c_multi: float, color_single: str = "tab:red
 
 
 def _save(fig, out: str, name: str) -> str:
-  path = os.path.join(out, name)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return path
+  """PNG + PDF of ``fig`` in ``out``; returns the PNG path."""
+  return plotting.save(fig, os.path.join(out, name))
 
 
-def _panels(n: int, ncols: int = 3, size: tuple[float, float] = (4.6, 3.6)):
-  ncols = max(1, min(ncols, n))
-  nrows = max(1, math.ceil(n / ncols))
-  fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False)
-  flat = axes.ravel()
-  for ax in flat[n:]:
-    ax.axis("off")
-  return fig, flat[:max(n, 1)]
+_panels = plotting.panels
 
 
 def _group_items(records: dict, section: str):
@@ -73,7 +60,7 @@ def fig_loss_curves(spec: StudyPreset, records: dict, out: str) -> str:
       noise = VARIANTS[g.variant].noise_var
       ax.plot(steps, g.D * np.maximum(loss - noise, 1e-12), color=_hcolor(g.h),
               alpha=0.35 + 0.65 * (g.D / max(spec.Ds)), label=f"h={g.h}, D={g.D}")
-    ax.set_yscale("log")
+    plotting.log_axis(ax, "y")
     ax.set_xlabel("training step")
     ax.set_ylabel("D · (train loss − σ²)")
     ax.set_title(f"training curves, d={d}")
@@ -95,7 +82,7 @@ def fig_dl_vs_D(spec: StudyPreset, records: dict, tables: dict, out: str) -> str
     if fin:
       ax.plot(fin["D"], fin["single"], ":", color="tab:red", label="best 1 head at D (MC)")
       ax.plot(fin["D"], fin["pair"], ":", color="k", label="best pair at D (MC)")
-    ax.set_xscale("log")
+    plotting.log_axis(ax, "x", minor_labels=True)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("context examples D")
     ax.set_ylabel("D · excess risk")
@@ -132,7 +119,7 @@ def fig_sweeps(spec: StudyPreset, tables: dict, out: str) -> str:
                    label=f"p/h < d={sw.d} ({lab})")
     if rows:
       _constants(ax, rows[0]["C_single"], rows[0]["C_multi"])
-    ax.set_xscale("log", base=2)
+    plotting.log_axis(ax, "x", base=2)
     ax.set_xlabel("heads h" if kind == "hsweep" else "embedding dimension p")
     ax.set_ylabel("D · excess risk")
     ax.set_ylim(bottom=0)
@@ -179,8 +166,7 @@ def fig_scenarios(spec: StudyPreset, tables: dict, out: str) -> str:
     ax.plot([], [], "k-.", lw=1, label="C_multi")
     if sc == "prior":
       ax.plot([], [], "k:", lw=1, label="constants without prior path")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    plotting.log_axis(ax, "xy", minor_labels=True)
     ax.set_xlabel("context examples D")
     ax.set_ylabel("D · excess risk")
     ax.set_title(f"{SCENARIO_TITLES.get(sc, sc)} (d={spec.scenario_d}, p={spec.p})")
@@ -201,7 +187,7 @@ def fig_ablations(spec: StudyPreset, tables: dict, out: str) -> str:
                     color=color, marker=marker, label=mode.replace("_", " "))
     sel = [r for r in rows if r["h"] == h]
     _constants(ax, sel[0]["C_single"], sel[0]["C_multi"])
-    ax.set_xscale("log")
+    plotting.log_axis(ax, "x", minor_labels=True)
     ax.set_ylim(bottom=0)
     ax.set_xlabel("context examples D")
     ax.set_ylabel("D · excess risk")
@@ -213,7 +199,8 @@ def fig_ablations(spec: StudyPreset, tables: dict, out: str) -> str:
 def fig_heads(tables: dict, out: str) -> str:
   """Figure 5: learned head parameters vs theory."""
   groups = tables["head_groups"]
-  fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+  fig = plotting.figure(15, 4.2)
+  axes = fig.subplots(1, 3)
   ax = axes[0]
   wmax = 0.1
   for hg in groups:
