@@ -189,7 +189,7 @@ def variant_tasks(cfg: Config) -> list[tasks.TaskConfig]:
   hints = typing.get_type_hints(tasks.TaskConfig)
   out = []
   for variant in cfg.train.task_variants:
-    values = {k: _coerce(v, hints[k], f"train.task_variants[{variant!r}].{k}")
+    values = {k: _coerce(_Text(v), hints[k], f"train.task_variants[{variant!r}].{k}")
               for k, v in parse_variant(variant).items()}
     task = dataclasses.replace(cfg.task, **values)
     tasks.check_traceable(task, f"train.task_variants={variant!r}")
