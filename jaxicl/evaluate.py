@@ -21,15 +21,14 @@ import io
 import json
 import math
 import os
-import tempfile
 import zlib
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import configs, estimators, layouts, shifts as shifts_lib, tasks
+from jaxicl import configs, estimators, files, layouts, shifts as shifts_lib, tasks
 from jaxicl.models import ICLModel, build_model
 
 EVAL_SEED = 1_000_003  # held-out prompts: a key no training step uses (training keys are fold_in(seed, step))
@@ -418,24 +417,6 @@ def evaluate(model: ICLModel, params: Any, task: tasks.TaskConfig, n_prompts: in
   return evaluate_runs(model, stacked, task, n_prompts, baselines, seed, shifts, 0, n_boot, ci_level)
 
 
-def _atomic_write(path: str, write: Callable[[str], None]) -> str:
-  """``write(tmp)`` then rename onto ``path`` (a reader never sees a partial file)."""
-  folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
-  os.close(fd)
-  umask = os.umask(0)
-  os.umask(umask)
-  try:
-    write(tmp)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-  return path
-
-
 def _entries(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
   return [("in distribution", report)] + list(report.get("shifts", {}).items())
 
@@ -469,7 +450,7 @@ def write_csv(report: dict[str, Any], path: str) -> str:
     with open(tmp, "w", newline="") as f:
       f.write(buf.getvalue())
 
-  return _atomic_write(path, write)
+  return files.atomic_write(path, write)
 
 
 def _band(ax, n, lo, hi, color, alpha):
@@ -541,7 +522,7 @@ def plot_report(report: dict[str, Any], path: str, title: str = "") -> str:
     fig.savefig(tmp, dpi=120, format="png")
 
   try:
-    return _atomic_write(path, write)
+    return files.atomic_write(path, write)
   finally:
     plt.close(fig)
 
@@ -585,5 +566,5 @@ def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, o
     with open(tmp, "w") as f:
       json.dump(report, f, indent=1)
 
-  _atomic_write(report["table"], write)
+  files.atomic_write(report["table"], write)
   return report

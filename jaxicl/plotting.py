@@ -15,6 +15,8 @@ import math
 import os
 
 import numpy as np
+
+from jaxicl import files
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -67,9 +69,5 @@ def save(fig: Figure, path: str, dpi: int = 110, formats: tuple[str, ...] = FORM
   fig.tight_layout()
   written = []
   for fmt in formats:
-    final = f"{stem}.{fmt}"
-    tmp = f"{stem}.tmp.{fmt}"
-    fig.savefig(tmp, dpi=dpi, format=fmt)
-    os.replace(tmp, final)
-    written.append(final)
+    written.append(files.atomic_write(f"{stem}.{fmt}", lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt)))
   return written[0]

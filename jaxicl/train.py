@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxicl import configs, layouts, tasks
+from jaxicl import configs, files, layouts, tasks
 from jaxicl.checkpoint import Checkpointer
 from jaxicl.models import ICLModel, build_model
 
@@ -287,7 +287,7 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = F
         if restored is not None:
           state = TrainState(*restored[1])
           history = _read_history(workdir, upto=restored[0])
-      _atomic_write(os.path.join(workdir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+      files.write_text(os.path.join(workdir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
     if state is None:
       state = engine.init()
     step = int(np.asarray(state.step)[0])
@@ -384,19 +384,6 @@ def load_config(workdir: str) -> configs.Config:
 
 # ----------------------------------------------------------------------------- workdir files
 
-def _atomic_write(path: str, text: str) -> None:
-  """Writes ``text`` to ``path`` via a temporary file and ``os.replace``: readers see the old or the new file."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  try:
-    with open(tmp, "w") as f:
-      f.write(text)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
 
 def _make_workdir(workdir: str) -> None:
   """Creates ``workdir``; filesystem failures become a ``ValueError`` naming the path."""
@@ -431,7 +418,7 @@ def workdir_lock(workdir: str) -> Iterator[None]:
     raise ValueError(f"workdir={workdir!r}: another process is training in it ({holder}); wait for it to finish "
                      "or use another workdir") from None
   try:
-    _atomic_write(path + ".owner", f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    files.write_text(path + ".owner", f"pid {os.getpid()} on host {socket.gethostname()}\n")
     yield
   finally:
     lock.release()
@@ -464,7 +451,7 @@ def _check_or_write_config(cfg: configs.Config, workdir: str) -> None:
       return
   elif _has_checkpoints(workdir):
     raise ValueError(f"{path}: missing, but the workdir holds checkpoints; restore the file or use a new workdir")
-  _atomic_write(path, json.dumps(configs.to_dict(cfg), indent=2) + "\n")
+  files.write_text(path, json.dumps(configs.to_dict(cfg), indent=2) + "\n")
 
 
 def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -61,6 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxicl import configs, estimators, evaluate, interpret, tasks, train
+from jaxicl.files import write_json
 from jaxicl.models import ModelConfig
 
 
@@ -594,17 +595,9 @@ def main(preset: str = "quick", out: str = "runs/head_utilization") -> dict[str,
   files += attention_files
   summary = summarize(sc, records, baselines, final_loss, files, time.perf_counter() - t_start)
   summary["timings_s"] = timings
-  _write_json(os.path.join(out, "summary.json"), _json_clean(summary))
+  write_json(os.path.join(out, "summary.json"), _json_clean(summary))
   print_summary(summary)
   return summary
-
-
-def _write_json(path: str, obj: Any) -> None:
-  """Atomic: a temporary file in the same folder, then rename."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 def write_outputs(sc: StudyConfig, records: dict, baselines: dict, out: str) -> list[str]:

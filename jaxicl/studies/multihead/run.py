@@ -45,7 +45,7 @@ import numpy as np
 
 from jaxicl.studies.multihead import analysis, heads as heads_lib, plots
 from jaxicl.studies.multihead.presets import VARIANTS, StudyPreset, get_preset
-from jaxicl import configs, evaluate, tasks, train
+from jaxicl import configs, evaluate, files, tasks, train
 from jaxicl.models import ICLModel, ModelConfig, build_model
 
 
@@ -280,20 +280,12 @@ def run_program(spec: StudyPreset, groups: list[Group], planned: dict[Group, dic
         "program": {"workdir": os.path.relpath(workdir, out), "runs": runs, "n_groups": len(groups)},
     }
     os.makedirs(os.path.join(out, "groups"), exist_ok=True)
-    _write_json(os.path.join(out, "groups", group.name + ".json"), record)
+    files.write_json(os.path.join(out, "groups", group.name + ".json"), record)
     log(f"  {group.name}: D·L = {dl_mean:.3f} ± {dl_se:.3f}")
     out_records[group] = (record, params)
   log(f"  program {os.path.basename(workdir)}: {len(groups)} groups, {len(cfg.runs)} runs, "
       f"train {t1 - t0:.1f} s")
   return out_records
-
-
-def _write_json(path: str, obj: Any) -> None:
-  """Atomic JSON write (temp file + rename)."""
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
 
 
 # -------------------------------------------------------------------------------------------------- tables
@@ -631,7 +623,7 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
       "tables": ["main_table.csv", "sweeps.csv", "scenarios.csv", "ablations.csv", "heads.csv", "heads.json",
                  "theory.json", "groups.json"],
   }
-  _write_json(os.path.join(out, "summary.json"), summary)
+  files.write_json(os.path.join(out, "summary.json"), summary)
   if verbose:
     print(format_summary(summary))
   return summary

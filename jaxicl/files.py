@@ -1,0 +1,43 @@
+"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one, never a part."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any, Callable
+
+
+def atomic_write(path: str, write: Callable[[str], None]) -> str:
+  """``write(tmp)`` to a temporary file in ``path``'s folder, then rename it onto ``path``; returns ``path``."""
+  folder = os.path.dirname(os.path.abspath(path))
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
+  os.close(fd)
+  umask = os.umask(0)
+  os.umask(umask)
+  try:
+    write(tmp)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the file the permissions open() would
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def write_text(path: str, text: str) -> str:
+  """Atomically writes ``text`` (flushed to disk before the rename)."""
+
+  def write(tmp: str) -> None:
+    with open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+
+  return atomic_write(path, write)
+
+
+def write_json(path: str, obj: Any, indent: int = 1) -> str:
+  """Atomically writes ``obj`` as JSON."""
+  return write_text(path, json.dumps(obj, indent=indent))
