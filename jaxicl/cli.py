@@ -103,12 +103,9 @@ def _theory(argv: list[str]) -> int:
 def _reproduce(args) -> int:
   if args.study == "multihead":
     from jaxicl.studies.multihead import run as study
-    study.main(preset=args.preset, out=args.out, overrides=args.set, stop_after=args.stop_after)
-    return 0
-  if args.set or args.stop_after is not None:
-    raise ValueError("--set / --stop-after: the head-utilization study takes neither yet")
-  from jaxicl.studies.head_utilization import run as study
-  study.main(preset=args.preset, out=args.out)
+  else:
+    from jaxicl.studies.head_utilization import run as study
+  study.main(preset=args.preset, out=args.out, overrides=args.set, stop_after=args.stop_after)
   return 0
 
 
@@ -151,9 +148,10 @@ def parser() -> argparse.ArgumentParser:
   r.add_argument("--preset", default="quick", choices=["tiny", "quick", "cpu", "full"])
   r.add_argument("--out", required=True)
   r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                 help="override every training config of the study (multihead), e.g. train.steps=100")
-  r.add_argument("--stop-after", type=int, default=None,
-                 help="stop every program at this step (checkpointed; multihead); run again to resume")
+                 help="override every training config of the study, e.g. train.steps=100; head-utilization also "
+                      "takes its grid and analysis settings, e.g. study.noise_stds=0.1,0.5")
+  r.add_argument("--stop-after", type=_int_at_least(1), default=None,
+                 help="stop every program at this step (checkpointed); run again to resume")
   r.set_defaults(fn=_reproduce)
 
   s = sub.add_parser("sweep", help="grid × seeds, grouped into vmapped programs")

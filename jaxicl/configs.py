@@ -311,6 +311,13 @@ def _coerce(value: Any, annotation: Any, field: str, nested: bool = False) -> An
   return value
 
 
+def parse_value(text: str, annotation: Any, field: str) -> Any:
+  """Parses override text (``--set``) against an annotated type exactly as ``override`` does (``"a,b"`` a tuple,
+  ``"none"`` None, ints integral, floats finite); ``ValueError`` naming ``field``. For settings outside ``Config``
+  (e.g. a study's own) that share the command line's ``key=value`` syntax."""
+  return _coerce(_Text(text), annotation, field)
+
+
 def _build(cls, values: Any, prefix: str):
   """``cls(**values)`` with every field checked by ``_coerce`` (nested dataclasses recursively)."""
   where = prefix.rstrip(".") or "config"
@@ -388,22 +395,29 @@ def preset(fn: Callable[[], Config]) -> Callable[[], Config]:
   return fn
 
 
+def load(path: str) -> Config:
+  """The config in the JSON file ``path`` (``to_dict`` format); ``ValueError`` naming the file if it is missing,
+  unreadable, not JSON or holds an invalid config. The one reader of config files (``--config x.json``, a
+  workdir's ``config.json``)."""
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read the config file ({e.strerror})") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None
+  try:
+    return from_dict(values)
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+
+
 def get_config(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-  """A preset by name, or a JSON file (``to_dict`` format), then ``overrides``."""
+  """A preset by name, or a JSON file (``load``), then ``overrides``."""
   if name_or_path in PRESETS:
     cfg = PRESETS[name_or_path]()
   elif name_or_path.endswith(".json"):
-    try:
-      with open(name_or_path) as f:
-        values = json.load(f)
-    except OSError as e:
-      raise ValueError(f"config={name_or_path!r}: cannot read the file ({e.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise ValueError(f"config={name_or_path!r}: not valid JSON ({e})") from None
-    try:
-      cfg = from_dict(values)
-    except ValueError as e:
-      raise ValueError(f"config={name_or_path!r}: {e}") from None
+    cfg = load(name_or_path)
   else:
     raise ValueError(f"config={name_or_path!r}: neither a preset ({sorted(PRESETS)}) nor a .json file")
   return override(cfg, list(overrides))

@@ -314,21 +314,16 @@ def attention_maps(model: ICLModel, params: Params, xs: jax.Array, ys: jax.Array
 
 
 # ----------------------------------------------------------------------------------------------
-# Plots (matplotlib, Agg)
-
-
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+# Plots (``jaxicl.plotting``: PNG + PDF, no global matplotlib state)
 
 
 def plot_importance(importance: np.ndarray, path: str, title: str = "") -> str:
-  """Heatmap of an importance map [L, H] (rows = layers from 1, columns = heads; NaN cells blank)."""
-  plt = _plt()
+  """Heatmap of an importance map [L, H] (rows = layers from 1, columns = heads; NaN cells blank); returns the PNG
+  path (a PDF is written beside it)."""
+  from jaxicl import plotting
   imp = np.asarray(importance, np.float64)
-  fig, ax = plt.subplots(figsize=(1.0 + 0.6 * imp.shape[1], 0.8 + 0.55 * imp.shape[0]))
+  fig = plotting.figure(1.0 + 0.6 * imp.shape[1], 0.8 + 0.55 * imp.shape[0])
+  ax = fig.subplots()
   im = ax.imshow(np.ma.masked_invalid(imp), cmap="viridis", aspect="auto")
   for (l, k), v in np.ndenumerate(imp):
     if np.isfinite(v):
@@ -339,21 +334,19 @@ def plot_importance(importance: np.ndarray, path: str, title: str = "") -> str:
   ax.set_ylabel("layer")
   ax.set_title(title, fontsize=9)
   fig.colorbar(im, ax=ax, label="risk increase when masked")
-  fig.tight_layout()
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
+  return plotting.save(fig, path, dpi=120)
 
 
 def plot_attention(maps: list[np.ndarray], path: str, prompt: int = 0, title: str = "") -> str:
-  """Grid of attention maps (rows = layers, columns = heads) of prompt ``prompt``; queries on the y axis."""
-  plt = _plt()
+  """Grid of attention maps (rows = layers, columns = heads) of prompt ``prompt``; queries on the y axis. Returns
+  the PNG path (a PDF is written beside it)."""
+  from jaxicl import plotting
   L, H = len(maps), max(m.shape[1] for m in maps)
-  fig, axes = plt.subplots(L, H, figsize=(1.8 * H, 1.8 * L), squeeze=False)
+  fig, axes = plotting.panels(L * H, ncols=H, size=(1.8, 1.8))
   for l, m in enumerate(maps):
     for k in range(H):
-      ax = axes[l, k]
+      ax = axes[l * H + k]
       ax.set_xticks([])
       ax.set_yticks([])
       if k < m.shape[1]:
@@ -362,7 +355,4 @@ def plot_attention(maps: list[np.ndarray], path: str, prompt: int = 0, title: st
       else:
         ax.axis("off")
   fig.suptitle(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return path
+  return plotting.save(fig, path, dpi=100)

@@ -199,13 +199,17 @@ def sample_sparse_w(key: jax.Array, cfg: TaskConfig, n_active_dims: jax.Array | 
   With the study-2 protocol set ``w_var=1.0`` (N(0,1) entries).
   """
   k_support, k_values = jax.random.split(key)
-  scores = jax.random.uniform(k_support, (cfg.d,))
+  values = jnp.asarray(prior_mean(cfg), jnp.float32) + jnp.sqrt(cfg.tau2) * jax.random.normal(k_values, (cfg.d,))
+  return _support_mask(k_support, cfg, n_active_dims) * values
+
+
+def _support_mask(key: jax.Array, cfg: TaskConfig, n_active_dims: jax.Array | int | None) -> jax.Array:
+  """[d] 0/1 mask of a uniform s-subset of the first ``n_active_dims`` coordinates (see ``sample_sparse_w``)."""
+  scores = jax.random.uniform(key, (cfg.d,))
   if n_active_dims is not None:
     scores = jnp.where(jnp.arange(cfg.d) < n_active_dims, scores, 2.0)
   support = jnp.argsort(scores)[: cfg.sparsity]
-  mask = jnp.zeros((cfg.d,)).at[support].set(1.0)
-  values = jnp.asarray(prior_mean(cfg), jnp.float32) + jnp.sqrt(cfg.tau2) * jax.random.normal(k_values, (cfg.d,))
-  return mask * values
+  return jnp.zeros((cfg.d,)).at[support].set(1.0)
 
 
 @functools.lru_cache(maxsize=16)
@@ -316,8 +320,8 @@ class TaskParams(NamedTuple):
 
 def check_traceable(cfg: TaskConfig, field: str = "task") -> None:
   """Raises ``ValueError`` unless ``cfg``'s prompts can be drawn by ``sample_prompt_traced``."""
-  if cfg.family != "linear":
-    raise ValueError(f"{field}: family={cfg.family!r}: per-run task values need the 'linear' family")
+  if cfg.family not in ("linear", "sparse"):
+    raise ValueError(f"{field}: family={cfg.family!r}: per-run task values need the 'linear' or 'sparse' family")
   if cfg.pool_size is not None:
     raise ValueError(f"{field}: pool_size={cfg.pool_size!r}: per-run task values need pool_size=None")
   if cfg.cov not in ("identity", "equicorrelated"):
@@ -340,18 +344,26 @@ def stack_params(params: list[TaskParams]) -> TaskParams:
   return TaskParams(*(np.stack(field) for field in zip(*params)))
 
 
-def sample_prompt_traced(key: jax.Array, cfg: TaskConfig, tp: TaskParams) -> Prompt:
+def sample_prompt_traced(key: jax.Array, cfg: TaskConfig, tp: TaskParams,
+                         n_active_dims: jax.Array | int | None = None) -> Prompt:
   """One prompt of ``cfg.n_points`` points whose scenario values come from ``tp`` (traced).
 
   The same distribution as ``sample_prompt`` of the config ``tp`` was made from, padded: context point i
   draws from ``fold_in(key_x, i)`` and the query from ``fold_in(key_x, QUERY_INDEX)``, so the first D
   context points and the query do not depend on the padded length N. Inputs x = Σ^{1/2} g with
   Σ^{1/2} = aI + (b - a)11ᵀ/d, a = √(1-ρ), b = √(1-ρ+dρ) (equicorrelated Σ = (1-ρ)I + ρ11ᵀ); local
-  context x_i = x_q + r Σ^{1/2} g_i; w = θ0 + √τ² N(0, I); y = wᵀx + σ ε.
+  context x_i = x_q + r Σ^{1/2} g_i; w = θ0 + √τ² N(0, I); y = wᵀx + σ ε. The ``sparse`` family keeps w on a
+  uniform s-subset of the first ``n_active_dims`` coordinates, drawn as ``sample_sparse_w`` draws it (same key,
+  same w).
   """
   d, n = cfg.d, cfg.n_points
   k_w, k_x, k_eps = jax.random.split(key, 3)
-  w = jnp.asarray(tp.prior_mean, jnp.float32) + jnp.sqrt(tp.tau2) * jax.random.normal(k_w, (d,))
+  if cfg.family == "sparse":
+    k_support, k_values = jax.random.split(k_w)
+    w = _support_mask(k_support, cfg, n_active_dims) * (
+        jnp.asarray(tp.prior_mean, jnp.float32) + jnp.sqrt(tp.tau2) * jax.random.normal(k_values, (d,)))
+  else:
+    w = jnp.asarray(tp.prior_mean, jnp.float32) + jnp.sqrt(tp.tau2) * jax.random.normal(k_w, (d,))
   index = jnp.concatenate([jnp.arange(n - 1, dtype=jnp.int32), jnp.full((1,), QUERY_INDEX, jnp.int32)])
   g = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k_x, i), (d,)))(index)  # [N, d]
   a, b = jnp.sqrt(1.0 - tp.rho), jnp.sqrt(1.0 - tp.rho + d * tp.rho)
@@ -365,6 +377,7 @@ def sample_prompt_traced(key: jax.Array, cfg: TaskConfig, tp: TaskParams) -> Pro
   return Prompt(xs=xs, ys=ys, targets=targets, w=w)
 
 
-def sample_batch_traced(key: jax.Array, cfg: TaskConfig, tp: TaskParams, batch_size: int) -> Prompt:
+def sample_batch_traced(key: jax.Array, cfg: TaskConfig, tp: TaskParams, batch_size: int,
+                        n_active_dims: jax.Array | int | None = None) -> Prompt:
   """``batch_size`` prompts of ``sample_prompt_traced``: [B, N, d], [B, N], [B, N], [B, d]."""
-  return jax.vmap(lambda k: sample_prompt_traced(k, cfg, tp))(jax.random.split(key, batch_size))
+  return jax.vmap(lambda k: sample_prompt_traced(k, cfg, tp, n_active_dims))(jax.random.split(key, batch_size))

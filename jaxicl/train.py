@@ -150,8 +150,8 @@ def make_step(cfg: configs.Config, model: ICLModel, tx: optax.GradientTransforma
 
   ``step_fn(state, task_params)``: with ``train.task_variants`` the run's prompts come from
   ``tasks.sample_batch_traced`` with its own ``task_params`` (padded to ``task.n_points``, masked);
-  without, ``task_params`` is None and the prompts come from ``tasks.sample_batch(cfg.task)``, the sparse
-  family drawing its support among the curriculum's active dimensions.
+  without, ``task_params`` is None and the prompts come from ``tasks.sample_batch(cfg.task)``; either way the
+  sparse family draws its support among the curriculum's active dimensions.
   """
   variants = bool(cfg.train.task_variants)
 
@@ -159,7 +159,7 @@ def make_step(cfg: configs.Config, model: ICLModel, tx: optax.GradientTransforma
     key = tasks.batch_key(state.data_key, state.step)
     n_dims = active_dims(cfg, state.step) if cfg.curriculum.dims_start is not None else None
     if variants:
-      prompts = tasks.sample_batch_traced(key, cfg.task, task_params, cfg.train.batch_size)
+      prompts = tasks.sample_batch_traced(key, cfg.task, task_params, cfg.train.batch_size, n_dims)
     else:
       prompts = tasks.sample_batch(key, cfg.task, cfg.train.batch_size, n_dims)
     prompts = constrain_batch(prompts)
@@ -353,7 +353,7 @@ def run_params(state: TrainState, run: int = 0) -> Any:
 
 def load_run(workdir: str) -> TrainResult:
   """Config and latest valid checkpointed state of a finished (or interrupted) run directory (read only)."""
-  cfg = load_config(workdir)
+  cfg = configs.load(os.path.join(workdir, "config.json"))
   engine = Engine(cfg)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_ckpts, repair=False)
   try:
@@ -364,22 +364,6 @@ def load_run(workdir: str) -> TrainResult:
     raise ValueError(f"workdir={workdir!r}: no readable checkpoint")
   return TrainResult(state=TrainState(*restored[1]), history=_read_history(workdir, upto=restored[0]),
                      model=engine.model, config=cfg)
-
-
-def load_config(workdir: str) -> configs.Config:
-  """The ``config.json`` of a run directory; ``ValueError`` naming the file if it is missing or invalid."""
-  path = os.path.join(workdir, "config.json")
-  try:
-    with open(path) as f:
-      values = json.load(f)
-  except OSError as e:
-    raise ValueError(f"workdir={workdir!r}: no readable config.json ({e.strerror}: {path})") from None
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise ValueError(f"{path}: not valid JSON ({e})") from None
-  try:
-    return configs.from_dict(values)
-  except ValueError as e:
-    raise ValueError(f"{path}: {e}") from None
 
 
 # ----------------------------------------------------------------------------- workdir files
@@ -438,7 +422,7 @@ def _check_or_write_config(cfg: configs.Config, workdir: str) -> None:
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     try:
-      existing = load_config(workdir)
+      existing = configs.load(path)
     except ValueError as e:
       if _has_checkpoints(workdir):
         raise ValueError(f"{e}; the workdir holds checkpoints, so it is not rewritten: fix the file or use a "

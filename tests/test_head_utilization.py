@@ -1,5 +1,7 @@
 """Tests of study 2 (jaxicl/studies/head_utilization): the tiny preset end to end through the CLI (summary.json
-checked against the checkpointed models and its own rules), config validation, and the notebook.
+checked against the checkpointed models and its own rules), an interrupted reproduction resumed to the same
+results, the σ grid fused into one program equal to separate trainings, config validation (``--set``), and the
+notebook.
 
 The CLI run and the notebook share a persistent XLA compilation cache (and fast, unoptimised XLA), so the
 notebook's run of the same tiny preset mostly reuses compiled programs.
@@ -7,10 +9,11 @@ notebook's run of the same tiny preset mostly reuses compiled programs.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
+import re
+import subprocess
 import sys
 
 import jax
@@ -18,7 +21,7 @@ import numpy as np
 import pytest
 from conftest import REPO, reproduce, subprocess_env
 
-from jaxicl import interpret, train
+from jaxicl import cli, interpret, train
 from jaxicl.studies.head_utilization import run
 
 
@@ -41,10 +44,10 @@ def _all_finite(tree) -> bool:
 
 
 def test_tiny_preset_writes_figures_and_tables(tiny_out):
-  sc = run.tiny()
-  L, H = sc.layers[0], sc.heads
-  multi, single = run.model_tag(sc.noise_stds[0], L, H), run.model_tag(sc.noise_stds[0], L, 1)
-  sigma = f"sigma{sc.noise_stds[0]:g}"
+  p = run.configure("tiny")
+  L, H, seeds, sigma0 = p.study.layers[0], p.study.heads, p.config.train.seeds, p.study.noise_stds[0]
+  multi, single = run.model_tag(sigma0, L, H), run.model_tag(sigma0, L, 1)
+  sigma = f"sigma{sigma0:g}"
   expected = ["risk_vs_n.png", "risk_vs_n.csv", f"importance_{multi}.png", "importance.json", f"probe_{sigma}_L{L}.png",
               "probe.csv", f"pto_vs_baselines_{sigma}.png", "baselines.csv", f"attention_{multi}.png", "summary.json"]
   for name in expected:
@@ -56,7 +59,7 @@ def test_tiny_preset_writes_figures_and_tables(tiny_out):
   assert summary["preset"] == "tiny"
   assert set(summary["models"]) == {multi, single}
   m, s = summary["models"][multi], summary["models"][single]
-  R = len(sc.seeds)
+  R = len(seeds)
   for key in ("mean_risk", "pruned_risk", "mirror_pruned_risk", "one_per_layer_risk"):
     assert len(m[key]["per_seed"]) == R and all(math.isfinite(v) and v > 0 for v in m[key]["per_seed"]), key
     assert m[key]["mean"] == pytest.approx(np.mean(m[key]["per_seed"]), rel=1e-12), key
@@ -78,7 +81,7 @@ def test_tiny_preset_writes_figures_and_tables(tiny_out):
   # the per-seed verdict follows the stated rule from the numbers next to it
   assert len(m["claim"]) == R and summary["claim_rule"]
   for r, v in enumerate(m["claim"]):
-    assert v["seed"] == sc.seeds[r]
+    assert v["seed"] == seeds[r]
     assert v["layer1_all_heads_matter"] == (eff["per_seed"][r][0] is not None and eff["per_seed"][r][0] >= H / 2)
     full, pruned = m["mean_risk"]["per_seed"][r], m["pruned_risk"]["per_seed"][r]
     assert v["pruned_risk_increase"] == pytest.approx((pruned - full) / full, rel=1e-9, abs=1e-12)
@@ -98,24 +101,133 @@ def test_tiny_preset_writes_figures_and_tables(tiny_out):
   assert np.all(masks[:, 0] == 1) and np.all(masks[:, 1:].sum(-1) == 1)  # layer 1 whole, one head later
 
   # pruned risk = a direct masked evaluation of the checkpointed models on the held-out prompts
-  result = train.load_run(os.path.join(tiny_out, "runs", multi))
-  sets = run.prompt_sets(sc, run.task_config(sc, sc.noise_stds[0]))
-  direct = interpret.masked_risk_runs(result.model, result.state.params, sets.eval, masks.astype(np.float32))
+  assert m["workdir"] == os.path.relpath(run.run_dir(tiny_out, run.model_config(p, L, H)), tiny_out)
+  result = train.load_run(os.path.join(tiny_out, m["workdir"]))
+  assert result.config == run.model_config(p, L, H) and int(result.state.step[0]) == p.config.train.steps
+  params = jax.tree.map(lambda a: a[np.asarray(run.variant_runs(result.config, 0))], result.state.params)
+  sets = run.prompt_sets(p, run.task_config(p, sigma0))
+  direct = interpret.masked_risk_runs(result.model, params, sets.eval, masks.astype(np.float32))
   np.testing.assert_allclose(direct.mean(-1), m["pruned_risk"]["per_seed"], rtol=1e-5)
-  full = interpret.masked_risk_runs(result.model, result.state.params, sets.eval, None)
+  full = interpret.masked_risk_runs(result.model, params, sets.eval, None)
   np.testing.assert_allclose(full.mean(-1), m["mean_risk"]["per_seed"], rtol=1e-5)
 
   rows = open(os.path.join(tiny_out, "risk_vs_n.csv")).read().strip().splitlines()
-  assert len(rows) == 1 + sc.n_points * (1 + 3 + 1)  # multi (+ 3 pruned variants) and single
+  assert len(rows) == 1 + p.config.task.n_points * (1 + 3 + 1)  # multi (+ 3 pruned variants) and single
   probe_rows = open(os.path.join(tiny_out, "probe.csv")).read().strip().splitlines()
   assert len(probe_rows) == 1 + (L + 1) * 3  # full and pruned multi-head, single-head
 
 
-@pytest.mark.parametrize("change,field", [(dict(sparsity=9), "sparsity"), (dict(dims_start=1), "dims_start"),
-                                         (dict(pto_steps=(1, -3)), "pto_steps"), (dict(noise_stds=()), "noise_stds")])
-def test_bad_study_config_names_the_field(change, field):
-  with pytest.raises(ValueError, match=rf"StudyConfig\.{field}="):
-    dataclasses.replace(run.tiny(), **change)
+def _numbers(tree):
+  """The numeric leaves of a summary (timings and elapsed times left out), flattened in key order."""
+  if isinstance(tree, dict):
+    return [x for k in sorted(tree) if k not in ("timings_s", "elapsed_s") for x in _numbers(tree[k])]
+  if isinstance(tree, (list, tuple)):
+    return [x for v in tree for x in _numbers(v)]
+  return [float(tree)] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def test_interrupted_reproduction_resumes_to_the_uninterrupted_results(tiny_out, xla_cache, tmp_path):
+  """`--stop-after 10` stops every program at a checkpoint and writes no results; the same command without it
+  resumes, and its summary and parameters equal the uninterrupted run's (the engine resumes bit-identically)."""
+  out = str(tmp_path / "resumed")
+  proc = reproduce("head-utilization", out, xla_cache, "--stop-after", "10")
+  assert "stopped at step 10" in proc.stdout and not os.path.exists(os.path.join(out, "summary.json"))
+  p = run.configure("tiny")
+  for heads in p.study.model_heads:
+    workdir = run.run_dir(out, run.model_config(p, p.study.layers[0], heads))
+    assert int(train.load_run(workdir).state.step[0]) == 10
+  reproduce("head-utilization", out, xla_cache)
+  with open(os.path.join(out, "summary.json")) as f:
+    resumed = json.load(f)
+  with open(os.path.join(tiny_out, "summary.json")) as f:
+    reference = json.load(f)
+  assert resumed["models"].keys() == reference["models"].keys()
+  np.testing.assert_array_equal(_numbers(resumed["models"]), _numbers(reference["models"]))
+  for tag, m in reference["models"].items():
+    a, b = train.load_run(os.path.join(out, m["workdir"])), train.load_run(os.path.join(tiny_out, m["workdir"]))
+    jax.tree.map(np.testing.assert_array_equal, a.state.params, b.state.params)
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+
+
+_FUSED_SCRIPT = """
+import sys
+import numpy as np
+import jax
+from jaxicl import train
+from jaxicl.studies.head_utilization import run
+
+sets = sys.argv[2:]
+arrays = {}
+fused = run.model_config(run.configure("tiny", sets + ["study.noise_stds=0,0.5"]), 1, 2)
+programs = [("fused", fused)] + [(f"alone{v}", run.model_config(run.configure("tiny", sets + [f"study.noise_stds={s}"]), 1, 2))
+                                 for v, s in enumerate((0, 0.5))]
+for name, cfg in programs:
+  result = train.train(cfg)
+  arrays[name + "/loss"] = np.asarray(result.history[-1]["loss"])
+  for path, leaf in zip(train.param_paths(result.state.params), jax.tree.leaves(result.state.params)):
+    arrays[name + "/" + path] = np.asarray(leaf)
+np.savez(sys.argv[1], **arrays)
+"""
+
+
+def test_noise_levels_fused_in_one_program_equal_separate_trainings(xla_cache, tmp_path):
+  """One (L, H) program trains every σ as a task variant (dims curriculum on, so the sparse support follows the
+  active dims): each σ's runs equal the same seeds trained alone at that σ (float32 tolerance: a different
+  vmapped batch of runs may reorder XLA's reductions). The three trainings run in a subprocess with the tests'
+  fast XLA flags and compilation cache (a gpt2 program compiles for tens of seconds under full optimisation)."""
+  sets = ["train.steps=4", "train.log_every=2", "train.batch_size=8", "curriculum.dims_start=3", "curriculum.every=2",
+          "model.width=8", "model.mlp=false"]
+  p = run.configure("tiny", sets + ["study.noise_stds=0,0.5"])
+  fused_cfg = run.model_config(p, 1, 2)
+  assert fused_cfg.train.task_variants == ("noise_var=0.0", "noise_var=0.25") and len(fused_cfg.runs) == 4
+  path = str(tmp_path / "params.npz")
+  proc = subprocess.run([sys.executable, "-c", _FUSED_SCRIPT, path, *sets], cwd=REPO, env=subprocess_env(xla_cache),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  arrays = np.load(path)
+  names = [k[len("fused/"):] for k in arrays.files if k.startswith("fused/") and k != "fused/loss"]
+  assert len(names) > 5
+  for v in range(len(p.study.noise_stds)):
+    runs = np.asarray(run.variant_runs(fused_cfg, v))
+    assert [fused_cfg.runs[r][0] for r in runs] == list(p.config.train.seeds)
+    for name in names:
+      np.testing.assert_allclose(arrays["fused/" + name][runs], arrays[f"alone{v}/" + name], rtol=1e-5, atol=1e-6,
+                                 err_msg=name)
+    np.testing.assert_allclose(arrays["fused/loss"][runs], arrays[f"alone{v}/loss"], rtol=1e-5)
+    assert not np.allclose(arrays["fused/loss"][runs], arrays[f"alone{1 - v}/loss"], rtol=1e-3)  # σ matters
+
+
+@pytest.mark.parametrize("override,field", [
+    ("task.sparsity=9", "TaskConfig.sparsity=9"), ("curriculum.dims_start=1", "curriculum.dims_start=1"),
+    ("study.pto_steps=1,-3", "study.pto_steps="), ("study.noise_stds=", "study.noise_stds="),
+    ("study.noise_stds=0.1,nan", "study.noise_stds[1]="), ("study.heads=2.5", "study.heads="),
+    ("study.nope=1", "study.nope"), ("model.n_layers=3", "model.n_layers"), ("model.heads=4", "model.heads"),
+    ("task.noise_var=0.5", "task.noise_var"), ("task.family=linear", "task.family="),
+    ("task.n_points=1", "task.n_points="), ("model.name=softmax_icl", "model"), ("train.steps=0", "train.steps=0"),
+    ("study.layers=0", "study.layers="), ("study.probe_lam=0", "study.probe_lam="),
+])
+def test_bad_settings_are_one_line_errors_naming_the_field(override, field, tmp_path, capsys):
+  """``configure`` refuses a bad ``--set`` naming the field (old StudyConfig checks included: sparsity <= d and
+  dims_start >= sparsity now come from the config vocabulary); the CLI prints one line and exits 2, before
+  writing anything."""
+  with pytest.raises(ValueError, match=re.escape(field)):
+    run.configure("tiny", [override])
+  out = tmp_path / "out"
+  assert cli.main(["reproduce", "head-utilization", "--preset", "tiny", "--out", str(out), "--set", override]) == 2
+  err = capsys.readouterr().err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in err and field in lines[0], err
+  assert not out.exists()
+
+
+def test_study_settings_parse_like_config_overrides():
+  """``study.*`` values take the ``--set`` syntax: lists comma-separated, ``inf`` in the step grids, ``none``."""
+  p = run.configure("tiny", ["study.noise_stds=0.1,0.5", "study.pto_steps=0,10,inf", "study.importance_batch=none",
+                             "study.single_head=false", "train.steps=30", "optim.lr=3e-4"])
+  assert p.study.noise_stds == (0.1, 0.5) and p.study.pto_steps == (0, 10, math.inf)
+  assert p.study.importance_batch is None and p.study.model_heads == (p.study.heads,)
+  assert p.config.train.steps == 30 and p.config.optim.lr == 3e-4
+  assert run.configure("tiny") == run.PRESETS["tiny"]()  # no overrides: the preset itself
 
 
 def test_notebook_executes_with_tiny_preset(tiny_out, xla_cache, tmp_path, monkeypatch):

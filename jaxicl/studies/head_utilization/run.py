@@ -3,8 +3,15 @@
 Reconstruction of Chen, Zhao & Zou (arXiv 2408.04532) under the protocol of ``shared/studies.md``:
 x ~ N(0, I_d), w s-sparse (uniform support, N(0, 1) entries), y = wᵀx + ε, ε ~ N(0, σ²); GPT-2-style
 decoders (interleaved tokens, loss on every query position) with L layers × H heads and, for
-comparison, models with one head per layer; every (σ, L, heads) model is trained for all seeds at once
-(seeds vmapped in one program, ``TrainConfig.seeds``).
+comparison, models with one head per layer.
+
+A preset is a base ``configs.Config`` (task / model / optim / curriculum / train: the vocabulary of
+``jaxicl train``) plus ``StudySettings``: the study's grid (noise levels σ, depths L, heads per layer H, the
+single-head models) and its analysis settings (prompt sets, baseline grids, probe penalty); no setting is
+both. Each (L, H) of the grid is ONE ``jaxicl.train.train`` program in its workdir ``out/runs/L<L>_H<H>_<hash>``
+(``model_config``): every σ is a per-run ``train.task_variants`` entry (``noise_var=σ²``) and every seed is
+vmapped, so an interrupted reproduction resumes from the last checkpoint of each program. The eval set,
+``train.eval_prompts`` prompts, is drawn per σ from the base task.
 
 Shape legend: R runs (seeds), L layers, H heads, N points per prompt (n = 0..N-1 in-context examples
 before prediction n), P = N predictions, G hyper-parameter grid points.
@@ -30,12 +37,16 @@ For every model the study measures (``jaxicl.interpret``, all pure functions of 
 
 Outputs in ``out``: ``risk_vs_n.png/.csv`` (figure 1), ``importance_<model>.png`` + ``importance.json``
 (figure 2), ``probe_<σ>_L<L>.png`` + ``probe.csv`` (figure 3), ``pto_vs_baselines_<σ>.png`` +
-``baselines.csv`` (figure 4), ``attention_<model>.png`` (attention maps of one prompt) and the
-machine-checkable ``summary.json`` (``summarize``: per model ``mean_risk``, ``effective_heads``, ``pruned_risk``,
-``mirror_pruned_risk``, the claim per seed; per baseline ``mean_risk``, winners and grid edges; ``warnings``);
-a summary table is printed at the end.
+``baselines.csv`` (figure 4), ``attention_<model>.png`` (attention maps of one prompt); every figure also as
+PDF (``jaxicl.plotting``); the machine-checkable ``summary.json`` (``summarize``: per model ``mean_risk``,
+``effective_heads``, ``pruned_risk``, ``mirror_pruned_risk``, the claim per seed, its ``workdir``; per baseline
+``mean_risk``, winners and grid edges; ``warnings``); a summary table is printed at the end.
 
-Presets (``--preset``; each docstring gives the command and expected times):
+Presets (``--preset``; each docstring gives the command and expected times), changed with ``--set``:
+``section.field=value`` sets the base config (e.g. ``train.steps=100``, ``optim.lr=3e-4``), ``study.field=value``
+a ``StudySettings`` field (e.g. ``study.noise_stds=0.1,0.5``, ``study.layers=2,3``, ``study.pto_steps=1,10,inf``).
+The grid's own config fields (``task.noise_var``, ``model.n_layers``, ``model.heads``, ``train.task_variants``)
+are set through ``study.*`` only.
   * ``tiny``  — about a minute, for the tests; numbers are meaningless.
   * ``quick`` — d = 8, s = 2, N = 16, 2 layers × 4 heads, 3 seeds, 5000 steps: ~10 minutes estimated on an idle
     2-core CPU (derived from a measured per-step cost; see README, Study 2).
@@ -50,135 +61,141 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import hashlib
+import io
 import json
 import math
 import os
 import time
+import typing
 from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import configs, estimators, evaluate, interpret, tasks, train
-from jaxicl.files import write_json
+from jaxicl import configs, estimators, evaluate, interpret, plotting, tasks, train
+from jaxicl.files import write_json, write_text
 from jaxicl.models import ModelConfig
+
+INF = math.inf
+_STEPS = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000, INF)  # T; INF = the T → ∞ limit
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyConfig:
-  """Everything one run of the study depends on (see the presets).
+class StudySettings:
+  """What study 2 adds to its base ``configs.Config``: the grid trained around it and the analysis.
 
   Attributes:
-    name: preset name.
-    d, sparsity, n_points: input dimension, s, and N points per prompt.
-    noise_stds: label-noise standard deviations σ (one study per σ).
-    layers: model depths L trained (each with ``heads`` heads per layer and, if ``single_head``, 1).
-    heads: heads per layer of the multi-head models.
+    noise_stds: label-noise standard deviations σ (each a ``train.task_variants`` entry noise_var = σ²).
+    layers: model depths L (``model.n_layers``), each with ``heads`` heads per layer and, if ``single_head``, 1.
+    heads: heads per layer of the multi-head models (``model.heads``).
     single_head: also train the one-head-per-layer model of every depth.
-    width, mlp: decoder width E and whether blocks have an MLP.
-    steps, batch_size, lr, warmup_steps, grad_clip, seeds, log_every: training (Adam, constant lr after warmup).
-    dims_start, dims_every: optional curriculum on the active input dimensions (None: off).
-    eval_prompts: held-out prompts for risks, importance, pruning and probe evaluation.
-    probe_prompts: prompts the probes are fitted on (a different set).
+    probe_prompts: prompts the probes are fitted on (the held-out set has ``train.eval_prompts``).
     tune_prompts: prompts the baselines' hyper-parameters are tuned on (a third set).
     importance_batch: single-head masks vmapped at once (None: all).
-    pto_lrs, gd_lrs: step sizes η tried for PtO / GD; pto_steps, gd_steps: numbers of steps T tried.
-    ridge_lams, lasso_alphas: the ridge λ and Lasso α grids.
     probe_lam: relative ridge penalty of the probes.
-    checkpoint: keep a training workdir under ``out/runs`` (resumable) instead of training in memory.
-    ckpt_every: with ``checkpoint``, also save every this many steps (a multiple of ``log_every``; 0: at the end).
+    pto_lrs, gd_lrs: step sizes η tried for PtO / GD; pto_steps, gd_steps: numbers of steps T tried (integers
+      or inf, the T → ∞ limit); ipto_steps, ipto_rounds: the same for iterated PtO, over 1..ipto_rounds rounds.
+    ridge_lams, lasso_alphas: the ridge λ and Lasso α grids.
   """
 
-  name: str
-  d: int
-  sparsity: int
-  n_points: int
   noise_stds: tuple[float, ...]
   layers: tuple[int, ...]
   heads: int
-  single_head: bool
-  width: int
-  mlp: bool
-  steps: int
-  batch_size: int
-  lr: float
-  warmup_steps: int
-  grad_clip: float | None
-  seeds: tuple[int, ...]
-  log_every: int
-  eval_prompts: int
-  probe_prompts: int
-  tune_prompts: int
-  importance_batch: int | None
-  pto_lrs: tuple[float, ...]
-  pto_steps: tuple[float, ...]
-  gd_lrs: tuple[float, ...]
-  gd_steps: tuple[float, ...]
-  ipto_steps: tuple[float, ...]
-  ipto_rounds: int
-  ridge_lams: tuple[float, ...]
-  lasso_alphas: tuple[float, ...]
+  single_head: bool = False
+  probe_prompts: int = 512
+  tune_prompts: int = 512
+  importance_batch: int | None = None
   probe_lam: float = 1e-6
-  schedule: str = "constant"
-  dims_start: int | None = None
-  dims_every: int = 1000
-  checkpoint: bool = False
-  ckpt_every: int = 0
+  pto_lrs: tuple[float, ...] = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3)
+  pto_steps: tuple[float, ...] = _STEPS
+  gd_lrs: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
+  gd_steps: tuple[float, ...] = _STEPS
+  ipto_steps: tuple[float, ...] = (1, 10, 100, 1000, 10_000, 100_000, INF)
+  ipto_rounds: int = 4
+  ridge_lams: tuple[float, ...] = (1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
+  lasso_alphas: tuple[float, ...] = (1e-4, 1e-3, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
   def __post_init__(self):
     def need(ok: bool, field: str, why: str):
       if not ok:
-        raise ValueError(f"StudyConfig.{field}={getattr(self, field)!r} (preset {self.name!r}): {why}")
+        raise ValueError(f"study.{field}={getattr(self, field)!r}: {why}")
 
-    need(self.d >= 1, "d", "must be >= 1")
-    need(1 <= self.sparsity <= self.d, "sparsity", f"must be in [1, d={self.d}]")
-    need(self.n_points >= 2, "n_points", "must be >= 2")
-    need(len(self.noise_stds) >= 1 and all(x >= 0 for x in self.noise_stds), "noise_stds", "need values >= 0")
+    def finite(x) -> bool:
+      return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    need(len(self.noise_stds) >= 1 and all(finite(x) and x >= 0 for x in self.noise_stds), "noise_stds",
+         "need finite values >= 0")
+    need(len(set(self.noise_stds)) == len(self.noise_stds), "noise_stds", "values must be distinct")
     need(len(self.layers) >= 1 and all(x >= 1 for x in self.layers), "layers", "need depths >= 1")
+    need(len(set(self.layers)) == len(self.layers), "layers", "values must be distinct")
     need(self.heads >= 1, "heads", "must be >= 1")
-    need(len(self.seeds) >= 1, "seeds", "need at least one seed")
-    for field in ("eval_prompts", "probe_prompts", "tune_prompts", "ipto_rounds", "steps"):
+    for field in ("probe_prompts", "tune_prompts", "ipto_rounds"):
       need(getattr(self, field) >= 1, field, "must be >= 1")
+    need(self.importance_batch is None or self.importance_batch >= 1, "importance_batch", "must be >= 1 (or none)")
+    need(finite(self.probe_lam) and self.probe_lam > 0, "probe_lam", "must be a finite number > 0")
     for field in ("pto_lrs", "gd_lrs", "ridge_lams", "lasso_alphas"):
-      need(len(getattr(self, field)) >= 1 and all(x > 0 for x in getattr(self, field)), field, "need values > 0")
+      values = getattr(self, field)
+      need(len(values) >= 1 and all(finite(x) and x > 0 for x in values), field, "need finite values > 0")
     for field in ("pto_steps", "gd_steps", "ipto_steps"):
-      need(len(getattr(self, field)) >= 1 and all(t >= 0 and (math.isinf(t) or t == int(t)) for t in getattr(self, field)),
-           field, "need integers >= 0 (or inf)")
-    need(self.dims_start is None or self.sparsity <= self.dims_start <= self.d, "dims_start",
-         f"must be in [sparsity={self.sparsity}, d={self.d}] (the support is drawn among the active dims)")
+      values = getattr(self, field)
+      need(len(values) >= 1 and all(t >= 0 and (math.isinf(t) or t == int(t)) for t in values), field,
+           "need integers >= 0 (or inf)")
+
+  @property
+  def model_heads(self) -> tuple[int, ...]:
+    """Heads per layer of the trained models: (H, 1) with ``single_head``, else (H,)."""
+    return (self.heads, 1) if self.single_head and self.heads > 1 else (self.heads,)
 
 
-INF = math.inf
-_STEPS = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000, INF)  # T; INF = the T → ∞ limit
-_BASELINE_GRIDS = dict(
-    pto_lrs=(0.001, 0.003, 0.01, 0.03, 0.1, 0.3),
-    pto_steps=_STEPS,
-    gd_lrs=(0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
-    gd_steps=_STEPS,
-    ipto_steps=(1, 10, 100, 1000, 10_000, 100_000, INF),
-    ipto_rounds=4,
-    ridge_lams=(1e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0),
-    lasso_alphas=(1e-4, 1e-3, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
-)
+class Preset(NamedTuple):
+  """One preset: its name, docstring (command and expected time), base config and study settings."""
+
+  name: str
+  doc: str
+  config: configs.Config
+  study: StudySettings
 
 
-def tiny() -> StudyConfig:
+PRESETS: dict[str, Callable[[], Preset]] = {}
+
+
+def _preset(fn: Callable[[], tuple[configs.Config, StudySettings]]) -> Callable[[], Preset]:
+  """Registers ``fn`` (returning the base config and the study settings) as a preset under its name."""
+  def make() -> Preset:
+    return Preset(fn.__name__, fn.__doc__ or "", *fn())
+  make.__name__, make.__doc__ = fn.__name__, fn.__doc__
+  PRESETS[fn.__name__] = make
+  return make
+
+
+def _sparse_gpt2(d: int, sparsity: int, n_points: int, width: int) -> tuple[tasks.TaskConfig, ModelConfig]:
+  """The study's task (s-sparse w with N(0, 1) entries) and decoder family (MLP blocks, positions for N points);
+  σ, L and H are set by the grid."""
+  return (tasks.TaskConfig(family="sparse", d=d, sparsity=sparsity, w_var=1.0, n_points=n_points),
+          ModelConfig(name="gpt2", width=width, mlp=True, max_points=n_points))
+
+
+@_preset
+def tiny():
   """Smoke test for the test suite: d=5, s=2, N=8, a 2-layer × 2-head and a 2-layer single-head model
   (width 16), 2 seeds, 20 steps; every figure and table is written but the numbers mean nothing.
 
   `jaxicl reproduce head-utilization --preset tiny --out /tmp/hu_tiny` — about 20-40 s on a 2-core CPU
   (almost all compilation), about the same on a GPU.
   """
-  return StudyConfig(
-      name="tiny", d=5, sparsity=2, n_points=8, noise_stds=(0.1,), layers=(2,), heads=2, single_head=True,
-      width=16, mlp=True, steps=20, batch_size=16, lr=1e-3, warmup_steps=0, grad_clip=None, seeds=(0, 1),
-      log_every=10, eval_prompts=32, probe_prompts=32, tune_prompts=32, importance_batch=None,
-      pto_lrs=(0.0003, 0.003), pto_steps=(0, 1, 5, INF), gd_lrs=(0.01, 0.1), gd_steps=(1, 5, 1000), ipto_steps=(5, INF),
-      ipto_rounds=2, ridge_lams=(0.1, 1.0), lasso_alphas=(0.03,), checkpoint=True)
+  task, model = _sparse_gpt2(d=5, sparsity=2, n_points=8, width=16)
+  return (configs.Config(task=task, model=model, optim=configs.OptimConfig(lr=1e-3),
+                         train=configs.TrainConfig(steps=20, batch_size=16, seeds=(0, 1), log_every=10,
+                                                   eval_prompts=32)),
+          StudySettings(noise_stds=(0.1,), layers=(2,), heads=2, single_head=True, probe_prompts=32, tune_prompts=32,
+                        pto_lrs=(0.0003, 0.003), pto_steps=(0, 1, 5, INF), gd_lrs=(0.01, 0.1), gd_steps=(1, 5, 1000),
+                        ipto_steps=(5, INF), ipto_rounds=2, ridge_lams=(0.1, 1.0), lasso_alphas=(0.03,)))
 
 
-def quick() -> StudyConfig:
+@_preset
+def quick():
   """The CPU study, shrunk: d=8, s=2, N=16, σ=0.1; 2 layers × 4 heads (width 64, MLP), 3 seeds vmapped, 5000 Adam
   steps at lr 1e-3 (200 warmup, cosine decay, batch 64); checkpointed under out/runs (resumable).
 
@@ -187,78 +204,145 @@ def quick() -> StudyConfig:
   the same width measured at 14 steps/s on this CPU, so ~9 steps/s, 5000 steps ≈ 9 minutes, plus the analysis.
   Measured on the shared CPU at load ~15: 0.8-1.2 steps/s (about 10× slower). Resumable (checkpoint every 1000).
   """
-  return StudyConfig(
-      name="quick", d=8, sparsity=2, n_points=16, noise_stds=(0.1,), layers=(2,), heads=4, single_head=False,
-      width=64, mlp=True, steps=5000, batch_size=64, lr=1e-3, warmup_steps=200, schedule="cosine", grad_clip=None,
-      seeds=(0, 1, 2), log_every=250, eval_prompts=1024, probe_prompts=512, tune_prompts=512, importance_batch=None,
-      checkpoint=True, ckpt_every=1000, **_BASELINE_GRIDS)
+  task, model = _sparse_gpt2(d=8, sparsity=2, n_points=16, width=64)
+  return (configs.Config(task=task, model=model,
+                         optim=configs.OptimConfig(lr=1e-3, warmup_steps=200, schedule="cosine"),
+                         train=configs.TrainConfig(steps=5000, batch_size=64, seeds=(0, 1, 2), log_every=250,
+                                                   ckpt_every=1000, eval_prompts=1024)),
+          StudySettings(noise_stds=(0.1,), layers=(2,), heads=4, probe_prompts=512, tune_prompts=512))
 
 
-def cpu() -> StudyConfig:
+@_preset
+def cpu():
   """The study's shape scaled to a CPU: d=12, s=3, N=24, σ ∈ {0.1, 0.5}; 3 layers × 4 heads (width 64, MLP), 3 seeds
-  vmapped; 8000 Adam steps at lr 1e-3 (300 warmup, cosine, batch 64); checkpointed every 1000 steps under
+  vmapped; 8000 Adam steps at lr 1e-3 (300 warmup, cosine, batch 64, clip 1); checkpointed every 1000 steps under
   out/runs, so it runs in pieces (interrupt and re-run the same command to resume).
 
   `jaxicl reproduce head-utilization --preset cpu --out runs/head_utilization_cpu` — estimated ~75 minutes on an idle
   2-core CPU: 9.6e9 flops per step (3 seeds, XLA's cost analysis) at the 3.8e10 flop/s measured for the d=5 model
-  (see ``quick``) is ~4 steps/s, 2 × 8000 steps ≈ 67 minutes, plus the analysis. Not run here.
+  (see ``quick``) is ~4 steps/s, 2 × 8000 steps ≈ 67 minutes (both σ train in one program of 6 runs), plus the
+  analysis. Not run here.
   """
-  return StudyConfig(
-      name="cpu", d=12, sparsity=3, n_points=24, noise_stds=(0.1, 0.5), layers=(3,), heads=4, single_head=False,
-      width=64, mlp=True, steps=8000, batch_size=64, lr=1e-3, warmup_steps=300, schedule="cosine", grad_clip=1.0,
-      seeds=(0, 1, 2), log_every=250, eval_prompts=1024, probe_prompts=512, tune_prompts=512, importance_batch=None,
-      checkpoint=True, ckpt_every=1000, **_BASELINE_GRIDS)
+  task, model = _sparse_gpt2(d=12, sparsity=3, n_points=24, width=64)
+  return (configs.Config(task=task, model=model,
+                         optim=configs.OptimConfig(lr=1e-3, warmup_steps=300, schedule="cosine", grad_clip=1.0),
+                         train=configs.TrainConfig(steps=8000, batch_size=64, seeds=(0, 1, 2), log_every=250,
+                                                   ckpt_every=1000, eval_prompts=1024)),
+          StudySettings(noise_stds=(0.1, 0.5), layers=(3,), heads=4, probe_prompts=512, tune_prompts=512))
 
 
-def full() -> StudyConfig:
+@_preset
+def full():
   """The study: d=20, s=3, N=40, σ ∈ {0, 0.1, 0.5}; L ∈ {2, 3, 4} layers × 8 heads (width 256, MLP) and the
   single-head model of each depth; 3 seeds vmapped; 8000 Adam steps (lr 1e-3, 400 warmup, cosine, batch 64, clip 1).
 
   `jaxicl reproduce head-utilization --preset full --out runs/head_utilization` — sized for <= 30 minutes on one
   H100, derived, not measured: XLA's cost analysis (``jax.jit(vmapped step).lower(...).cost_analysis()``) gives
   1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4 (the single-head models cost the same), so
-  the 18 trainings × 8000 steps are 3.3e16 flops: 22 minutes at an assumed 25 TFLOP/s sustained (TF32 matmuls at
-  this width), plus ~1 ms/step of launch overhead (~2.5 minutes) and the analysis. On CPU the same arithmetic
-  (3.8e10 flop/s measured on the 2-core CPU) gives ~10 days. Every training is checkpointed under out/runs, so an
-  interrupted run resumes.
+  the 18 trainings (6 programs of 3 σ × 3 seeds) × 8000 steps are 3.3e16 flops: 22 minutes at an assumed
+  25 TFLOP/s sustained (TF32 matmuls at this width), plus ~1 ms/step of launch overhead (~2.5 minutes) and the
+  analysis. On CPU the same arithmetic (3.8e10 flop/s measured on the 2-core CPU) gives ~10 days. Every program is
+  checkpointed under out/runs, so an interrupted run resumes.
   """
-  return StudyConfig(
-      name="full", d=20, sparsity=3, n_points=40, noise_stds=(0.0, 0.1, 0.5), layers=(2, 3, 4), heads=8,
-      single_head=True, width=256, mlp=True, steps=8000, batch_size=64, lr=1e-3, warmup_steps=400,
-      schedule="cosine", grad_clip=1.0, seeds=(0, 1, 2), log_every=1000, eval_prompts=2048, probe_prompts=2048,
-      tune_prompts=1024, importance_batch=4, checkpoint=True, ckpt_every=2000, **_BASELINE_GRIDS)
+  task, model = _sparse_gpt2(d=20, sparsity=3, n_points=40, width=256)
+  return (configs.Config(task=task, model=model,
+                         optim=configs.OptimConfig(lr=1e-3, warmup_steps=400, schedule="cosine", grad_clip=1.0),
+                         train=configs.TrainConfig(steps=8000, batch_size=64, seeds=(0, 1, 2), log_every=1000,
+                                                   ckpt_every=2000, eval_prompts=2048)),
+          StudySettings(noise_stds=(0.0, 0.1, 0.5), layers=(2, 3, 4), heads=8, single_head=True, probe_prompts=2048,
+                        tune_prompts=1024, importance_batch=4))
 
-
-PRESETS: dict[str, Callable[[], StudyConfig]] = {"tiny": tiny, "quick": quick, "cpu": cpu, "full": full}
 
 EVAL_SEED = evaluate.EVAL_SEED  # held-out prompts; probe-fit and tuning sets use EVAL_SEED + 1, + 2
+
+# Config fields the grid sets per model: an override of one of them is refused (it would be silently replaced).
+GRID_FIELDS = {"task.noise_var": "study.noise_stds", "train.task_variants": "study.noise_stds",
+               "model.n_layers": "study.layers", "model.heads": "study.heads / study.single_head"}
+_STEP_GRIDS = ("pto_steps", "gd_steps", "ipto_steps")
 
 
 # ----------------------------------------------------------------------------------------------
 # Configs
 
 
-def task_config(sc: StudyConfig, sigma: float) -> tasks.TaskConfig:
-  return tasks.TaskConfig(family="sparse", d=sc.d, sparsity=sc.sparsity, w_var=1.0, n_points=sc.n_points,
-                          noise_var=float(sigma) ** 2)
+def configure(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
+  """The preset ``preset`` with ``overrides`` applied: ``section.field=value`` to the base config (as ``jaxicl train
+  --set``), ``study.field=value`` to the ``StudySettings`` (lists comma-separated; ``inf`` allowed in the step
+  grids). Every model config of the grid is built, so a bad value raises ``ValueError`` naming the field before
+  anything trains."""
+  if preset not in PRESETS:
+    raise ValueError(f"preset={preset!r}: known presets {sorted(PRESETS)}")
+  p = PRESETS[preset]()
+  config_sets, study_values = [], {}
+  hints = typing.get_type_hints(StudySettings)
+  for assignment in overrides:
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep:
+      raise ValueError(f"override {assignment!r}: expected section.field=value")
+    if key in GRID_FIELDS:
+      raise ValueError(f"override {key}={raw!r}: set by study 2's grid per model; use {GRID_FIELDS[key]}")
+    if not key.startswith("study."):
+      config_sets.append(assignment)
+      continue
+    name = key[len("study."):]
+    if name not in hints:
+      raise ValueError(f"override {key!r}: unknown study setting; known: {sorted(hints)}")
+    if name in _STEP_GRIDS:
+      study_values[name] = tuple(INF if v.strip().lower() == "inf" else configs.parse_value(v, int, f"{key}[{i}]")
+                                 for i, v in enumerate(raw.split(",")) if v.strip())
+    else:
+      study_values[name] = configs.parse_value(raw, hints[name], key)
+  try:
+    study = dataclasses.replace(p.study, **study_values)
+  except (TypeError, OverflowError, ArithmeticError) as e:  # a check that compared values of a wrong kind
+    raise ValueError(f"study: invalid values ({type(e).__name__}: {e})") from None
+  p = p._replace(config=configs.override(p.config, config_sets), study=study)
+  check(p)
+  return p
 
 
-def run_config(sc: StudyConfig, sigma: float, n_layers: int, heads: int) -> configs.Config:
-  """The training config of one (σ, L, H) model; all seeds train together."""
-  curriculum = (configs.CurriculumConfig(dims_start=sc.dims_start, every=sc.dims_every) if sc.dims_start
-                else configs.CurriculumConfig())
-  return configs.Config(
-      task=task_config(sc, sigma),
-      model=ModelConfig(name="gpt2", width=sc.width, n_layers=n_layers, heads=(heads,), mlp=sc.mlp,
-                        max_points=sc.n_points),
-      optim=configs.OptimConfig(lr=sc.lr, warmup_steps=sc.warmup_steps, grad_clip=sc.grad_clip, schedule=sc.schedule),
-      curriculum=curriculum,
-      train=configs.TrainConfig(steps=sc.steps, batch_size=sc.batch_size, seeds=sc.seeds, log_every=sc.log_every,
-                                ckpt_every=sc.ckpt_every if sc.checkpoint else 0))
+def check(p: Preset) -> None:
+  """Raises ``ValueError`` naming the field unless ``p`` is a study-2 setup: sparse task with N >= 2, a gpt2 model,
+  no task variants of its own, and every (L, H) model of the grid a valid config."""
+  c = p.config
+  if c.task.family != "sparse":
+    raise ValueError(f"task.family={c.task.family!r}: study 2 needs the 'sparse' family")
+  if c.task.n_points < 2:
+    raise ValueError(f"task.n_points={c.task.n_points!r}: study 2 needs >= 2 (a context and a prediction)")
+  if c.model.name != "gpt2":
+    raise ValueError(f"model.name={c.model.name!r}: study 2 trains 'gpt2' decoders")
+  if c.train.task_variants:
+    raise ValueError(f"train.task_variants={c.train.task_variants!r}: set by study 2's grid (study.noise_stds)")
+  if c.train.lrs:
+    raise ValueError(f"train.lrs={c.train.lrs!r}: study 2 trains one learning rate (optim.lr)")
+  for n_layers in p.study.layers:
+    for heads in p.study.model_heads:
+      model_config(p, n_layers, heads)
+
+
+def model_config(p: Preset, n_layers: int, heads: int) -> configs.Config:
+  """The training config of the (L, H) model: the base config with L layers of H heads and one task variant per σ
+  (noise_var = σ²); all seeds and all σ train in this one program (run r: σ index r // R, seed r % R)."""
+  c = p.config
+  return dataclasses.replace(
+      c, model=dataclasses.replace(c.model, n_layers=n_layers, heads=(heads,)),
+      train=dataclasses.replace(c.train, task_variants=tuple(f"noise_var={s * s!r}" for s in p.study.noise_stds)))
+
+
+def task_config(p: Preset, sigma: float) -> tasks.TaskConfig:
+  """The base task at noise level σ (the task of σ's runs, and of its held-out / probe / tuning prompts)."""
+  return dataclasses.replace(p.config.task, noise_var=float(sigma) ** 2)
 
 
 def model_tag(sigma: float, n_layers: int, heads: int) -> str:
   return f"sigma{sigma:g}_L{n_layers}_H{heads}"
+
+
+def run_dir(out: str, cfg: configs.Config) -> str:
+  """The train workdir of one (L, H) program: ``out/runs/L<L>_H<H>_<config hash>`` (a changed config trains anew)."""
+  digest = hashlib.sha1(json.dumps(configs.to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
+  return os.path.join(out, "runs", f"L{cfg.model.n_layers}_H{cfg.model.heads[0]}_{digest}")
 
 
 class PromptSets(NamedTuple):
@@ -267,10 +351,10 @@ class PromptSets(NamedTuple):
   tune: tasks.Prompt  # baseline hyper-parameter tuning
 
 
-def prompt_sets(sc: StudyConfig, task: tasks.TaskConfig) -> PromptSets:
-  return PromptSets(evaluate.eval_prompts(task, sc.eval_prompts, EVAL_SEED),
-                    evaluate.eval_prompts(task, sc.probe_prompts, EVAL_SEED + 1),
-                    evaluate.eval_prompts(task, sc.tune_prompts, EVAL_SEED + 2))
+def prompt_sets(p: Preset, task: tasks.TaskConfig) -> PromptSets:
+  return PromptSets(evaluate.eval_prompts(task, p.config.train.eval_prompts, EVAL_SEED),
+                    evaluate.eval_prompts(task, p.study.probe_prompts, EVAL_SEED + 1),
+                    evaluate.eval_prompts(task, p.study.tune_prompts, EVAL_SEED + 2))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +395,7 @@ def _path_tuned(tune: tuple[np.ndarray, np.ndarray], test: np.ndarray, lrs, step
                                np.broadcast_to(eligible, tune_r.shape).reshape(-1, n_points))
 
 
-def baseline_curves(sc: StudyConfig, sets: PromptSets, task: tasks.TaskConfig) -> dict[str, dict[str, Any]]:
+def baseline_curves(st: StudySettings, sets: PromptSets, task: tasks.TaskConfig) -> dict[str, dict[str, Any]]:
   """label -> {"risk": [N] on the held-out set, "hparams": per-n choice (tuned on the tuning set), "edges": per-n
   hyper-parameters at a grid edge}.
 
@@ -321,16 +405,16 @@ def baseline_curves(sc: StudyConfig, sets: PromptSets, task: tasks.TaskConfig) -
   ridge λ and Lasso α grids; OLS; and the Bayes-optimal estimator of the task's prior (``sparse_bayes``, no
   hyper-parameters), the floor every method is measured against.
   """
-  n = sc.n_points
+  n = task.n_points
   out: dict[str, dict[str, Any]] = {}
-  for label, preprocess, lrs, steps in (("PtO", True, sc.pto_lrs, sc.pto_steps), ("GD", False, sc.gd_lrs, sc.gd_steps)):
+  for label, preprocess, lrs, steps in (("PtO", True, st.pto_lrs, st.pto_steps), ("GD", False, st.gd_lrs, st.gd_steps)):
     tune = estimators.gd_path_risks(sets.tune, lrs, steps, preprocess)
     test, _ = estimators.gd_path_risks(sets.eval, lrs, steps, preprocess)
     out[label] = _path_tuned(tune, test, lrs, steps, None, n)
-  tune = estimators.iterated_pto_path_risks(sets.tune, sc.pto_lrs, sc.ipto_steps, sc.ipto_rounds)
-  test, _ = estimators.iterated_pto_path_risks(sets.eval, sc.pto_lrs, sc.ipto_steps, sc.ipto_rounds)
-  out["iterated PtO"] = _path_tuned(tune, test, sc.pto_lrs, sc.ipto_steps, sc.ipto_rounds, n)
-  for label, name, grid in (("ridge", "ridge", {"lam": sc.ridge_lams}), ("Lasso", "lasso", {"alpha": sc.lasso_alphas})):
+  tune = estimators.iterated_pto_path_risks(sets.tune, st.pto_lrs, st.ipto_steps, st.ipto_rounds)
+  test, _ = estimators.iterated_pto_path_risks(sets.eval, st.pto_lrs, st.ipto_steps, st.ipto_rounds)
+  out["iterated PtO"] = _path_tuned(tune, test, st.pto_lrs, st.ipto_steps, st.ipto_rounds, n)
+  for label, name, grid in (("ridge", "ridge", {"lam": st.ridge_lams}), ("Lasso", "lasso", {"alpha": st.lasso_alphas})):
     tune_r, points = estimators.grid_risks(name, grid, sets.tune)
     test_r, _ = estimators.grid_risks(name, grid, sets.eval)
     out[label] = estimators.tune_per_n(tune_r, test_r, [{k: float(v) for k, v in p.items()} for p in points], grid)
@@ -356,15 +440,15 @@ def edge_warnings(baselines: dict[str, dict[str, Any]], sigma: float) -> list[st
 # Models
 
 
-def analyze_model(result: train.TrainResult, sets: PromptSets, sc: StudyConfig) -> dict[str, Any]:
-  """Risk curves, head importance, pruning and probes of every seed of one trained (σ, L, H) model."""
-  model, params = result.model, result.state.params
+def analyze_model(model, params: Any, sets: PromptSets, st: StudySettings) -> dict[str, Any]:
+  """Risk curves, head importance, pruning and probes of every seed of one trained (σ, L, H) model
+  (``params``: its R runs stacked on a leading axis)."""
   n_heads = model.n_heads
-  n_runs = len(result.config.runs)
+  n_runs = jax.tree.leaves(params)[0].shape[0]
   record: dict[str, Any] = {"n_heads": list(n_heads), "risk": interpret.masked_risk_runs(model, params, sets.eval, None)}
   masks = {"full": None}
   if max(n_heads) > 1:
-    imp = interpret.head_importance_runs(model, params, sets.eval, batch_size=sc.importance_batch)  # [R, L, H]
+    imp = interpret.head_importance_runs(model, params, sets.eval, batch_size=st.importance_batch)  # [R, L, H]
     L = len(n_heads)
     policies = {"pruned": dict(keep_all=(0,), top_k=1), "layer1_cut": dict(keep_all=tuple(range(1, L)), top_k=1),
                 "one_per_layer": dict(keep_all=(), top_k=1)}
@@ -382,28 +466,20 @@ def analyze_model(result: train.TrainResult, sets: PromptSets, sc: StudyConfig) 
     per_run = []
     for r in range(n_runs):
       mask = None if masks[label] is None else jnp.asarray(masks[label][r])
-      per_run.append(interpret.probe_risks(model, train.run_params(result.state, r), sets.probe, sets.eval, mask,
-                                           lam=sc.probe_lam))
+      per_run.append(interpret.probe_risks(model, jax.tree.map(lambda a: a[r], params), sets.probe, sets.eval, mask,
+                                           lam=st.probe_lam))
     probes[label] = np.stack(per_run)  # [R, L+1, P]
   record["probe"] = probes
   return record
 
 
-def train_model(sc: StudyConfig, sigma: float, n_layers: int, heads: int, out: str) -> train.TrainResult:
-  cfg = run_config(sc, sigma, n_layers, heads)
-  workdir = os.path.join(out, "runs", model_tag(sigma, n_layers, heads)) if sc.checkpoint else None
-  return train.train(cfg, workdir)
+def variant_runs(cfg: configs.Config, variant: int) -> list[int]:
+  """Indices of the runs of task variant ``variant`` (one σ) in a ``model_config`` program, in seed order."""
+  return [r for r, v in enumerate(cfg.run_variants) if v == variant]
 
 
 # ----------------------------------------------------------------------------------------------
-# Figures and tables
-
-
-def _plt():
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  return plt
+# Figures and tables (``jaxicl.plotting``: PNG + PDF, no global matplotlib state)
 
 
 def _mean_band(ax, x, curves: np.ndarray, label: str, style: str = "-", **kw):
@@ -414,12 +490,12 @@ def _mean_band(ax, x, curves: np.ndarray, label: str, style: str = "-", **kw):
     ax.fill_between(x, curves.min(0), curves.max(0), color=line.get_color(), alpha=0.15)
 
 
-def plot_risk_vs_n(sc: StudyConfig, records: dict, baselines: dict, path: str) -> str:
+def plot_risk_vs_n(p: Preset, records: dict, baselines: dict, path: str) -> str:
   """Figure 1: excess risk vs n for every model (mean ± range over seeds), pruned models dashed."""
-  plt = _plt()
-  fig, axes = plt.subplots(1, len(sc.noise_stds), figsize=(5.5 * len(sc.noise_stds), 4), squeeze=False)
-  n = np.arange(sc.n_points)
-  for ax, sigma in zip(axes[0], sc.noise_stds):
+  sigmas = p.study.noise_stds
+  fig, axes = plotting.panels(len(sigmas), ncols=len(sigmas), size=(5.5, 4))
+  n = np.arange(p.config.task.n_points)
+  for ax, sigma in zip(axes, sigmas):
     for (s, L, H), rec in records.items():
       if s != sigma:
         continue
@@ -428,60 +504,58 @@ def plot_risk_vs_n(sc: StudyConfig, records: dict, baselines: dict, path: str) -
         _mean_band(ax, n, rec["pruned_risk"], f"{L}×{H} pruned (all L1, 1 later)", "--")
     for label, color in (("OLS", "gray"), ("ridge", "tab:olive"), ("Lasso", "k"), ("Bayes", "tab:red")):
       ax.plot(n, baselines[sigma][label]["risk"], ":", color=color, label=label)
-    _risk_axes(ax, sc, sigma)
-  return _save(fig, path)
+    _risk_axes(ax, p.config.task, sigma)
+  return plotting.save(fig, path)
 
 
 def plot_importance_panels(imp: np.ndarray, seeds: tuple[int, ...], path: str, title: str) -> str:
   """Figure 2: heatmaps (layer × head) for each seed and their mean, one shared colour scale."""
-  plt = _plt()
   panels = [(f"seed {s}", imp[r]) for r, s in enumerate(seeds)] + [("mean", np.nanmean(imp, axis=0))]
   L, H = imp.shape[1:]
-  fig, axes = plt.subplots(1, len(panels), figsize=(1.6 + 0.55 * H * len(panels), 1.2 + 0.5 * L), squeeze=False)
+  fig = plotting.figure(1.6 + 0.55 * H * len(panels), 1.5 + 0.5 * L)
+  axes = fig.subplots(1, len(panels) + 1, gridspec_kw={"width_ratios": [H] * len(panels) + [0.3]})
   vmax = float(np.nanmax(imp)) if np.isfinite(np.nanmax(imp)) else 1.0
   vmin = min(0.0, float(np.nanmin(imp)))
-  for ax, (label, m) in zip(axes[0], panels):
+  for ax, (label, m) in zip(axes, panels):
     im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(H), [str(k + 1) for k in range(H)], fontsize=7)
     ax.set_yticks(range(L), [str(l + 1) for l in range(L)], fontsize=7)
     ax.set_xlabel("head", fontsize=8)
     ax.set_title(label, fontsize=8)
-  axes[0, 0].set_ylabel("layer", fontsize=8)
-  fig.colorbar(im, ax=list(axes[0]), label="risk increase when masked", shrink=0.9)
-  fig.suptitle(title, fontsize=9, y=1.04)
-  fig.savefig(path, dpi=120, bbox_inches="tight")
-  plt.close(fig)
-  return path
+  axes[0].set_ylabel("layer", fontsize=8)
+  fig.colorbar(im, cax=axes[-1], label="risk increase when masked")
+  fig.suptitle(title, fontsize=9)
+  return plotting.save(fig, path)
 
 
 def plot_probes(records: dict, sigma: float, n_layers: int, heads: int, path: str) -> str:
   """Figure 3: probe risk (mean over positions) vs layer for the full, pruned and single-head models."""
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(5, 3.8))
+  fig = plotting.figure(5, 3.8)
+  ax = fig.subplots()
   layers = np.arange(n_layers + 1)
   multi, single = records.get((sigma, n_layers, heads)), records.get((sigma, n_layers, 1))
   curves = []
-  if multi is not None:
+  if multi is not None and heads > 1:
     curves += [(f"{heads} heads, full", multi["probe"]["full"], "-o"), (f"{heads} heads, pruned", multi["probe"]["pruned"], "--s")]
   if single is not None:
     curves.append(("1 head / layer", single["probe"]["full"], "-^"))
   for label, probe, style in curves:
     per_layer = probe.mean(-1)  # [R, L+1]
     ax.errorbar(layers, per_layer.mean(0), yerr=per_layer.std(0), fmt=style, capsize=3, label=label)
-  ax.set_yscale("log")
+  plotting.log_axis(ax, "y")
   ax.set_xticks(layers, ["emb"] + [str(l) for l in layers[1:]])
   ax.set_xlabel("layer")
   ax.set_ylabel("probe excess risk (mean over n)")
   ax.set_title(f"linear probes, σ = {sigma:g}, {n_layers} layers", fontsize=9)
   ax.legend(fontsize=7)
-  return _save(fig, path)
+  return plotting.save(fig, path)
 
 
-def plot_baselines(sc: StudyConfig, sigma: float, baselines: dict, records: dict, path: str) -> str:
+def plot_baselines(p: Preset, sigma: float, baselines: dict, records: dict, path: str) -> str:
   """Figure 4: PtO vs tuned GD / ridge / Lasso / OLS and the trained transformers, excess risk vs n."""
-  plt = _plt()
-  fig, ax = plt.subplots(figsize=(6, 4))
-  n = np.arange(sc.n_points)
+  fig = plotting.figure(6, 4)
+  ax = fig.subplots()
+  n = np.arange(p.config.task.n_points)
   styles = {"PtO": "-", "iterated PtO": "-", "GD": "-", "ridge": "-", "Lasso": "-", "OLS": ":", "Bayes": "-."}
   for label, style in styles.items():
     suffix = {"OLS": "", "Bayes": " (optimal)", "iterated PtO": " (ours, tuned per n)"}.get(label, " (tuned per n)")
@@ -489,34 +563,26 @@ def plot_baselines(sc: StudyConfig, sigma: float, baselines: dict, records: dict
   for (s, L, H), rec in records.items():
     if s == sigma and H > 1:
       ax.plot(n, rec["risk"].mean(0), "k--", lw=1.5, label=f"transformer {L}×{H}")
-  _risk_axes(ax, sc, sigma)
-  return _save(fig, path)
+  _risk_axes(ax, p.config.task, sigma)
+  return plotting.save(fig, path)
 
 
-def _risk_axes(ax, sc, sigma: float) -> None:
+def _risk_axes(ax, task: tasks.TaskConfig, sigma: float) -> None:
   """Log-scale excess risk vs n, with n = d marked."""
-  ax.set_yscale("log")
-  ax.axvline(sc.d, color="gray", lw=0.5)
+  plotting.log_axis(ax, "y")
+  ax.axvline(task.d, color="gray", lw=0.5)
   ax.set_xlabel("in-context examples n")
   ax.set_ylabel("excess risk")
-  ax.set_title(f"σ = {sigma:g}, d={sc.d}, s={sc.sparsity}", fontsize=9)
+  ax.set_title(f"σ = {sigma:g}, d={task.d}, s={task.sparsity}", fontsize=9)
   ax.legend(fontsize=7)
 
 
-def _save(fig, path: str) -> str:
-  import matplotlib.pyplot as plt
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return path
-
-
 def _write_csv(path: str, header: list[str], rows: list[list]) -> str:
-  with open(path, "w", newline="") as f:
-    writer = csv.writer(f)
-    writer.writerow(header)
-    writer.writerows(rows)
-  return path
+  text = io.StringIO(newline="")
+  writer = csv.writer(text)
+  writer.writerow(header)
+  writer.writerows(rows)
+  return write_text(path, text.getvalue())
 
 
 def _json_clean(tree):
@@ -544,96 +610,118 @@ def _finite_mean(a) -> float:
 # Main
 
 
-def main(preset: str = "quick", out: str = "runs/head_utilization") -> dict[str, Any]:
-  """Runs the study with preset ``tiny`` | ``quick`` | ``cpu`` | ``full``; writes figures, tables and summary.json
-  in ``out`` and returns the summary dict. With ``checkpoint`` presets, finished trainings under out/runs are
-  restored, not retrained (a run interrupted anywhere resumes)."""
-  if preset not in PRESETS:
-    raise ValueError(f"preset={preset!r}: known presets {sorted(PRESETS)}")
-  sc = PRESETS[preset]()
+def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides: list[str] | tuple[str, ...] = (),
+         stop_after: int | None = None) -> dict[str, Any] | None:
+  """Runs the study with preset ``tiny`` | ``quick`` | ``cpu`` | ``full`` and ``overrides`` (``configure``); writes
+  figures, tables and summary.json in ``out`` and returns the summary dict.
+
+  Each (L, H) program trains in its workdir under ``out/runs`` (``run_dir``): a finished one is read back, an
+  interrupted one resumes from its last checkpoint. ``stop_after``: stop every program at that step (checkpointed)
+  and return None; a later call resumes, and its outputs equal those of an uninterrupted run.
+  """
+  p = configure(preset, overrides)
+  st, c = p.study, p.config
   os.makedirs(out, exist_ok=True)
   t_start = time.perf_counter()
 
   def log(msg: str):
     print(f"[head-utilization {time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
 
-  log(f"preset {preset} on {jax.default_backend()}: d={sc.d}, s={sc.sparsity}, N={sc.n_points}, σ={sc.noise_stds}, "
-      f"layers={sc.layers}, heads={sc.heads}, seeds={sc.seeds}, steps={sc.steps}")
+  log(f"preset {preset} on {jax.default_backend()}: d={c.task.d}, s={c.task.sparsity}, N={c.task.n_points}, "
+      f"σ={st.noise_stds}, layers={st.layers}, heads={st.model_heads}, seeds={c.train.seeds}, steps={c.train.steps}")
+  sets = {sigma: prompt_sets(p, task_config(p, sigma)) for sigma in st.noise_stds}
   records: dict[tuple[float, int, int], dict[str, Any]] = {}
-  baselines: dict[float, dict[str, Any]] = {}
   final_loss: dict[tuple, list[float]] = {}
+  workdirs: dict[tuple, str] = {}
   timings: dict[str, float] = {}
   attention_files = []
-  for sigma in sc.noise_stds:
-    sets = prompt_sets(sc, task_config(sc, sigma))
-    for n_layers in sc.layers:
-      for heads in ((sc.heads, 1) if sc.single_head else (sc.heads,)):
+  stopped = False
+  for n_layers in st.layers:
+    for heads in st.model_heads:
+      cfg = model_config(p, n_layers, heads)
+      workdir = run_dir(out, cfg)
+      program = f"L{n_layers}_H{heads}"
+      t0 = time.perf_counter()
+      result = train.train(cfg, workdir, stop_after=stop_after)
+      timings[f"train {program}"] = time.perf_counter() - t0
+      step = int(np.asarray(result.state.step)[0])
+      log(f"trained {program} ({len(st.noise_stds)} σ × {len(c.train.seeds)} seeds, one program) to step {step} "
+          f"in {timings[f'train {program}']:.0f}s")
+      if step < c.train.steps:
+        stopped = True
+        continue
+      params = jax.tree.map(np.asarray, result.state.params)
+      for v, sigma in enumerate(st.noise_stds):
         tag = model_tag(sigma, n_layers, heads)
+        runs = variant_runs(cfg, v)
+        workdirs[(sigma, n_layers, heads)] = os.path.relpath(workdir, out)
+        final_loss[(sigma, n_layers, heads)] = ([result.history[-1]["loss"][r] for r in runs] if result.history
+                                                else [])
+        log(f"{tag}: final loss {np.round(final_loss[(sigma, n_layers, heads)], 4).tolist()}")
+        run_params = jax.tree.map(lambda a: a[np.asarray(runs)], params)
         t0 = time.perf_counter()
-        result = train_model(sc, sigma, n_layers, heads, out)
-        timings[f"train {tag}"] = time.perf_counter() - t0
-        final_loss[(sigma, n_layers, heads)] = result.history[-1]["loss"] if result.history else []
-        log(f"trained {tag} ({len(sc.seeds)} seeds) in {timings[f'train {tag}']:.0f}s; final loss "
-            f"{np.round(final_loss[(sigma, n_layers, heads)], 4).tolist()}")
-        t0 = time.perf_counter()
-        records[(sigma, n_layers, heads)] = analyze_model(result, sets, sc)
+        records[(sigma, n_layers, heads)] = analyze_model(result.model, run_params, sets[sigma], st)
         timings[f"analyse {tag}"] = time.perf_counter() - t0
         log(f"analysed {tag} in {timings[f'analyse {tag}']:.0f}s")
-        if heads > 1 and n_layers == max(sc.layers):
-          maps = interpret.attention_maps(result.model, train.run_params(result.state, 0), sets.eval.xs[:1],
-                                          sets.eval.ys[:1])
-          path = os.path.join(out, f"attention_{tag}.png")
-          attention_files.append(interpret.plot_attention(maps, path, title=f"attention, {tag}, seed {sc.seeds[0]}"))
+        if heads > 1 and n_layers == max(st.layers):
+          maps = interpret.attention_maps(result.model, jax.tree.map(lambda a: a[runs[0]], params),
+                                          sets[sigma].eval.xs[:1], sets[sigma].eval.ys[:1])
+          attention_files.append(interpret.plot_attention(maps, os.path.join(out, f"attention_{tag}.png"),
+                                                title=f"attention, {tag}, seed {c.train.seeds[0]}"))
+  if stopped:
+    log(f"stopped at step {stop_after}; run the same command again to resume")
+    return None
+  order = [(s, L, H) for s in st.noise_stds for L in st.layers for H in st.model_heads]
+  records = {k: records[k] for k in order}
+  baselines: dict[float, dict[str, Any]] = {}
+  for sigma in st.noise_stds:
     t0 = time.perf_counter()
-    baselines[sigma] = baseline_curves(sc, sets, task_config(sc, sigma))
+    baselines[sigma] = baseline_curves(st, sets[sigma], task_config(p, sigma))
     timings[f"baselines sigma{sigma:g}"] = time.perf_counter() - t0
     log(f"baselines for σ={sigma:g} in {timings[f'baselines sigma{sigma:g}']:.0f}s")
     for line in edge_warnings(baselines[sigma], sigma):
       log(f"WARNING: {line}")
 
-  files = write_outputs(sc, records, baselines, out)
+  files = write_outputs(p, records, baselines, out)
   files += attention_files
-  summary = summarize(sc, records, baselines, final_loss, files, time.perf_counter() - t_start)
+  summary = summarize(p, records, baselines, final_loss, workdirs, files, time.perf_counter() - t_start)
   summary["timings_s"] = timings
   write_json(os.path.join(out, "summary.json"), _json_clean(summary))
   print_summary(summary)
   return summary
 
 
-def write_outputs(sc: StudyConfig, records: dict, baselines: dict, out: str) -> list[str]:
+def write_outputs(p: Preset, records: dict, baselines: dict, out: str) -> list[str]:
   """All figures and tables (except the attention maps and summary.json)."""
-  files = [plot_risk_vs_n(sc, records, baselines, os.path.join(out, "risk_vs_n.png"))]
+  st, n_points, seeds = p.study, p.config.task.n_points, p.config.train.seeds
+  files = [plot_risk_vs_n(p, records, baselines, os.path.join(out, "risk_vs_n.png"))]
   rows = []
   for (sigma, L, H), rec in records.items():
     for label in ("risk", "pruned_risk", "layer1_cut_risk", "one_per_layer_risk"):
       if label in rec:
         curves = np.asarray(rec[label], np.float64)
         model = f"{L}x{H}" + ("" if label == "risk" else f" {label[:-5]}")
-        rows += [[sigma, model, n, curves[:, n].mean(), curves[:, n].std()] for n in range(sc.n_points)]
+        rows += [[sigma, model, n, curves[:, n].mean(), curves[:, n].std()] for n in range(n_points)]
   files.append(_write_csv(os.path.join(out, "risk_vs_n.csv"), ["sigma", "model", "n", "risk_mean", "risk_std"], rows))
 
   importance = {}
   for (sigma, L, H), rec in records.items():
     if "importance" in rec:
       tag = model_tag(sigma, L, H)
-      files.append(plot_importance_panels(rec["importance"], sc.seeds, os.path.join(out, f"importance_{tag}.png"),
+      files.append(plot_importance_panels(rec["importance"], seeds, os.path.join(out, f"importance_{tag}.png"),
                                           f"head importance, {tag}"))
-      importance[tag] = {"seeds": list(sc.seeds), "importance": _json_array(rec["importance"]),
+      importance[tag] = {"seeds": list(seeds), "importance": _json_array(rec["importance"]),
                          "mean": _json_array(np.nanmean(rec["importance"], 0)),
                          "pruned_masks": rec["masks"]["pruned"].tolist(), "usage_mean": _json_clean(rec["usage_mean"]),
                          "usage_per_seed": _json_clean(rec["usage"]), "note": "null marks heads that do not exist"}
-  with open(os.path.join(out, "importance.json"), "w") as f:
-    json.dump(importance, f, indent=1)
-  files.append(os.path.join(out, "importance.json"))
+  files.append(write_json(os.path.join(out, "importance.json"), importance))
 
   rows = []
-  for sigma in sc.noise_stds:
-    for L in sc.layers:
-      files.append(plot_probes(records, sigma, L, sc.heads, os.path.join(out, f"probe_sigma{sigma:g}_L{L}.png")))
-      for H in (sc.heads, 1):
+  for sigma in st.noise_stds:
+    for L in st.layers:
+      files.append(plot_probes(records, sigma, L, st.heads, os.path.join(out, f"probe_sigma{sigma:g}_L{L}.png")))
+      for H in st.model_heads:
         rec = records.get((sigma, L, H))
-        if rec is None:
-          continue
         for label, probe in rec["probe"].items():
           for layer in range(L + 1):
             per_run = probe[:, layer].mean(-1)
@@ -643,15 +731,15 @@ def write_outputs(sc: StudyConfig, records: dict, baselines: dict, out: str) -> 
                           rows))
 
   rows = []
-  for sigma in sc.noise_stds:
-    files.append(plot_baselines(sc, sigma, baselines[sigma], records,
+  for sigma in st.noise_stds:
+    files.append(plot_baselines(p, sigma, baselines[sigma], records,
                                 os.path.join(out, f"pto_vs_baselines_sigma{sigma:g}.png")))
     for label, b in baselines[sigma].items():
-      for n in range(sc.n_points):
+      for n in range(n_points):
         rows.append([sigma, label, n, b["risk"][n], json.dumps(_json_clean(b["hparams"][n])) if b["hparams"] else ""])
     for (s, L, H), rec in records.items():
       if s == sigma:
-        rows += [[sigma, f"transformer {L}x{H}", n, float(rec["risk"][:, n].mean()), ""] for n in range(sc.n_points)]
+        rows += [[sigma, f"transformer {L}x{H}", n, float(rec["risk"][:, n].mean()), ""] for n in range(n_points)]
   files.append(_write_csv(os.path.join(out, "baselines.csv"), ["sigma", "method", "n", "risk", "hparams"], rows))
   return files
 
@@ -689,21 +777,22 @@ def _per_seed(curves) -> dict[str, Any]:
   return {"per_seed": per_seed.tolist(), "mean": float(per_seed.mean())}
 
 
-def summarize(sc: StudyConfig, records: dict, baselines: dict, final_loss: dict, files: list[str],
+def summarize(p: Preset, records: dict, baselines: dict, final_loss: dict, workdirs: dict, files: list[str],
               elapsed: float) -> dict[str, Any]:
   """The machine-checkable summary (``summary.json``).
 
   models[tag]: ``mean_risk`` / ``pruned_risk`` / ``mirror_pruned_risk`` / ``one_per_layer_risk`` (excess risk
   averaged over n = 0..N-1: per seed and mean), ``effective_heads`` (per layer: per seed and the mean over
   seeds), ``claim`` (per-seed verdicts, ``claim_verdicts``), ``off_plateau`` and ``beats_ridge`` per seed, risks at
-  n = d/2 and N-1, probes. baselines[sigma][label]: ``mean_risk`` and the per-n winners and grid edges.
+  n = d/2 and N-1, probes, ``workdir`` (its program's train workdir, relative to ``out``). baselines[sigma][label]: ``mean_risk`` and the per-n winners and grid edges.
   ``warnings``: baselines whose winner is at a grid edge. NaN is written as null (a layer with no important head).
   """
-  n_small, n_last = sc.d // 2, sc.n_points - 1
-  zero_risk = sc.sparsity * 1.0  # E(wᵀx)² for w_var = 1: the risk of predicting 0 (the loss plateau)
+  task, seeds = p.config.task, p.config.train.seeds
+  n_small, n_last = task.d // 2, task.n_points - 1
+  zero_risk = task.sparsity * task.tau2  # E(wᵀx)² = s·τ² (centred prior): the risk of predicting 0 (the plateau)
   base = {}
   warnings = []
-  for sigma in sc.noise_stds:
+  for sigma in p.study.noise_stds:
     base[f"sigma{sigma:g}"] = {label: {"mean_risk": _finite_mean(b["risk"]), f"risk_at_n{n_small}": float(b["risk"][n_small]),
                                        f"risk_at_n{n_last}": float(b["risk"][n_last]), "risk": list(b["risk"]),
                                        "hparams": b["hparams"], "edges": b["edges"]}
@@ -714,7 +803,7 @@ def summarize(sc: StudyConfig, records: dict, baselines: dict, final_loss: dict,
     risk = np.asarray(rec["risk"], np.float64)
     ridge = base[f"sigma{sigma:g}"]["ridge"]["mean_risk"]
     per_seed = risk.mean(-1)
-    entry = {"sigma": sigma, "layers": L, "heads": H, "seeds": list(sc.seeds),
+    entry = {"sigma": sigma, "layers": L, "heads": H, "seeds": list(seeds), "workdir": workdirs[(sigma, L, H)],
              "final_train_loss": final_loss[(sigma, L, H)], "mean_risk": _per_seed(risk),
              f"risk_at_n{n_small}": _finite_mean(risk[:, n_small]), f"risk_at_n{n_last}": _finite_mean(risk[:, n_last]),
              "off_plateau": (per_seed < PLATEAU_FRACTION * zero_risk).tolist(),
@@ -733,10 +822,11 @@ def summarize(sc: StudyConfig, records: dict, baselines: dict, final_loss: dict,
       entry["top1_share_by_layer"] = rec["usage_mean"]["top1_share"]
       entry["importance_mean"] = np.nanmean(rec["importance"], 0).tolist()  # NaN: the head does not exist
       entry["probe_pruned_by_layer"] = rec["probe"]["pruned"].mean(-1).mean(0).tolist()
-      entry["claim"] = claim_verdicts(rec, sc.seeds, H)
+      entry["claim"] = claim_verdicts(rec, seeds, H)
       entry["seeds_showing_claim"] = sum(v["claim_holds"] for v in entry["claim"])
     models[model_tag(sigma, L, H)] = entry
-  return {"preset": sc.name, "backend": jax.default_backend(), "elapsed_s": elapsed, "config": dataclasses.asdict(sc),
+  return {"preset": p.name, "preset_doc": p.doc.strip(), "backend": jax.default_backend(), "elapsed_s": elapsed,
+          "config": configs.to_dict(p.config), "study": dataclasses.asdict(p.study),
           "claim_rule": CLAIM_RULE, "plateau_rule": f"off the plateau iff mean risk < {PLATEAU_FRACTION} × s·τ² "
           f"(= {PLATEAU_FRACTION * zero_risk:g}, half the risk of predicting 0)", "models": models,
           "baselines": base, "warnings": warnings, "files": [os.path.basename(f) for f in files]}
@@ -760,8 +850,10 @@ def print_summary(summary: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-  p.add_argument("--out", default="runs/head_utilization")
-  args = p.parse_args()
-  main(args.preset, args.out)
+  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  ap.add_argument("--preset", default="quick", choices=sorted(PRESETS))
+  ap.add_argument("--out", default="runs/head_utilization")
+  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+  ap.add_argument("--stop-after", type=int, default=None)
+  args = ap.parse_args()
+  main(args.preset, args.out, overrides=args.set, stop_after=args.stop_after)
