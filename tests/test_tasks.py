@@ -163,15 +163,17 @@ def test_sparse_support_under_a_dims_curriculum_stays_inside_the_active_coordina
   assert ((masked.w != 0).sum(-1) == 3).all()  # masking the inputs afterwards keeps all s entries
 
 
-def test_engine_draws_sparse_supports_from_the_active_dims():
-  """The training step's own batch (read out of the compiled step) is s-sparse inside the active coordinates,
-  and a dims curriculum starting below s is a config error naming the field."""
+@pytest.mark.parametrize("variants", [(), ("noise_var=0.5",)], ids=["task", "task_variants"])
+def test_engine_draws_sparse_supports_from_the_active_dims(variants):
+  """The training step's own batch (read out of the compiled step) is s-sparse inside the active coordinates, also
+  when the runs' task values are traced (``train.task_variants``), and a dims curriculum starting below s is a
+  config error naming the field."""
   from jaxicl import configs, train
   from jaxicl.models import ModelConfig
   cfg = configs.Config(task=tasks.TaskConfig(family="sparse", d=6, sparsity=2, w_var=1.0, n_points=4),
                        model=ModelConfig(name="gpt2", width=8, n_layers=1, heads=(1,), max_points=4),
                        curriculum=configs.CurriculumConfig(dims_start=3, every=5),
-                       train=configs.TrainConfig(steps=10, batch_size=64))
+                       train=configs.TrainConfig(steps=10, batch_size=64, task_variants=variants))
   seen = []
   real = tasks.mask_dims
 
