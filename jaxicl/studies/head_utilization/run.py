@@ -150,7 +150,10 @@ class StudySettings:
 
 
 class Preset(NamedTuple):
-  """One preset: its name, docstring (command and expected time), base config and study settings."""
+  """One preset: its name, docstring (command and expected time), base config and study settings.
+
+  The base config's ``task.noise_var``, ``model.n_layers`` and ``model.heads`` stand for the grid's values (its
+  family defaults); ``model_config`` sets them per (L, H) program and σ."""
 
   name: str
   doc: str
