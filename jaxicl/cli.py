@@ -164,7 +164,7 @@ def parser() -> argparse.ArgumentParser:
   e.add_argument("--workdir", required=True)
   e.add_argument("--prompts", type=_int_at_least(1), default=None, help="held-out prompts (default: train.eval_prompts)")
   e.add_argument("--run", type=int, default=0, help="which run (seed × lr) of the workdir")
-  e.add_argument("--out", default=None, help="folder for eval.json / eval.csv / eval.png (default: workdir)")
+  e.add_argument("--out", default=None, help="folder for eval.json / eval.csv / eval.png + .pdf (default: workdir)")
   e.add_argument("--shift", action="append", default=[], metavar="NAME[=VALUE],...",
                  help="shifts evaluated besides in distribution, e.g. skewed,scaled=3, or all (names, defaults and "
                       "formulas: jaxicl/shifts.py; an unknown name lists the known ones)")
