@@ -4,7 +4,6 @@ import os
 import re
 
 import numpy as np
-import pytest
 
 from jaxicl import cli, configs, progress, report, studies, sweep, train
 

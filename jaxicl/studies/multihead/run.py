@@ -592,9 +592,10 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
         continue
       for group, (record, group_params) in done.items():
         records[group], params[group] = record, group_params
-  log = print if verbose else (lambda *a, **k: None)
+  log = print if verbose and progress else (lambda *a, **k: None)
   if stopped:
-    log(f"stopped at step {stop_after}; run again to resume")
+    if verbose:
+      print(f"stopped at step {stop_after}; run again to resume")
     return None
   records = {g: records[g] for g in planned}
   params = {g: params[g] for g in planned}
