@@ -17,7 +17,15 @@ without breaking it. Disabled (``enabled=False``, the CLI's ``--quiet``): no bar
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Protocol
+
+
+class Bar(Protocol):
+  """What ``jaxicl.train.train`` needs of a job's bar (a ``tqdm`` bar has it)."""
+
+  def update(self, n: int) -> Any: ...
+
+  def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None: ...
 
 
 def make_bar(total: int, initial: int = 0, desc: str | None = None) -> Any:

@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxicl import configs, evaluate, files, tasks, train
 from jaxicl.models import build_model
-from jaxicl.progress import JobProgress
+from jaxicl.progress import Bar, JobProgress
 
 VMAPPED_KEYS = ("optim.lr",)
 TASK_RUN_KEYS = tuple(f"task.{f}" for f in tasks.TRACED_FIELDS)
@@ -77,7 +77,7 @@ def _group_dir(out: str, cfg: configs.Config) -> str:
   return os.path.join(out, "groups", digest)
 
 
-def run_group(cfg: configs.Config, workdir: str, progress: Any = False) -> list[dict[str, Any]]:
+def run_group(cfg: configs.Config, workdir: str, progress: bool | Bar | None = False) -> list[dict[str, Any]]:
   """Trains (or resumes, or just reads) one group; one result row per run. ``progress``: as ``train.train``'s
   (a job's bar is advanced by the group's steps, also when the finished group is only read)."""
   done_path = os.path.join(workdir, "results.json")

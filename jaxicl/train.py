@@ -260,8 +260,8 @@ class DivergenceError(FloatingPointError):
   """A non-finite training loss: the run stopped before saving the bad state; earlier checkpoints are intact."""
 
 
-def train(cfg: configs.Config, workdir: str | None = None, *, progress: Any = False, resume: bool = True,
-          devices: list | None = None, stop_after: int | None = None) -> TrainResult:
+def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | progress_lib.Bar | None = False,
+          resume: bool = True, devices: list | None = None, stop_after: int | None = None) -> TrainResult:
   """Trains every run of ``cfg`` together; checkpoints to / resumes from ``workdir/checkpoints``.
 
   ``progress``: False / None (silent), True (a tqdm bar of this training's steps, closed at the end), or an

@@ -7,8 +7,8 @@ import numpy as np
 
 from jaxicl import cli, configs, progress, report, studies, sweep, train
 
-BASE = ["train.steps=6", "train.log_every=3", "train.ckpt_every=3", "train.batch_size=8", "train.eval_prompts=64", "task.d=2",
-        "task.n_points=5", "model.embed_dim=4", "model.heads=2"]
+BASE = ["train.steps=6", "train.log_every=3", "train.ckpt_every=3", "train.batch_size=8", "train.eval_prompts=64",
+        "task.d=2", "task.n_points=5", "model.embed_dim=4", "model.heads=2"]
 
 
 class FakeBar:

@@ -51,7 +51,8 @@ def venv(wheel, tmp_path_factory, xla_cache) -> dict:
   """A venv with the wheel installed: {"python", "bin", "env" (for its subprocesses), "cwd" (outside the checkout)}."""
   root = tmp_path_factory.mktemp("venv")
   assert not str(root).startswith(REPO)
-  _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)], dict(os.environ), str(root))
+  _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)], dict(os.environ),
+       str(root))
   bindir = os.path.join(root, "Scripts" if os.name == "nt" else "bin")
   python = os.path.join(bindir, "python")
   purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], dict(os.environ),

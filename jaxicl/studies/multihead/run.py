@@ -48,7 +48,7 @@ from jaxicl.studies.multihead import analysis, heads as heads_lib, plots
 from jaxicl.studies.multihead.presets import VARIANTS, StudyPreset, get_preset
 from jaxicl import configs, evaluate, files, report, tasks, train
 from jaxicl.models import ICLModel, ModelConfig, build_model
-from jaxicl.progress import JobProgress
+from jaxicl.progress import Bar, JobProgress
 
 
 # ----------------------------------------------------------------------------------------------------- groups
@@ -242,7 +242,7 @@ def run_params(params: dict, run: int) -> dict:
 
 def run_program(spec: StudyPreset, groups: list[Group], planned: dict[Group, dict[str, Any]], out: str,
                 overrides: list[str] | tuple[str, ...] = (), log=print, stop_after: int | None = None,
-                progress: Any = None) -> dict[Group, tuple[dict, dict]] | None:
+                progress: Bar | None = None) -> dict[Group, tuple[dict, dict]] | None:
   """Trains (or resumes, or reads) the program of ``groups`` in its train workdir and evaluates every group's runs
   on held-out prompts of its own (unpadded) task; returns {group: (record, params [R_group, ...])}, or None when
   ``stop_after`` ended training early (the workdir holds a checkpoint to resume from). ``progress``: a job's bar,
@@ -632,8 +632,8 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
       "sweeps": tables["sweeps"], "scenarios": tables["scenarios"], "ablations": tables["ablations"],
       "heads": [{k: v for k, v in hg.items() if k != "per_seed"} for hg in tables["head_groups"]],
       "figures": figures,
-      "tables": ["summary.md", "main_table.csv", "sweeps.csv", "scenarios.csv", "ablations.csv", "heads.csv", "heads.json",
-                 "theory.json", "groups.json"],
+      "tables": ["summary.md", "main_table.csv", "sweeps.csv", "scenarios.csv", "ablations.csv", "heads.csv",
+                 "heads.json", "theory.json", "groups.json"],
   }
   files.write_json(os.path.join(out, "summary.json"), summary)
   write_summary_md(summary, os.path.join(out, "summary.md"))
@@ -653,7 +653,8 @@ def write_summary_md(summary: dict, path: str) -> str:
   main_rows = [{label: r.get(key) for key, label in MAIN_COLUMNS.items()} for r in summary["main_table"]]
   t = summary["timing_s"]
   intro = (f"Preset `{summary['preset']}`: {summary['n_groups']} groups in {summary['n_programs']} compiled programs, "
-           f"{t['total']:.0f} s on {summary['backend']}. D·L: mean over seeds ± SE (std/√n) of D × the excess risk "
+           f"{t['total']:.0f} s on {summary['backend']}. D·L: mean over seeds ± SE (std/√n) of D × the excess "
+           f"risk "
            f"on {summary['protocol']['eval_prompts']} held-out prompts; C_single, C_multi: the theory's O(1/D) "
            "constants; MC: the best single head / symmetric pair at that finite D (Monte Carlo).")
   tables = {"Main table": main_rows, "Single vs multi-head": summary["ordering"], "Sweeps": summary["sweeps"],
