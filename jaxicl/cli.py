@@ -101,12 +101,34 @@ def _theory(argv: list[str]) -> int:
 
 
 def _reproduce(args) -> int:
+  if args.list:
+    print(preset_list())
+    return 0
+  if args.study is None or args.out is None:
+    raise ValueError("a study (multihead or head-utilization) and --out are required (or --list)")
   if args.study == "multihead":
     from jaxicl.studies.multihead import run as study
   else:
     from jaxicl.studies.head_utilization import run as study
-  study.main(preset=args.preset, out=args.out, overrides=args.set, stop_after=args.stop_after)
+  study.main(preset=args.preset, out=args.out, overrides=args.set, stop_after=args.stop_after,
+             progress=not args.quiet)
   return 0
+
+
+def preset_list(width: int = 110) -> str:
+  """``jaxicl reproduce --list``: every study's presets with their command and expected time (from the preset
+  docstrings, ``jaxicl.studies.catalogue``)."""
+  import textwrap
+  from jaxicl import studies
+  lines = []
+  for row in studies.catalogue():
+    summary = row["summary"].split(". ")[0].rstrip(".") + "."
+    lines += textwrap.wrap(f"{row['study']} --preset {row['preset']}: {summary}", width, subsequent_indent="    ")
+    lines += textwrap.wrap(f"expected time: {row['time'] or 'not stated'}", width, initial_indent="    ",
+                           subsequent_indent="      ")
+    if row["command"]:
+      lines.append(f"    command: {row['command']}")
+  return "\n".join(lines)
 
 
 def _sweep(args) -> int:
@@ -125,7 +147,7 @@ def parser() -> argparse.ArgumentParser:
   t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. task.d=10")
   t.add_argument("--workdir", required=True)
   t.add_argument("--stop-after", type=_int_at_least(1), default=None, help="stop (checkpointed) at this step")
-  t.add_argument("--quiet", action="store_true")
+  t.add_argument("--quiet", action="store_true", help="no progress bar")
   t.set_defaults(fn=_train)
 
   e = sub.add_parser("eval", help="excess risk vs number of in-context examples against baselines, in distribution "
@@ -133,7 +155,7 @@ def parser() -> argparse.ArgumentParser:
   e.add_argument("--workdir", required=True)
   e.add_argument("--prompts", type=_int_at_least(1), default=None, help="held-out prompts (default: train.eval_prompts)")
   e.add_argument("--run", type=int, default=0, help="which run (seed × lr) of the workdir")
-  e.add_argument("--out", default=None, help="folder for eval.json / eval.csv / eval.png (default: workdir)")
+  e.add_argument("--out", default=None, help="folder for eval.json / eval.csv / eval.png + .pdf (default: workdir)")
   e.add_argument("--shift", action="append", default=[], metavar="NAME[=VALUE],...",
                  help="shifts evaluated besides in distribution, e.g. skewed,scaled=3, or all (names, defaults and "
                       "formulas: jaxicl/shifts.py; an unknown name lists the known ones)")
@@ -143,10 +165,12 @@ def parser() -> argparse.ArgumentParser:
 
   sub.add_parser("theory", help="study-1 O(1/D) constants (see `jaxicl theory --help`)", add_help=False)
 
-  r = sub.add_parser("reproduce", help="run a study end to end")
-  r.add_argument("study", choices=["multihead", "head-utilization"])
+  r = sub.add_parser("reproduce", help="run a study end to end (--list: the presets and their expected times)")
+  r.add_argument("study", nargs="?", choices=["multihead", "head-utilization"])
   r.add_argument("--preset", default="quick", choices=["tiny", "quick", "cpu", "full"])
-  r.add_argument("--out", required=True)
+  r.add_argument("--out", default=None, help="output folder (required unless --list)")
+  r.add_argument("--list", action="store_true", help="list every study's presets with their expected time, then exit")
+  r.add_argument("--quiet", action="store_true", help="no progress bar or per-group lines (the summary is printed)")
   r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                  help="override every training config of the study, e.g. train.steps=100; head-utilization also "
                       "takes its grid and analysis settings, e.g. study.noise_stds=0.1,0.5")
@@ -160,7 +184,7 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
   s.add_argument("--seeds", type=int, default=1)
   s.add_argument("--out", required=True)
-  s.add_argument("--quiet", action="store_true")
+  s.add_argument("--quiet", action="store_true", help="no progress bar or per-group lines")
   s.set_defaults(fn=_sweep)
   return p
 

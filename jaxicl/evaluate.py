@@ -461,17 +461,17 @@ def _band(ax, n, lo, hi, color, alpha):
 def plot_report(report: dict[str, Any], path: str, title: str = "") -> str:
   """Excess risk vs number of in-context examples (log y, plain tick labels): one panel per shift (in distribution
   first), the model bold with its bootstrap CI band (and its mean ± SE band over seeds when there are several),
-  baselines dashed with lighter bands. A curve below 1e-3 of a panel's largest value leaves its axis. Writes a PNG."""
+  baselines dashed with lighter bands. A curve below 1e-3 of a panel's largest value leaves its axis. Writes
+  ``path`` as PNG and, with the same stem, PDF (``jaxicl.plotting.save``); returns the PNG path."""
   import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  from matplotlib import ticker
+  from jaxicl import plotting
   entries = _entries(report)
   ncols = min(3, len(entries))
   nrows = -(-len(entries) // ncols)
-  fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.5 * nrows + 0.9), squeeze=False)
+  fig = plotting.figure(4.6 * ncols, 3.5 * nrows + 0.9)
+  axes = np.asarray(fig.subplots(nrows, ncols, squeeze=False))
   n = np.asarray(report["n_context"])
-  colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+  colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
   as_float = lambda a: np.asarray([np.nan if v is None else v for v in a], float)  # noqa: E731
   for ax, (name, e) in zip(axes.flat, entries):
     marker = "o" if len(n) <= 2 else None
@@ -493,20 +493,17 @@ def plot_report(report: dict[str, Any], path: str, title: str = "") -> str:
     values.append(as_float(e["model"]))
     finite = np.concatenate(values)
     finite = finite[np.isfinite(finite) & (finite > 0)]
-    ax.set_yscale("log")
+    plotting.log_axis(ax, "y")
     if finite.size:  # the model's band and the bulk of every baseline in view; a diverging baseline leaves the top
       model_hi = as_float(e["model_ci"][1]) if e.get("model_ci") else values[-1]
       medians = [np.median(v[np.isfinite(v)]) for v in values if np.isfinite(v).any()]
       top = max(np.nanmax(np.where(np.isfinite(model_hi), model_hi, np.nan)), max(medians))
       ax.set_ylim(max(finite.min(), 1e-3 * top) / 1.5, top * 2)
-    ax.yaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_locator(ticker.NullLocator())
     formula = e.get("formula")
     ax.set_title(name + (f"\n{formula}" if formula else ""), fontsize=9)
     ax.set_xlabel("in-context examples n", fontsize=8)
     ax.set_ylabel("excess risk", fontsize=8)
-    ax.tick_params(labelsize=7)
+    ax.tick_params(which="both", labelsize=7)
     ax.grid(alpha=0.3, which="major")
   for ax in list(axes.flat)[len(entries):]:
     ax.axis("off")
@@ -516,22 +513,14 @@ def plot_report(report: dict[str, Any], path: str, title: str = "") -> str:
   fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
   fig.suptitle("\n".join(t for t in (title, band) if t), fontsize=10)
   legend_rows = -(-len(labels) // min(4, len(labels)))
-  fig.tight_layout(rect=(0, (0.25 * legend_rows + 0.15) / fig.get_figheight(), 1, 1))
-
-  def write(tmp):
-    fig.savefig(tmp, dpi=120, format="png")
-
-  try:
-    return files.atomic_write(path, write)
-  finally:
-    plt.close(fig)
+  return plotting.save(fig, path, dpi=120, rect=(0, (0.25 * legend_rows + 0.15) / fig.get_figheight(), 1, 1))
 
 
 def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, out_dir: str | None = None,
                      shifts: str | Sequence[Any] = (), n_boot: int = N_BOOT, ci_level: float = CI_LEVEL) -> dict:
   """``jaxicl eval``: evaluates run ``run`` of a training workdir, in distribution and under ``shifts``, against
   ``suite_baselines``; the seeds that share run ``run``'s learning rate give mean ± SE. Writes eval.json, eval.csv
-  and eval.png (atomically)."""
+  and eval.png + eval.pdf (atomically)."""
   from jaxicl import train
   specs = _as_specs(shifts)
   check_ci(n_boot, ci_level)

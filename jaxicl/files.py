@@ -38,6 +38,6 @@ def write_text(path: str, text: str) -> str:
   return atomic_write(path, write)
 
 
-def write_json(path: str, obj: Any, indent: int = 1) -> str:
+def write_json(path: str, obj: Any, indent: int | None = 1) -> str:
   """Atomically writes ``obj`` as JSON."""
   return write_text(path, json.dumps(obj, indent=indent))

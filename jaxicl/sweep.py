@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -22,8 +23,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxicl import configs, evaluate, tasks, train
+from jaxicl import configs, evaluate, files, tasks, train
 from jaxicl.models import build_model
+from jaxicl.progress import Bar, JobProgress
 
 VMAPPED_KEYS = ("optim.lr",)
 TASK_RUN_KEYS = tuple(f"task.{f}" for f in tasks.TRACED_FIELDS)
@@ -75,12 +77,16 @@ def _group_dir(out: str, cfg: configs.Config) -> str:
   return os.path.join(out, "groups", digest)
 
 
-def run_group(cfg: configs.Config, workdir: str, progress: bool = False) -> list[dict[str, Any]]:
-  """Trains (or resumes, or just reads) one group; one result row per run."""
+def run_group(cfg: configs.Config, workdir: str, progress: bool | Bar | None = False) -> list[dict[str, Any]]:
+  """Trains (or resumes, or just reads) one group; one result row per run. ``progress``: as ``train.train``'s
+  (a job's bar is advanced by the group's steps, also when the finished group is only read)."""
   done_path = os.path.join(workdir, "results.json")
   if os.path.exists(done_path):
     with open(done_path) as f:
-      return json.load(f)
+      rows = json.load(f)
+    if progress is not None and not isinstance(progress, bool):
+      progress.update(cfg.train.steps)
+    return rows
   result = train.train(cfg, workdir, progress=progress)
   risks: list = [None] * len(cfg.runs)
   for v, task in enumerate(configs.variant_tasks(cfg)):  # each variant on prompts of its own (unpadded) task
@@ -96,27 +102,30 @@ def run_group(cfg: configs.Config, workdir: str, progress: bool = False) -> list
     rows.append({**(variants[cfg.run_variants[r]] if variants else {}), "seed": seed, "optim.lr": lr,
                  "final_loss": result.history[-1]["loss"][r], "excess_risk_last": float(risk[-1]),
                  "excess_risk_mean": float(np.mean(risk)), "steps": cfg.train.steps})
-  with open(done_path, "w") as f:
-    json.dump(rows, f)
+  files.write_json(done_path, rows, indent=None)
   return rows
 
 
 def run_sweep(config: str, grid: list[str], n_seeds: int, out: str, overrides: list[str] | tuple[str, ...] = (),
               progress: bool = True) -> list[dict[str, Any]]:
-  """``jaxicl sweep``: runs every group (skipping finished ones); writes and returns the results table."""
+  """``jaxicl sweep``: runs every group (skipping finished ones); writes and returns the results table.
+
+  ``progress``: one bar over all groups' steps (loss in its postfix) and one line per finished group."""
   groups = plan(config, parse_grid(grid), n_seeds, overrides)
   os.makedirs(out, exist_ok=True)
   rows: list[dict[str, Any]] = []
-  for i, (assignment, cfg) in enumerate(groups):
-    if progress:
-      print(f"[sweep] group {i + 1}/{len(groups)} {assignment or '(base)'}: {len(cfg.runs)} runs in one program",
-            flush=True)
-    for row in run_group(cfg, _group_dir(out, cfg), progress=progress):
-      rows.append({**assignment, **row})
-  with open(os.path.join(out, "results.json"), "w") as f:
-    json.dump(rows, f, indent=1)
-  with open(os.path.join(out, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
+  with JobProgress(sum(cfg.train.steps for _, cfg in groups), "sweep", enabled=progress) as job:
+    for i, (assignment, cfg) in enumerate(groups):
+      job.stage(f"group {i + 1}/{len(groups)}")
+      group_rows = run_group(cfg, _group_dir(out, cfg), progress=job.bar)
+      rows += [{**assignment, **row} for row in group_rows]
+      losses = [r["final_loss"] for r in group_rows]
+      job.line(f"[sweep] group {i + 1}/{len(groups)} {assignment or '(base)'}: {len(cfg.runs)} runs in one "
+               f"program; final loss {min(losses):.4g} to {max(losses):.4g}")
+  files.write_json(os.path.join(out, "results.json"), rows)
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  files.write_text(os.path.join(out, "results.csv"), buf.getvalue())
   return rows

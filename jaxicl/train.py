@@ -31,6 +31,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxicl import configs, files, layouts, tasks
+from jaxicl import progress as progress_lib
 from jaxicl.checkpoint import Checkpointer
 from jaxicl.models import ICLModel, build_model
 
@@ -259,9 +260,14 @@ class DivergenceError(FloatingPointError):
   """A non-finite training loss: the run stopped before saving the bad state; earlier checkpoints are intact."""
 
 
-def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = False, resume: bool = True,
-          devices: list | None = None, stop_after: int | None = None) -> TrainResult:
+def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | progress_lib.Bar | None = False,
+          resume: bool = True, devices: list | None = None, stop_after: int | None = None) -> TrainResult:
   """Trains every run of ``cfg`` together; checkpoints to / resumes from ``workdir/checkpoints``.
+
+  ``progress``: False / None (silent), True (a tqdm bar of this training's steps, closed at the end), or an
+  existing bar of a larger job (anything with tqdm's ``update(n)`` and ``set_postfix(**kw)``, e.g.
+  ``jaxicl.progress.JobProgress(...).bar``): it is advanced by every step of this training, those restored
+  from a checkpoint included, shows the mean loss in its postfix, and is left open.
 
   ``stop_after`` ends the loop early at that step (for tests and budgets), saving a checkpoint there; chunks
   and checkpoints stay on the ``log_every`` / ``ckpt_every`` grids after a resume from any step. One process
@@ -292,8 +298,11 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = F
       state = engine.init()
     step = int(np.asarray(state.step)[0])
     total = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
-    if progress:
-      stack.enter_context(contextlib.closing(bar := _progress_bar(total, step)))
+    if progress is True:
+      stack.enter_context(contextlib.closing(bar := progress_lib.make_bar(total, step)))
+    elif progress is not None and progress is not False:  # a job's bar
+      bar = progress
+      bar.update(min(step, total))
     else:
       bar = None
     metrics_file = stack.enter_context(open(os.path.join(workdir, "metrics.jsonl"), "a")) if workdir else None
@@ -322,8 +331,9 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool = F
           board.add_scalar(f"loss/run{r}", loss, step)
         board.add_scalar("steps_per_s", record["steps_per_s"], step)
       if bar is not None:
+        bar.set_postfix(loss=f"{float(np.mean(record['loss'])):.4g}", steps_s=f"{record['steps_per_s']:.0f}",
+                        refresh=False)
         bar.update(length)
-        bar.set_postfix(loss=f"{float(np.mean(record['loss'])):.4g}", steps_s=f"{record['steps_per_s']:.0f}")
       if ckpt and ((cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or step == total):
         ckpt.save(step, state, {"step": step})
   return TrainResult(state=state, history=history, model=engine.model, config=cfg)
@@ -488,7 +498,3 @@ def _tensorboard(workdir: str | None):
     return None
   return SummaryWriter(os.path.join(workdir, "tensorboard"))
 
-
-def _progress_bar(total: int, initial: int):
-  from tqdm.auto import tqdm
-  return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)

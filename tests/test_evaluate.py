@@ -25,6 +25,7 @@ def test_short_cpu_run_beats_averaging_and_eval_writes_table_and_plot(tmp_path):
   assert model[1:].mean() < 0.65 * 2.0
   saved = json.loads((tmp_path / "eval.json").read_text())
   assert saved["model"] == report["model"] and (tmp_path / "eval.png").stat().st_size > 1000
+  assert open(tmp_path / "eval.pdf", "rb").read(5) == b"%PDF-"  # the same figure as a vector file
 
 
 def test_baseline_rows_equal_the_estimators_on_the_same_prompts():

@@ -1,8 +1,9 @@
-"""Study 1 (multi-head superiority): head extraction, planning, the tiny preset end to end, the notebook.
+"""Study 1 (multi-head superiority): head extraction, planning, the tiny preset end to end.
 
-The tiny preset runs once through the real command line (``jaxicl reproduce multihead``) in a subprocess and
-once more inside the notebook; both share a persistent XLA compilation cache and cheap XLA CPU flags, so the
-second run mostly loads compiled programs (the tiny preset's numbers are meaningless; only plumbing is tested).
+The tiny preset runs through the real command line (``jaxicl reproduce multihead``) in a subprocess; the
+notebook runs it again from an installed wheel (tests/test_wheel.py). Both share a persistent XLA compilation
+cache and cheap XLA CPU flags, so later runs mostly load compiled programs (the tiny preset's numbers are
+meaningless; only plumbing is tested).
 """
 
 import csv
@@ -13,7 +14,7 @@ import os
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, reproduce, subprocess_env
+from conftest import reproduce
 
 from jaxicl.studies.multihead import heads as H
 from jaxicl.studies.multihead import presets, run
@@ -197,19 +198,3 @@ def test_reproduce_overrides_reach_every_program(tmp_path):
   assert cli.main(["reproduce", "multihead", "--preset", "tiny", "--out", str(tmp_path), "--set",
                    "model.width=8"]) == 2  # a gpt2 field on the study's one-layer model: named error, exit 2
   assert not os.path.exists(tmp_path / "programs")
-
-
-def test_notebook_executes_with_tiny_preset(tiny_out, xla_cache, tmp_path, monkeypatch):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  for key, value in subprocess_env(xla_cache).items():
-    monkeypatch.setenv(key, value)
-  monkeypatch.setenv("JAXICL_PRESET", "tiny")
-  monkeypatch.setenv("JAXICL_OUT", str(tmp_path / "nb_out"))
-  nb = nbformat.read(os.path.join(REPO, "notebooks", "multihead_superiority.ipynb"), as_version=4)
-  nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                          resources={"metadata": {"path": os.path.join(REPO, "notebooks")}}).execute()
-  with open(tmp_path / "nb_out" / "summary.json") as f:
-    assert json.load(f)["preset"] == "tiny"
-  outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
-  assert "Study 1 summary" in outputs

@@ -31,3 +31,29 @@ def test_log_axis_labels_are_plain_numbers():
   assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
   assert ax.xaxis.get_major_formatter()(1000.0) == "1000" and ax.yaxis.get_major_formatter()(2e-5) == "2e-05"
   assert np.isclose(float(ax.yaxis.get_major_formatter()(0.5)), 0.5)
+
+
+def test_short_log_axis_labels_its_2x_and_5x_ticks_and_a_long_one_does_not():
+  fig = plotting.figure(8, 3)
+  short, long = fig.subplots(1, 2)
+  for ax, lim in ((short, (15, 90)), (long, (1, 1e4))):
+    ax.plot(lim, [1, 2])
+    plotting.log_axis(ax, "x")
+    ax.set_xlim(*lim)
+  assert [short.xaxis.get_minor_formatter()(v) for v in (20.0, 50.0)] == ["20", "50"]
+  assert [long.xaxis.get_minor_formatter()(v) for v in (20.0, 50.0)] == ["", ""]
+  always = fig.add_subplot(2, 2, 4)
+  plotting.log_axis(always, "x", minor_labels=True)
+  always.set_xlim(1, 1e4)
+  assert always.xaxis.get_minor_formatter()(200.0) == "200"
+
+
+def test_theory_line_is_labelled_in_the_legend_and_on_the_line():
+  fig = plotting.figure(4, 3)
+  ax = fig.subplots()
+  ax.plot([1, 2], [2, 4])
+  plotting.theory_line(ax, 3.0, "C_multi = 3.00")
+  plotting.theory_line(ax, 11.09, "C_single = 11.09", legend=False)
+  assert ax.get_legend_handles_labels()[1] == ["C_multi = 3.00"]
+  assert [t.get_text() for t in ax.texts] == ["C_multi = 3.00", "C_single = 11.09"]
+  assert [line.get_ydata()[0] for line in ax.lines[1:]] == [3.0, 11.09]

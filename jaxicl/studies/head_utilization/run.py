@@ -74,9 +74,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import configs, estimators, evaluate, interpret, plotting, tasks, train
+from jaxicl import configs, estimators, evaluate, interpret, plotting, report, tasks, train
 from jaxicl.files import write_json, write_text
 from jaxicl.models import ModelConfig
+from jaxicl.progress import JobProgress
 
 INF = math.inf
 _STEPS = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000, INF)  # T; INF = the T → ∞ limit
@@ -614,21 +615,26 @@ def _finite_mean(a) -> float:
 
 
 def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides: list[str] | tuple[str, ...] = (),
-         stop_after: int | None = None) -> dict[str, Any] | None:
+         stop_after: int | None = None, progress: bool = True) -> dict[str, Any] | None:
   """Runs the study with preset ``tiny`` | ``quick`` | ``cpu`` | ``full`` and ``overrides`` (``configure``); writes
   figures, tables and summary.json in ``out`` and returns the summary dict.
 
   Each (L, H) program trains in its workdir under ``out/runs`` (``run_dir``): a finished one is read back, an
   interrupted one resumes from its last checkpoint. ``stop_after``: stop every program at that step (checkpointed)
-  and return None; a later call resumes, and its outputs equal those of an uninterrupted run.
+  and return None; a later call resumes, and its outputs equal those of an uninterrupted run. ``progress``: one
+  bar over every program's steps (``jaxicl.progress.JobProgress``) and the log lines; False prints only the summary.
+  Tables and figure links also go to ``out/summary.md``.
   """
   p = configure(preset, overrides)
   st, c = p.study, p.config
   os.makedirs(out, exist_ok=True)
   t_start = time.perf_counter()
 
+  total = len(st.layers) * len(st.model_heads) * min(c.train.steps, stop_after or c.train.steps)
+  job = JobProgress(total, f"study 2 ({preset})", enabled=progress)
+
   def log(msg: str):
-    print(f"[head-utilization {time.perf_counter() - t_start:7.1f}s] {msg}", flush=True)
+    job.line(f"[head-utilization {time.perf_counter() - t_start:7.1f}s] {msg}")
 
   log(f"preset {preset} on {jax.default_backend()}: d={c.task.d}, s={c.task.sparsity}, N={c.task.n_points}, "
       f"σ={st.noise_stds}, layers={st.layers}, heads={st.model_heads}, seeds={c.train.seeds}, steps={c.train.steps}")
@@ -645,7 +651,8 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
       workdir = run_dir(out, cfg)
       program = f"L{n_layers}_H{heads}"
       t0 = time.perf_counter()
-      result = train.train(cfg, workdir, stop_after=stop_after)
+      job.stage(program)
+      result = train.train(cfg, workdir, stop_after=stop_after, progress=job.bar)
       timings[f"train {program}"] = time.perf_counter() - t0
       step = int(np.asarray(result.state.step)[0])
       log(f"trained {program} ({len(st.noise_stds)} σ × {len(c.train.seeds)} seeds, one program) to step {step} "
@@ -673,6 +680,7 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
                                                 title=f"attention, {tag}, seed {c.train.seeds[0]}"))
   if stopped:
     log(f"stopped at step {stop_after}; run the same command again to resume")
+    job.close()
     return None
   order = [(s, L, H) for s in st.noise_stds for L in st.layers for H in st.model_heads]
   records = {k: records[k] for k in order}
@@ -689,7 +697,9 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
   files += attention_files
   summary = summarize(p, records, baselines, final_loss, workdirs, files, time.perf_counter() - t_start)
   summary["timings_s"] = timings
+  job.close()
   write_json(os.path.join(out, "summary.json"), _json_clean(summary))
+  write_summary_md(summary, os.path.join(out, "summary.md"))
   print_summary(summary)
   return summary
 
@@ -833,6 +843,32 @@ def summarize(p: Preset, records: dict, baselines: dict, final_loss: dict, workd
           "claim_rule": CLAIM_RULE, "plateau_rule": f"off the plateau iff mean risk < {PLATEAU_FRACTION} × s·τ² "
           f"(= {PLATEAU_FRACTION * zero_risk:g}, half the risk of predicting 0)", "models": models,
           "baselines": base, "warnings": warnings, "files": [os.path.basename(f) for f in files]}
+
+
+def summary_tables(summary: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+  """The summary as tables: per model the mean excess risk over n (full, pruned, mirror, one head per layer),
+  effective heads per layer and the claim per seed; per σ the baselines' mean risk."""
+  models = []
+  for tag, m in summary["models"].items():
+    row = {"model": tag, "full": m["mean_risk"]["mean"]}
+    for key, label in (("pruned_risk", "pruned"), ("mirror_pruned_risk", "mirror"), ("one_per_layer_risk", "1/layer")):
+      row[label] = m[key]["mean"] if key in m else None
+    row["eff. heads by layer"] = " ".join("n/a" if e is None else f"{e:.2f}"
+                                          for e in m.get("effective_heads", {}).get("mean", []))
+    row["claim per seed"] = " ".join("yes" if v["claim_holds"] else "no" for v in m.get("claim", []))
+    models.append(row)
+  baselines = [{"σ": sigma, **{k: v["mean_risk"] for k, v in base.items()}} for sigma, base in summary["baselines"].items()]
+  return {"Models (excess risk averaged over n = 0..N-1)": models, "Baselines (same held-out prompts)": baselines}
+
+
+def write_summary_md(summary: dict[str, Any], path: str) -> str:
+  """``summary.md``: ``summary_tables``, the claim rule, warnings and links to every figure (``jaxicl.report``)."""
+  intro = (f"Preset `{summary['preset']}` on {summary['backend']}, {summary['elapsed_s']:.0f} s. "
+           f"Claim rule: {summary['claim_rule']}")
+  out = os.path.dirname(os.path.abspath(path))
+  figures = [os.path.join(out, f) for f in summary["files"] if f.endswith(".png")]
+  return report.write_summary_md(path, "Study 2: head utilization on sparse regression", summary_tables(summary),
+                                 summary["warnings"], figures, intro)
 
 
 def print_summary(summary: dict[str, Any]) -> None:

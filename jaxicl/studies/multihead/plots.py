@@ -1,5 +1,6 @@
-"""Figures of study 1 (PNG + PDF through ``jaxicl.plotting``; no global matplotlib state). Every figure draws the measured D·L (mean over seeds ± SE) together
-with the theory's constants (C_single: dashed, C_multi: dash-dotted; finite-D Monte Carlo optima: dotted).
+"""Figures of study 1 (PNG + PDF through ``jaxicl.plotting``; no global matplotlib state). Every figure draws the
+measured D·L (mean over seeds ± SE) together with the theory's constants (C_single: dashed, C_multi: dash-dotted,
+each labelled on the line and in the legend; finite-D Monte Carlo optima: dotted).
 
   * fig0_loss_curves.png — D·(training loss − σ²) vs step of the main groups (convergence check);
   * fig1_dl_vs_D.png — D·L vs D, single vs multi-head, one panel per d;
@@ -32,8 +33,9 @@ def _hcolor(h: int) -> str:
 
 def _constants(ax, c_single: float, c_multi: float, color_single: str = "tab:red", color_multi: str = "k",
                label: bool = True, suffix: str = "") -> None:
-  ax.axhline(c_single, color=color_single, ls="--", lw=1, label=f"C_single{suffix} = {c_single:.2f}" if label else None)
-  ax.axhline(c_multi, color=color_multi, ls="-.", lw=1, label=f"C_multi{suffix} = {c_multi:.2f}" if label else None)
+  """C_single (dashed) and C_multi (dash-dotted), written on the lines; in the legend too with ``label``."""
+  plotting.theory_line(ax, c_single, f"C_single{suffix} = {c_single:.2f}", color_single, "--", legend=label)
+  plotting.theory_line(ax, c_multi, f"C_multi{suffix} = {c_multi:.2f}", color_multi, "-.", legend=label)
 
 
 def _save(fig, out: str, name: str) -> str:
@@ -166,7 +168,8 @@ def fig_scenarios(spec: StudyPreset, tables: dict, out: str) -> str:
     ax.plot([], [], "k-.", lw=1, label="C_multi")
     if sc == "prior":
       ax.plot([], [], "k:", lw=1, label="constants without prior path")
-    plotting.log_axis(ax, "xy", minor_labels=True)
+    plotting.log_axis(ax, "x", minor_labels=True)
+    plotting.log_axis(ax, "y")
     ax.set_xlabel("context examples D")
     ax.set_ylabel("D · excess risk")
     ax.set_title(f"{SCENARIO_TITLES.get(sc, sc)} (d={spec.scenario_d}, p={spec.p})")
@@ -230,7 +233,7 @@ def fig_heads(tables: dict, out: str) -> str:
          color="tab:blue", capsize=3, label="Σ c_k w_k (theory: 1)")
   ax.bar(x + 0.2, [hg["sum_c_mean"][0] for hg in groups], 0.4, yerr=[hg["sum_c_mean"][1] for hg in groups],
          color="tab:orange", capsize=3, label="Σ c_k (theory: 1/w for h=1, → 0 for h≥2)")
-  ax.axhline(1, color="tab:blue", ls="--", lw=0.8)
+  plotting.theory_line(ax, 1.0, "theory: Σ c_k w_k = 1", "tab:blue", "--", 0.8, annotate=False)
   ax.axhline(0, color="k", lw=0.5)
   ax.set_xticks(x, [f"h={h}" for h in hs])
   ax.set_title("unbiasedness and zero-sum output weights")
@@ -246,7 +249,8 @@ def fig_heads(tables: dict, out: str) -> str:
       m, p = zip(*ok)
       ax.scatter(p, m, color=_hcolor(hg["h"]), label=f"h={hg['h']}")
       lo, hi = min(lo, *m, *p), max(hi, *m, *p)
-    ax.axhline(hg["optimum"]["constant"], color=_hcolor(hg["h"]), ls="-.", lw=0.8)
+    plotting.theory_line(ax, hg["optimum"]["constant"], f"theory optimum, h={hg['h']}: "
+                         f"{hg['optimum']['constant']:.2f}", _hcolor(hg["h"]), "-.", 0.8)
   if np.isfinite(lo):
     ax.plot([lo * 0.9, hi * 1.1], [lo * 0.9, hi * 1.1], "k:", lw=0.8, label="measured = predicted")
   ax.set_xlabel("theory: D·L of the learned kernels (asymptotic)")

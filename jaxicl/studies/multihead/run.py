@@ -13,6 +13,7 @@ mean over seeds ± standard error (SE = std/√n_seeds) of D·L.
 
 Outputs in ``out``:
   * ``summary.json`` — preset, timings, the main table, the ordering check and the notes on gaps to theory;
+    ``summary.md`` — the same tables and notes in markdown, with links to every figure;
   * ``main_table.csv`` (d, D, h, D·L ± SE, C_single, C_multi, finite-D Monte Carlo optima), ``sweeps.csv``,
     ``scenarios.csv``, ``ablations.csv``, ``heads.csv`` + ``heads.json``, ``theory.json``, ``groups.json``
     (every group: config, per-run risks, learning rates, training-loss history);
@@ -45,8 +46,9 @@ import numpy as np
 
 from jaxicl.studies.multihead import analysis, heads as heads_lib, plots
 from jaxicl.studies.multihead.presets import VARIANTS, StudyPreset, get_preset
-from jaxicl import configs, evaluate, files, tasks, train
+from jaxicl import configs, evaluate, files, report, tasks, train
 from jaxicl.models import ICLModel, ModelConfig, build_model
+from jaxicl.progress import Bar, JobProgress
 
 
 # ----------------------------------------------------------------------------------------------------- groups
@@ -239,15 +241,16 @@ def run_params(params: dict, run: int) -> dict:
 
 
 def run_program(spec: StudyPreset, groups: list[Group], planned: dict[Group, dict[str, Any]], out: str,
-                overrides: list[str] | tuple[str, ...] = (), log=print,
-                stop_after: int | None = None) -> dict[Group, tuple[dict, dict]] | None:
+                overrides: list[str] | tuple[str, ...] = (), log=print, stop_after: int | None = None,
+                progress: Bar | None = None) -> dict[Group, tuple[dict, dict]] | None:
   """Trains (or resumes, or reads) the program of ``groups`` in its train workdir and evaluates every group's runs
   on held-out prompts of its own (unpadded) task; returns {group: (record, params [R_group, ...])}, or None when
-  ``stop_after`` ended training early (the workdir holds a checkpoint to resume from)."""
+  ``stop_after`` ended training early (the workdir holds a checkpoint to resume from). ``progress``: a job's bar,
+  advanced by the program's steps (``train.train``)."""
   cfg = program_config(spec, groups, planned, overrides)
   workdir = program_dir(out, cfg)
   t0 = time.perf_counter()
-  result = train.train(cfg, workdir, stop_after=stop_after)
+  result = train.train(cfg, workdir, stop_after=stop_after, progress=progress)
   if int(np.asarray(result.state.step)[0]) < cfg.train.steps:
     return None
   t1 = time.perf_counter()
@@ -555,35 +558,44 @@ def _is_number(v) -> bool:
 
 
 def main(preset: str = "quick", out: str = "results/multihead_superiority", *, verbose: bool = True,
-         overrides: list[str] | tuple[str, ...] = (), stop_after: int | None = None) -> dict | None:
+         progress: bool = True, overrides: list[str] | tuple[str, ...] = (),
+         stop_after: int | None = None) -> dict | None:
   """Runs study 1 with ``preset`` (``tiny`` | ``quick`` | ``full``, see ``presets``), writes everything to ``out``
-  and returns the summary dict (also written to ``out/summary.json``).
+  and returns the summary dict (also written to ``out/summary.json`` and, as tables and figure links,
+  ``out/summary.md``).
 
+  ``verbose``: print the summary table at the end. ``progress`` (with ``verbose``): one progress bar over every
+  program's steps (``jaxicl.progress.JobProgress``, current loss in its postfix) and one line per finished group.
   ``overrides`` (``section.field=value``, as ``jaxicl train --set``) apply to every program's config.
   ``stop_after``: stop every program's training at that step (checkpointed) and return None; a later call
   resumes each program from its checkpoint.
   """
   spec = get_preset(preset)
-  log = print if verbose else (lambda *a, **k: None)
   os.makedirs(out, exist_ok=True)
   t_start = time.perf_counter()
   planned = plan(spec)
   grouped = programs(planned)
-  log(f"study 1 (multi-head superiority), preset {preset!r}: {len(planned)} groups in {len(grouped)} compiled "
-      f"programs on {jax.default_backend()}")
+  steps = [program_config(spec, groups, planned, overrides).train.steps for groups in grouped.values()]
+  total = sum(s if stop_after is None else min(s, stop_after) for s in steps)
   records: dict[Group, dict] = {}
   params: dict[Group, dict] = {}
   stopped = False
-  for i, groups in enumerate(grouped.values()):
-    log(f"[{i + 1}/{len(grouped)}] program of {len(groups)} groups: {', '.join(g.name for g in groups)}")
-    done = run_program(spec, groups, planned, out, overrides, log, stop_after)
-    if done is None:
-      stopped = True
-      continue
-    for group, (record, group_params) in done.items():
-      records[group], params[group] = record, group_params
+  with JobProgress(total, f"study 1 ({preset})", enabled=verbose and progress) as job:
+    log = job.line
+    log(f"study 1 (multi-head superiority), preset {preset!r}: {len(planned)} groups in {len(grouped)} compiled "
+        f"programs ({total} steps in all) on {jax.default_backend()}")
+    for i, groups in enumerate(grouped.values()):
+      job.stage(f"program {i + 1}/{len(grouped)}")
+      done = run_program(spec, groups, planned, out, overrides, log, stop_after, progress=job.bar)
+      if done is None:
+        stopped = True
+        continue
+      for group, (record, group_params) in done.items():
+        records[group], params[group] = record, group_params
+  log = print if verbose and progress else (lambda *a, **k: None)
   if stopped:
-    log(f"stopped at step {stop_after}; run again to resume")
+    if verbose:
+      print(f"stopped at step {stop_after}; run again to resume")
     return None
   records = {g: records[g] for g in planned}
   params = {g: params[g] for g in planned}
@@ -620,13 +632,35 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
       "sweeps": tables["sweeps"], "scenarios": tables["scenarios"], "ablations": tables["ablations"],
       "heads": [{k: v for k, v in hg.items() if k != "per_seed"} for hg in tables["head_groups"]],
       "figures": figures,
-      "tables": ["main_table.csv", "sweeps.csv", "scenarios.csv", "ablations.csv", "heads.csv", "heads.json",
-                 "theory.json", "groups.json"],
+      "tables": ["summary.md", "main_table.csv", "sweeps.csv", "scenarios.csv", "ablations.csv", "heads.csv",
+                 "heads.json", "theory.json", "groups.json"],
   }
   files.write_json(os.path.join(out, "summary.json"), summary)
+  write_summary_md(summary, os.path.join(out, "summary.md"))
   if verbose:
     print(format_summary(summary))
   return summary
+
+
+MAIN_COLUMNS = {"d": "d", "D": "D", "h": "h", "p": "p", "n_seeds": "seeds", "dl_mean": "D·L mean",
+                "dl_se": "D·L SE", "C_single": "C_single", "C_multi": "C_multi", "mc_single_dl": "MC 1-head",
+                "mc_pair_dl": "MC pair"}
+
+
+def write_summary_md(summary: dict, path: str) -> str:
+  """``summary.md``: the printed tables (main table, ordering), the sweeps, scenarios and ablations, the notes and
+  links to every figure (``jaxicl.report``)."""
+  main_rows = [{label: r.get(key) for key, label in MAIN_COLUMNS.items()} for r in summary["main_table"]]
+  t = summary["timing_s"]
+  intro = (f"Preset `{summary['preset']}`: {summary['n_groups']} groups in {summary['n_programs']} compiled programs, "
+           f"{t['total']:.0f} s on {summary['backend']}. D·L: mean over seeds ± SE (std/√n) of D × the excess "
+           f"risk "
+           f"on {summary['protocol']['eval_prompts']} held-out prompts; C_single, C_multi: the theory's O(1/D) "
+           "constants; MC: the best single head / symmetric pair at that finite D (Monte Carlo).")
+  tables = {"Main table": main_rows, "Single vs multi-head": summary["ordering"], "Sweeps": summary["sweeps"],
+            "Scenarios": summary["scenarios"], "Ablations": summary["ablations"]}
+  return report.write_summary_md(path, "Study 1: multi-head superiority", {k: v for k, v in tables.items() if v},
+                                 summary["notes"], list(summary["figures"].values()), intro)
 
 
 def format_summary(summary: dict) -> str:

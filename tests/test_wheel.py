@@ -1,0 +1,147 @@
+"""The wheel works alone: built from the package sources, installed (``--no-deps``) into a fresh venv outside the
+checkout, it runs ``jaxicl reproduce multihead --preset tiny`` and the study-1 notebook from a temporary folder.
+
+The venv sees the running environment's packages (jax, flax, ...: ``--system-site-packages`` plus a ``.pth`` line
+for this interpreter's own site-packages when it is itself a venv), so nothing is downloaded; PYTHONPATH is
+cleared and the checkout is never on ``sys.path`` (checked: ``jaxicl.__file__`` lies in the venv). One venv serves
+every test of the module; the CLI run and the notebook share the session's persistent XLA cache.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+from conftest import FAST_XLA, REPO
+
+from jaxicl import theory
+
+
+def _run(cmd: list[str], env: dict, cwd: str, timeout: int = 900) -> subprocess.CompletedProcess:
+  proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+  return proc
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> str:
+  """``pip wheel`` of a copy of the package sources (pyproject.toml, README.md, jaxicl/): the build leaves nothing
+  in the checkout and sees no stale build folder."""
+  src = tmp_path_factory.mktemp("wheel_src")
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(os.path.join(REPO, name), src / name)
+  shutil.copytree(os.path.join(REPO, "jaxicl"), src / "jaxicl", ignore=shutil.ignore_patterns("__pycache__"))
+  dist = tmp_path_factory.mktemp("dist")
+  _run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)],
+       dict(os.environ), str(src))
+  (path,) = [str(dist / f) for f in os.listdir(dist) if f.endswith(".whl")]
+  return path
+
+
+@pytest.fixture(scope="module")
+def venv(wheel, tmp_path_factory, xla_cache) -> dict:
+  """A venv with the wheel installed: {"python", "bin", "env" (for its subprocesses), "cwd" (outside the checkout)}."""
+  root = tmp_path_factory.mktemp("venv")
+  assert not str(root).startswith(REPO)
+  _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)], dict(os.environ),
+       str(root))
+  bindir = os.path.join(root, "Scripts" if os.name == "nt" else "bin")
+  python = os.path.join(bindir, "python")
+  purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], dict(os.environ),
+                 str(root)).stdout.strip()
+  ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+  with open(os.path.join(purelib, "_running_env.pth"), "w") as f:  # plain paths: their own .pth files are not run
+    f.write("\n".join(sorted(ours)) + "\n")
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+  env.update(PATH=bindir + os.pathsep + env.get("PATH", ""), JAX_COMPILATION_CACHE_DIR=xla_cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+             XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu", JAXICL_SOURCE=REPO)
+  cwd = str(tmp_path_factory.mktemp("elsewhere"))
+  _run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--no-index", wheel], env, cwd)
+  return {"python": python, "bin": bindir, "env": env, "cwd": cwd, "root": str(root)}
+
+
+def test_wheel_holds_the_package_and_nothing_else(wheel):
+  names = zipfile.ZipFile(wheel).namelist()
+  tops = {n.split("/")[0] for n in names}
+  assert tops == {"jaxicl", "jaxicl-0.1.0.dist-info"}  # no experiments/, tests/, benchmarks/ packages
+  sources = {os.path.relpath(os.path.join(d, f), REPO).replace(os.sep, "/")
+             for d, _, fs in os.walk(os.path.join(REPO, "jaxicl")) if "__pycache__" not in d for f in fs
+             if not f.endswith(".pyc")}
+  assert {n for n in names if n.startswith("jaxicl/")} == sources  # every module and data file of the package
+  entry_points = zipfile.ZipFile(wheel).read("jaxicl-0.1.0.dist-info/entry_points.txt").decode()
+  assert "jaxicl = jaxicl.cli:main" in entry_points
+
+
+def test_installed_package_is_the_wheel_and_exposes_the_public_api(venv):
+  code = ("import sys, jaxicl; from jaxicl import tasks, models, estimators, train, theory, evaluate; "
+          "print(jaxicl.__file__); print(sys.prefix); print(repr(sys.path))")
+  out = _run([venv["python"], "-c", code], venv["env"], venv["cwd"]).stdout.splitlines()
+  assert out[0].startswith(os.path.realpath(venv["root"])) or out[0].startswith(venv["root"])
+  assert os.path.realpath(out[1]) == os.path.realpath(venv["root"])
+  paths = [os.path.realpath(p or venv["cwd"]) for p in eval(out[2])]  # noqa: S307 -- the list the venv printed
+  assert not any(p.startswith(os.path.realpath(REPO)) for p in paths)
+
+
+def test_console_script_reproduces_the_tiny_study(venv):
+  out = os.path.join(venv["cwd"], "mh_tiny")
+  proc = _run([os.path.join(venv["bin"], "jaxicl"), "reproduce", "multihead", "--preset", "tiny", "--out", out,
+               "--quiet"], venv["env"], venv["cwd"])
+  assert "Study 1 summary" in proc.stdout  # --quiet: the summary table only, no per-group lines ...
+  assert proc.stdout.lstrip().startswith("Study 1 summary") and "program " not in proc.stdout
+  assert "%|" not in proc.stderr  # ... and no progress bar
+  with open(os.path.join(out, "summary.json")) as f:
+    summary = json.load(f)
+  for row in summary["main_table"]:
+    assert all(math.isfinite(row[k]) for k in ("dl_mean", "dl_se", "C_single", "C_multi"))
+    assert row["C_single"] == pytest.approx(theory.c_single(row["d"], noise_var=0.0).constant, rel=1e-6)
+  listed = summary["tables"] + [os.path.relpath(p, out) for p in summary["figures"].values()]
+  listed += [os.path.splitext(f)[0] + ".pdf" for f in listed if f.endswith(".png")]
+  assert all(os.path.getsize(os.path.join(out, f)) > 0 for f in listed), listed
+  md = open(os.path.join(out, "summary.md")).read()
+  links = re.findall(r"\]\(([^)]+)\)", md)
+  assert {os.path.relpath(p, out) for p in summary["figures"].values()} <= set(links)
+  assert all(os.path.exists(os.path.join(out, link)) for link in links)
+  for row in summary["main_table"]:  # the markdown table carries the run's numbers
+    assert f"| {row['d']} | {row['D']} | {row['h']} | {row['p']} | {row['n_seeds']} | {row['dl_mean']:.4g} |" in md
+
+
+def test_study1_notebook_runs_in_the_venv_and_prints_the_library_numbers(venv):
+  pytest.importorskip("nbclient")
+  nb_out = os.path.join(venv["cwd"], "nb_out")
+  executed = os.path.join(venv["cwd"], "executed.ipynb")
+  driver = ("import sys, nbformat, nbclient\n"
+            "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+            "nbclient.NotebookClient(nb, timeout=900, kernel_name='python3',\n"
+            "                        resources={'metadata': {'path': sys.argv[3]}}).execute()\n"
+            "nbformat.write(nb, sys.argv[2])\n")
+  env = dict(venv["env"], JAXICL_OUT=nb_out, JAXICL_PRESET="tiny")  # on CPU the notebook would pick quick
+  _run([venv["python"], "-c", driver, os.path.join(REPO, "notebooks", "multihead_superiority.ipynb"), executed,
+        venv["cwd"]], env, venv["cwd"])
+  with open(executed) as f:
+    cells = json.load(f)["cells"]
+  text = "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
+  assert "devices: [CpuDevice(id=0)]" in text and "preset: tiny" in text
+  with open(os.path.join(nb_out, "summary.json")) as f:
+    summary = json.load(f)
+  lines = re.findall(r"d=(\d+) D=(\d+): single-head D·L = ([\d.]+) ± ([\d.]+), best multi-head \(h=(\d+)\) D·L = "
+                     r"([\d.]+) ± ([\d.]+): (multi < single|multi >= single); C_single = ([\d.]+), C_multi = ([\d.]+)",
+                     text)
+  assert len(lines) == len(summary["ordering"]) > 0
+  for line, o in zip(lines, summary["ordering"]):
+    d, D, single, single_se, h, multi, multi_se, verdict, c_single, c_multi = line
+    assert (int(d), int(D), int(h)) == (o["d"], o["D"], o["best_multi_h"])
+    for printed, value in ((single, o["single_dl"]), (single_se, o["single_se"]), (multi, o["multi_dl"]),
+                           (multi_se, o["multi_se"])):
+      assert float(printed) == pytest.approx(value, abs=6e-7)
+    assert (verdict == "multi < single") == (float(multi) < float(single))
+    assert float(c_single) == pytest.approx(theory.c_single(int(d), noise_var=0.0).constant, abs=6e-7)
+    assert float(c_multi) == pytest.approx(theory.c_multi(int(d), noise_var=0.0), abs=6e-7)
