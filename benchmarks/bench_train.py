@@ -24,6 +24,7 @@ Needs the [bench] extra (torch, transformers) for the reference columns; without
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
 import os
@@ -138,11 +139,7 @@ def bench_model(name: str, batch: int, dtype: str, chunk: int, repeats: int, com
   ours, compile_s, flops = jaxicl_bench(spec, batch, dtype, chunk)
   impls = {"jaxicl": (lambda: ours(), chunk, compile_s)}
   threads = None
-  try:
-    import torch  # noqa: F401
-    have_torch = True
-  except ImportError:
-    have_torch = False
+  have_torch = importlib.util.find_spec("torch") is not None
   if have_torch:
     threads = best_torch_threads(spec, batch, dtype, max(3, chunk // 10))
     eager, _ = torch_bench(spec, batch, dtype, False)

@@ -200,38 +200,45 @@ def tiny():
 
 @_preset
 def quick():
-  """The CPU study, shrunk: d=8, s=2, N=16, σ=0.1; 2 layers × 4 heads (width 64, MLP), 3 seeds vmapped, 5000 Adam
-  steps at lr 1e-3 (200 warmup, cosine decay, batch 64); checkpointed under out/runs (resumable).
+  """The CPU study, shrunk to what a 2-core CPU trains off the plateau in minutes: d=5, s=2, N=10, σ=0.1; 3 layers ×
+  4 heads (width 32, MLP), 3 seeds vmapped; 24000 Adam steps at lr 2e-3 (500 warmup, cosine decay, batch 32) with
+  a curriculum on the active dims (2 → 5, one more every 1000 steps, the support drawn among the active dims).
 
-  `jaxicl reproduce head-utilization --preset quick --out runs/head_utilization_quick` — estimated ~12 minutes on an
-  idle 2-core CPU: XLA's cost analysis gives 4.1e9 flops per step (3 seeds) against 2.7e9 for a d=5, N=11 model of
-  the same width measured at 14 steps/s on this CPU, so ~9 steps/s, 5000 steps ≈ 9 minutes, plus the analysis.
-  Measured on the shared CPU at load ~15: 0.8-1.2 steps/s (about 10× slower). Resumable (checkpoint every 1000).
+  `jaxicl reproduce head-utilization --preset quick --out runs/head_utilization_quick` — 12 minutes measured on
+  an idle 2-core CPU (2026-11-25: 11 min 41 s wall, of which training 609 s at ~43 steps/s for the 3 seeds, ~40 s of it
+  compilation; model analysis 15 s; baselines 59 s).
+
+  Chosen by a schedule search at 20000 steps (3 seeds, shared 2-core CPU, README "Study 2"): without the dims
+  curriculum the same model stays on the plateau (mean risk 0.9-1.6), with 2 layers it ends at 0.87, with 3 layers
+  at 0.70-0.78 against tuned ridge's 0.61. Resumable (checkpoint every 2000 steps).
   """
-  task, model = _sparse_gpt2(d=8, sparsity=2, n_points=16, width=64)
+  task, model = _sparse_gpt2(d=5, sparsity=2, n_points=10, width=32)
   return (configs.Config(task=task, model=model,
-                         optim=configs.OptimConfig(lr=1e-3, warmup_steps=200, schedule="cosine"),
-                         train=configs.TrainConfig(steps=5000, batch_size=64, seeds=(0, 1, 2), log_every=250,
-                                                   ckpt_every=1000, eval_prompts=1024)),
-          StudySettings(noise_stds=(0.1,), layers=(2,), heads=4, probe_prompts=512, tune_prompts=512))
+                         optim=configs.OptimConfig(lr=2e-3, warmup_steps=500, schedule="cosine"),
+                         curriculum=configs.CurriculumConfig(dims_start=2, every=1000),
+                         train=configs.TrainConfig(steps=24000, batch_size=32, seeds=(0, 1, 2), log_every=500,
+                                                   ckpt_every=2000, eval_prompts=1024)),
+          StudySettings(noise_stds=(0.1,), layers=(3,), heads=4, probe_prompts=512, tune_prompts=512))
 
 
 @_preset
 def cpu():
-  """The study's shape scaled to a CPU: d=12, s=3, N=24, σ ∈ {0.1, 0.5}; 3 layers × 4 heads (width 64, MLP), 3 seeds
-  vmapped; 8000 Adam steps at lr 1e-3 (300 warmup, cosine, batch 64, clip 1); checkpointed every 1000 steps under
-  out/runs, so it runs in pieces (interrupt and re-run the same command to resume).
+  """The study's shape scaled to a CPU, on the quick preset's schedule: d=10, s=3, N=20, σ ∈ {0.1, 0.5}; 3 layers ×
+  4 heads (width 32, MLP), 3 seeds vmapped (both σ in one program of 6 runs); 40000 Adam steps at lr 2e-3 (500
+  warmup, cosine, batch 32) with the dims curriculum 3 → 10 (one more every 1000 steps); checkpointed every 2000
+  steps under out/runs, so it runs in pieces (interrupt and re-run the same command to resume).
 
-  `jaxicl reproduce head-utilization --preset cpu --out runs/head_utilization_cpu` — estimated ~75 minutes on an idle
-  2-core CPU: 9.6e9 flops per step (3 seeds, XLA's cost analysis) at the 3.8e10 flop/s measured for the d=5 model
-  (see ``quick``) is ~4 steps/s, 2 × 8000 steps ≈ 67 minutes (both σ train in one program of 6 runs), plus the
-  analysis. Not run here.
+  `jaxicl reproduce head-utilization --preset cpu --out runs/head_utilization_cpu` — estimated ~80 minutes on an
+  idle 2-core CPU, derived from the measured ``quick`` run: XLA's cost analysis gives 2.24e9 flops per step (6 runs)
+  against 5.1e8 for ``quick`` (3 runs), which trained at 39 steps/s overall there, so ~9 steps/s and 40000 steps
+  ≈ 74 minutes, plus ~5 minutes of analysis and baselines. Not run yet.
   """
-  task, model = _sparse_gpt2(d=12, sparsity=3, n_points=24, width=64)
+  task, model = _sparse_gpt2(d=10, sparsity=3, n_points=20, width=32)
   return (configs.Config(task=task, model=model,
-                         optim=configs.OptimConfig(lr=1e-3, warmup_steps=300, schedule="cosine", grad_clip=1.0),
-                         train=configs.TrainConfig(steps=8000, batch_size=64, seeds=(0, 1, 2), log_every=250,
-                                                   ckpt_every=1000, eval_prompts=1024)),
+                         optim=configs.OptimConfig(lr=2e-3, warmup_steps=500, schedule="cosine"),
+                         curriculum=configs.CurriculumConfig(dims_start=3, every=1000),
+                         train=configs.TrainConfig(steps=40000, batch_size=32, seeds=(0, 1, 2), log_every=500,
+                                                   ckpt_every=2000, eval_prompts=1024)),
           StudySettings(noise_stds=(0.1, 0.5), layers=(3,), heads=4, probe_prompts=512, tune_prompts=512))
 
 

@@ -23,7 +23,6 @@ Theory (shared/theory.md): unbiasedness needs Σ_k c_k w_k = 1; the multi-head o
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import numpy as np
