@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
+import sysconfig
 
 import pytest
 
@@ -39,3 +42,69 @@ def reproduce(study: str, out: str, cache: str, *extra: str) -> subprocess.Compl
 @pytest.fixture(scope="session")
 def xla_cache(tmp_path_factory) -> str:
   return str(tmp_path_factory.mktemp("xla_cache"))
+
+
+# ------------------------------------------------------------------------------- the wheel in a fresh venv
+
+def run_checked(cmd: list[str], env: dict, cwd: str, timeout: int = 900) -> subprocess.CompletedProcess:
+  """Runs ``cmd``; fails the test with its output tails on a non-zero exit."""
+  proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+  assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+  return proc
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> str:
+  """``pip wheel`` of a copy of the package sources (pyproject.toml, README.md, jaxicl/): the build leaves nothing
+  in the checkout and sees no stale build folder."""
+  src = tmp_path_factory.mktemp("wheel_src")
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(os.path.join(REPO, name), src / name)
+  shutil.copytree(os.path.join(REPO, "jaxicl"), src / "jaxicl", ignore=shutil.ignore_patterns("__pycache__"))
+  dist = tmp_path_factory.mktemp("dist")
+  run_checked([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w",
+               str(dist)], dict(os.environ), str(src))
+  (path,) = [str(dist / f) for f in os.listdir(dist) if f.endswith(".whl")]
+  return path
+
+
+@pytest.fixture(scope="session")
+def venv(wheel, tmp_path_factory, xla_cache) -> dict:
+  """A venv with the wheel installed: {"python", "bin", "env" (for its subprocesses), "cwd" (outside the checkout)}."""
+  root = tmp_path_factory.mktemp("venv")
+  assert not str(root).startswith(REPO)
+  run_checked([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)], dict(os.environ),
+              str(root))
+  bindir = os.path.join(root, "Scripts" if os.name == "nt" else "bin")
+  python = os.path.join(bindir, "python")
+  purelib = run_checked([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                        dict(os.environ), str(root)).stdout.strip()
+  ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+  with open(os.path.join(purelib, "_running_env.pth"), "w") as f:  # plain paths: their own .pth files are not run
+    f.write("\n".join(sorted(ours)) + "\n")
+  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+  env.update(PATH=bindir + os.pathsep + env.get("PATH", ""), JAX_COMPILATION_CACHE_DIR=xla_cache,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+             XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu", JAXICL_SOURCE=REPO)
+  cwd = str(tmp_path_factory.mktemp("elsewhere"))
+  run_checked([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--no-index", wheel], env, cwd)
+  return {"python": python, "bin": bindir, "env": env, "cwd": cwd, "root": str(root)}
+
+
+NOTEBOOK_DRIVER = ("import sys, nbformat, nbclient\n"
+                   "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+                   "nbclient.NotebookClient(nb, timeout=900, kernel_name='python3',\n"
+                   "                        resources={'metadata': {'path': sys.argv[3]}}).execute()\n"
+                   "nbformat.write(nb, sys.argv[2])\n")
+
+
+def run_notebook_in_venv(venv: dict, name: str, **env: str) -> str:
+  """Executes ``notebooks/<name>`` with the venv's interpreter (the wheel installed, the checkout not on sys.path),
+  from a folder outside the checkout, with ``env`` added; returns the text its code cells printed."""
+  pytest.importorskip("nbclient")
+  executed = os.path.join(venv["cwd"], "executed_" + name)
+  run_checked([venv["python"], "-c", NOTEBOOK_DRIVER, os.path.join(REPO, "notebooks", name), executed, venv["cwd"]],
+              dict(venv["env"], **env), venv["cwd"])
+  with open(executed) as f:
+    cells = json.load(f)["cells"]
+  return "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))

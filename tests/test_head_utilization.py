@@ -19,7 +19,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, reproduce, subprocess_env
+from conftest import REPO, reproduce, run_notebook_in_venv, subprocess_env
 
 from jaxicl import cli, interpret, train
 from jaxicl.studies.head_utilization import run
@@ -230,26 +230,30 @@ def test_study_settings_parse_like_config_overrides():
   assert run.configure("tiny") == run.PRESETS["tiny"]()  # no overrides: the preset itself
 
 
-def test_notebook_executes_with_tiny_preset(tiny_out, xla_cache, tmp_path, monkeypatch):
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  # a kernelspec named python3 that runs *this* interpreter, found first through JUPYTER_PATH
-  spec_dir = tmp_path / "jupyter" / "kernels" / "python3"
-  spec_dir.mkdir(parents=True)
-  (spec_dir / "kernel.json").write_text(json.dumps({
-      "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-      "display_name": "Python 3 (test)", "language": "python"}))
-  for key, value in subprocess_env(xla_cache).items():
-    monkeypatch.setenv(key, value)
-  monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter") + os.pathsep + os.environ.get("JUPYTER_PATH", ""))
-  monkeypatch.setenv("JAXICL_PRESET", "tiny")
-  monkeypatch.setenv("JAXICL_OUT", str(tmp_path / "nb_out"))
-  nb = nbformat.read(os.path.join(REPO, "notebooks", "head_utilization.ipynb"), as_version=4)
-  client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
-                                   resources={"metadata": {"path": os.path.join(REPO, "notebooks")}})
-  client.execute()
-  with open(tmp_path / "nb_out" / "summary.json") as f:
-    assert json.load(f)["preset"] == "tiny"
-  outputs = "".join(o.get("text", "") for cell in nb.cells if cell.cell_type == "code" for o in cell.get("outputs", []))
-  assert "Study 2 summary" in outputs and "Study 2 notebook done: tiny" in outputs
-  assert f"python={sys.executable}" in outputs  # the kernel ran this interpreter
+def test_notebook_runs_in_the_venv_and_prints_the_study_numbers(venv):
+  """The study-2 notebook, opened alone in the fresh venv holding the wheel (``conftest.venv``): it prints the
+  summary's numbers, effective heads that follow from the saved importances, and the PtO transformer equal to
+  ``estimators.pto``."""
+  nb_out = os.path.join(venv["cwd"], "hu_nb_out")
+  text = run_notebook_in_venv(venv, "head_utilization.ipynb", JAXICL_OUT=nb_out, JAXICL_PRESET="tiny")
+  assert "preset=tiny" in text and "Study 2 notebook done: tiny" in text
+  with open(os.path.join(nb_out, "summary.json")) as f:
+    summary = json.load(f)
+  with open(os.path.join(nb_out, "importance.json")) as f:
+    importance = json.load(f)
+  printed = re.findall(r"risk \(mean over n\): full ([\d.]+)  pruned ([\d.]+)  mirror ([\d.]+)", text)
+  eff_printed = re.findall(r"effective heads by layer \(seed mean\): \[([^\]]*)\]", text)
+  multi = [m for m in summary["models"].values() if "effective_heads" in m]
+  assert len(printed) == len(eff_printed) == len(multi) > 0
+  for (full, pruned, mirror), eff, (tag, m) in zip(printed, eff_printed,
+                                                   [(t, m) for t, m in summary["models"].items() if m in multi]):
+    for got, key in ((full, "mean_risk"), (pruned, "pruned_risk"), (mirror, "mirror_pruned_risk")):
+      assert float(got) == pytest.approx(m[key]["mean"], abs=6e-5)
+    imp = np.clip(np.nan_to_num(np.asarray(importance[tag]["importance"], np.float64)), 0, None)  # [R, L, H]
+    total = imp.sum(-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+      per_seed = np.where(total > 0, total ** 2 / (imp ** 2).sum(-1), np.nan)  # (ΣI⁺)² / Σ(I⁺)² [R, L]
+      expected = np.nanmean(per_seed, axis=0)  # seed mean (a layer no seed uses: nan)
+    assert [float(x) for x in eff.split(",")] == pytest.approx(np.round(expected, 2).tolist(), abs=0.0051, nan_ok=True)
+  (rel,) = re.findall(r"max relative difference to estimators.pto: ([\d.e+-]+)", text)
+  assert float(rel) < 1e-5

@@ -1,36 +1,22 @@
-"""The tour notebook runs top to bottom and what it computes is right: the numbers it prints are checked
-against the library (theory constants), the task definitions (sparsity, covariance) and the baselines."""
+"""The tour notebook runs top to bottom in a fresh venv with the wheel installed, and what it computes is right:
+the numbers it prints are checked against the library (theory constants), the task definitions (sparsity,
+covariance) and the baselines."""
 
 from __future__ import annotations
 
-import os
 import re
 
 import numpy as np
 import pytest
-from conftest import REPO, subprocess_env
+from conftest import run_notebook_in_venv
 
 from jaxicl import theory
 
 
 @pytest.fixture(scope="module")
-def tour_text(xla_cache, tmp_path_factory) -> str:
-  nbformat = pytest.importorskip("nbformat")
-  nbclient = pytest.importorskip("nbclient")
-  env = subprocess_env(xla_cache)
-  saved = {k: os.environ.get(k) for k in env}
-  os.environ.update(env)  # the kernel inherits this process's environment
-  try:
-    nb = nbformat.read(os.path.join(REPO, "notebooks", "tour.ipynb"), as_version=4)
-    nbclient.NotebookClient(nb, timeout=900, kernel_name="python3",
-                            resources={"metadata": {"path": str(tmp_path_factory.mktemp("tour"))}}).execute()
-  finally:
-    for k, v in saved.items():
-      if v is None:
-        os.environ.pop(k, None)
-      else:
-        os.environ[k] = v
-  return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+def tour_text(venv) -> str:
+  """What the tour printed, executed in the fresh venv holding the wheel (``conftest.venv``), outside the checkout."""
+  return run_notebook_in_venv(venv, "tour.ipynb")
 
 
 def _floats(pattern: str, text: str) -> list[float]:

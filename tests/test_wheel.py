@@ -3,8 +3,8 @@ checkout, it runs ``jaxicl reproduce multihead --preset tiny`` and the study-1 n
 
 The venv sees the running environment's packages (jax, flax, ...: ``--system-site-packages`` plus a ``.pth`` line
 for this interpreter's own site-packages when it is itself a venv), so nothing is downloaded; PYTHONPATH is
-cleared and the checkout is never on ``sys.path`` (checked: ``jaxicl.__file__`` lies in the venv). One venv serves
-every test of the module; the CLI run and the notebook share the session's persistent XLA cache.
+cleared and the checkout is never on ``sys.path`` (checked: ``jaxicl.__file__`` lies in the venv). One venv (``conftest.venv``, per test
+session) serves every test; the CLI run and the notebook share the session's persistent XLA cache.
 """
 
 from __future__ import annotations
@@ -13,60 +13,12 @@ import json
 import math
 import os
 import re
-import shutil
-import subprocess
-import sys
-import sysconfig
 import zipfile
 
 import pytest
-from conftest import FAST_XLA, REPO
+from conftest import REPO, run_checked as _run, run_notebook_in_venv
 
 from jaxicl import theory
-
-
-def _run(cmd: list[str], env: dict, cwd: str, timeout: int = 900) -> subprocess.CompletedProcess:
-  proc = subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-  assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-  return proc
-
-
-@pytest.fixture(scope="module")
-def wheel(tmp_path_factory) -> str:
-  """``pip wheel`` of a copy of the package sources (pyproject.toml, README.md, jaxicl/): the build leaves nothing
-  in the checkout and sees no stale build folder."""
-  src = tmp_path_factory.mktemp("wheel_src")
-  for name in ("pyproject.toml", "README.md"):
-    shutil.copy(os.path.join(REPO, name), src / name)
-  shutil.copytree(os.path.join(REPO, "jaxicl"), src / "jaxicl", ignore=shutil.ignore_patterns("__pycache__"))
-  dist = tmp_path_factory.mktemp("dist")
-  _run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(dist)],
-       dict(os.environ), str(src))
-  (path,) = [str(dist / f) for f in os.listdir(dist) if f.endswith(".whl")]
-  return path
-
-
-@pytest.fixture(scope="module")
-def venv(wheel, tmp_path_factory, xla_cache) -> dict:
-  """A venv with the wheel installed: {"python", "bin", "env" (for its subprocesses), "cwd" (outside the checkout)}."""
-  root = tmp_path_factory.mktemp("venv")
-  assert not str(root).startswith(REPO)
-  _run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(root)], dict(os.environ),
-       str(root))
-  bindir = os.path.join(root, "Scripts" if os.name == "nt" else "bin")
-  python = os.path.join(bindir, "python")
-  purelib = _run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], dict(os.environ),
-                 str(root)).stdout.strip()
-  ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
-  with open(os.path.join(purelib, "_running_env.pth"), "w") as f:  # plain paths: their own .pth files are not run
-    f.write("\n".join(sorted(ours)) + "\n")
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-  env.update(PATH=bindir + os.pathsep + env.get("PATH", ""), JAX_COMPILATION_CACHE_DIR=xla_cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu", JAXICL_SOURCE=REPO)
-  cwd = str(tmp_path_factory.mktemp("elsewhere"))
-  _run([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--no-index", wheel], env, cwd)
-  return {"python": python, "bin": bindir, "env": env, "cwd": cwd, "root": str(root)}
 
 
 def test_wheel_holds_the_package_and_nothing_else(wheel):
@@ -117,18 +69,7 @@ def test_console_script_reproduces_the_tiny_study(venv):
 def test_study1_notebook_runs_in_the_venv_and_prints_the_library_numbers(venv):
   pytest.importorskip("nbclient")
   nb_out = os.path.join(venv["cwd"], "nb_out")
-  executed = os.path.join(venv["cwd"], "executed.ipynb")
-  driver = ("import sys, nbformat, nbclient\n"
-            "nb = nbformat.read(sys.argv[1], as_version=4)\n"
-            "nbclient.NotebookClient(nb, timeout=900, kernel_name='python3',\n"
-            "                        resources={'metadata': {'path': sys.argv[3]}}).execute()\n"
-            "nbformat.write(nb, sys.argv[2])\n")
-  env = dict(venv["env"], JAXICL_OUT=nb_out, JAXICL_PRESET="tiny")  # on CPU the notebook would pick quick
-  _run([venv["python"], "-c", driver, os.path.join(REPO, "notebooks", "multihead_superiority.ipynb"), executed,
-        venv["cwd"]], env, venv["cwd"])
-  with open(executed) as f:
-    cells = json.load(f)["cells"]
-  text = "".join("".join(o.get("text", "")) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
+  text = run_notebook_in_venv(venv, "multihead_superiority.ipynb", JAXICL_OUT=nb_out, JAXICL_PRESET="tiny")
   assert "devices: [CpuDevice(id=0)]" in text and "preset: tiny" in text
   with open(os.path.join(nb_out, "summary.json")) as f:
     summary = json.load(f)
