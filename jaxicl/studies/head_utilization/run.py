@@ -879,18 +879,16 @@ def write_summary_md(summary: dict[str, Any], path: str) -> str:
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-  """A short table: per model the mean risk over n (full, pruned, mirror), effective heads and the claim per seed."""
+  """``summary_tables`` as a short fixed-width table, then the warnings."""
   print("\nStudy 2 summary (excess risk averaged over n = 0..N-1; eff. heads = (ΣI)²/ΣI² per layer, seed mean)")
   print(f"{'model':<22}{'full':>9}{'pruned':>9}{'mirror':>9}{'1/layer':>9}  eff. heads by layer   claim per seed")
-  for tag, m in summary["models"].items():
-    cells = [m["mean_risk"]["mean"]] + [m[k]["mean"] if k in m else float("nan")
-                                        for k in ("pruned_risk", "mirror_pruned_risk", "one_per_layer_risk")]
-    cells = [float("nan") if c is None else c for c in cells]
-    eff = " ".join("n/a" if e is None else f"{e:.2f}" for e in m.get("effective_heads", {}).get("mean", []))
-    claim = " ".join("yes" if v["claim_holds"] else "no" for v in m.get("claim", []))
-    print(f"{tag:<22}" + "".join(f"{c:9.4f}" for c in cells) + f"  {eff:<20}  {claim}")
-  for sigma, base in summary["baselines"].items():
-    print(f"baselines {sigma}: " + ", ".join(f"{k} {v['mean_risk']:.4f}" for k, v in base.items()))
+  models, baselines = summary_tables(summary).values()
+  for row in models:
+    cells = [float("nan") if row[k] is None else row[k] for k in ("full", "pruned", "mirror", "1/layer")]
+    print(f"{row['model']:<22}" + "".join(f"{c:9.4f}" for c in cells)
+          + f"  {row['eff. heads by layer']:<20}  {row['claim per seed']}")
+  for row in baselines:
+    print(f"baselines {row['σ']}: " + ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "σ"))
   for line in summary["warnings"]:
     print(f"WARNING: {line}")
 
