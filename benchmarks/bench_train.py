@@ -67,9 +67,9 @@ def jaxicl_bench(spec: dict, batch: int, dtype: str, chunk: int):
   engine = train.Engine(cfg)
   holder = {"state": engine.init()}
   t0 = time.perf_counter()
-  compiled = engine._chunk.lower(holder["state"], engine.task_params, chunk).compile()
+  compiled = engine.lower(holder["state"], chunk).compile()
   compile_s = time.perf_counter() - t0
-  cost = engine._chunk.lower(holder["state"], engine.task_params, 1).compile().cost_analysis()
+  cost = engine.lower(holder["state"], 1).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", math.nan)) if cost else math.nan
 

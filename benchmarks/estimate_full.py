@@ -37,7 +37,7 @@ def one_run_step(cfg: configs.Config, time_it: bool) -> tuple[float, float | Non
                                                            task_variants=cfg.train.task_variants[-1:]))
   engine = train.Engine(one)
   state = engine.init()
-  lowered = engine._chunk.lower(state, engine.task_params, 1)
+  lowered = engine.lower(state, 1)
   cost = lowered.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   if not time_it:

@@ -89,7 +89,8 @@ class TrainConfig:
   empty means just ``optim.lr``; ``task_variants`` empty means just ``task``. A task variant is a string
   ``field=value;field=value`` of task fields in ``tasks.TRACED_FIELDS`` (e.g. ``n_points=21;noise_var=1``)
   that its runs take instead of ``task``'s: they are passed to the program as arrays, and runs with fewer
-  points than ``task.n_points`` are padded and masked (one-layer models). ``log_every`` is also the number
+  points than ``task.n_points`` are padded and masked (one-layer models). ``freeze=W_in`` (prefixes joined by
+  ``+``) freezes those parameters in the variant's runs only (a per-run mask on gradients and updates). ``log_every`` is also the number
   of steps fused in one ``lax.scan`` chunk.
   """
 
@@ -164,18 +165,35 @@ class Config:
     return [r // per_variant for r in range(len(self.runs))]
 
 
+# The keys of a task variant and the config field each stands for: the traced task fields, and ``freeze`` (the run's
+# own ``optim.freeze`` prefixes, joined by "+"; a per-run mask, so lazy and full training share a program).
+VARIANT_FIELDS = {**{f: f"task.{f}" for f in tasks.TRACED_FIELDS}, "freeze": "optim.freeze"}
+
+
 def parse_variant(variant: str) -> dict[str, str]:
-  """``"n_points=21;noise_var=1"`` -> {"n_points": "21", "noise_var": "1"}; fields must be in ``tasks.TRACED_FIELDS``."""
+  """``"n_points=21;noise_var=1"`` -> {"n_points": "21", "noise_var": "1"}; keys must be in ``VARIANT_FIELDS``."""
   out = {}
   for item in variant.split(";"):
     if not item.strip():
       continue
     key, sep, value = item.partition("=")
     key = key.strip()
-    if not sep or key not in tasks.TRACED_FIELDS:
+    if not sep or key not in VARIANT_FIELDS:
       raise ValueError(f"train.task_variants={variant!r}: {item.strip()!r} is not field=value with a field of "
-                       f"{tasks.TRACED_FIELDS}")
+                       f"{tuple(VARIANT_FIELDS)}")
     out[key] = value.strip()
+  return out
+
+
+def variant_freeze(cfg: Config) -> list[tuple[str, ...]]:
+  """The parameter-path prefixes each task variant freezes on top of ``optim.freeze`` (``[()]`` without variants)."""
+  if not cfg.train.task_variants:
+    return [()]
+  out = []
+  for variant in cfg.train.task_variants:
+    raw = parse_variant(variant).get("freeze", "")
+    prefixes = tuple(p.strip() for p in raw.split("+") if p.strip() and p.strip().lower() != "none")
+    out.append(prefixes)
   return out
 
 
@@ -190,7 +208,7 @@ def variant_tasks(cfg: Config) -> list[tasks.TaskConfig]:
   out = []
   for variant in cfg.train.task_variants:
     values = {k: _coerce(_Text(v), hints[k], f"train.task_variants[{variant!r}].{k}")
-              for k, v in parse_variant(variant).items()}
+              for k, v in parse_variant(variant).items() if k != "freeze"}
     task = dataclasses.replace(cfg.task, **values)
     tasks.check_traceable(task, f"train.task_variants={variant!r}")
     _check(task.n_points <= cfg.task.n_points, "train.task_variants", variant,

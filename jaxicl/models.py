@@ -64,11 +64,13 @@ weights [B, H_l, Tq, Tk] (one-layer models: [B, H, 1, D], the query row over the
 ``linear_icl`` the un-normalised s·q·k_i/D), and for gpt2 ``aux["hidden"]`` [L+1, B, T, E] float32:
 the input embedding and every block's output (the residual stream before ``ln_f``).
 
-Attention implementations (``attention_impl``): ``einsum`` computes the weights explicitly, ``xla``
-always calls ``jax.nn.dot_product_attention`` (inputs [B, T, H, K]; ``capture=True`` is then an
-error, it returns no weights), ``auto`` uses ``xla`` unless weights are requested (``capture=True``
-takes the einsum path). ``linear_icl`` has no softmax and always uses the einsum path (``xla`` is
-rejected for it).
+Attention implementations (``attention_impl``). One-layer models: ``auto`` computes the query's attention
+in token space (the factored path of ``OneLayerICL``: O(D·H·(d+1)) per prompt, no key or value per context
+token; weights come free), ``einsum`` projects every context token to keys and values and forms the weights
+explicitly, ``xla`` does the same projections and calls ``jax.nn.dot_product_attention`` (softmax_icl only;
+``capture=True`` is then an error). gpt2: ``auto`` calls ``jax.nn.dot_product_attention`` unless weights are
+requested (``capture=True`` takes the einsum path), ``einsum`` is always explicit, ``xla`` always
+``jax.nn.dot_product_attention``. All paths compute the same function (tests/test_models.py).
 """
 
 from __future__ import annotations
@@ -127,10 +129,10 @@ class ModelConfig:
       An int or a list is converted to a tuple.
     attn_scale: multiplier of the attention logits q·k; ``None`` = 1/√(head width).
     dtype: compute dtype ``float32`` or ``bfloat16`` (parameters stay float32).
-    attention_impl: ``auto`` (``jax.nn.dot_product_attention`` unless attention weights are
-      requested, then the explicit einsum), ``einsum`` (always explicit) or ``xla`` (always
-      ``jax.nn.dot_product_attention``; requesting weights is an error). Softmax models only:
-      ``linear_icl`` has no softmax and accepts only ``auto`` / ``einsum``.
+    attention_impl: ``auto`` (one-layer models: the factored token-space path; gpt2:
+      ``jax.nn.dot_product_attention`` unless attention weights are requested, then the explicit einsum),
+      ``einsum`` (keys and values per token, explicit weights) or ``xla`` (``jax.nn.dot_product_attention``;
+      requesting weights is an error). ``linear_icl`` has no softmax and accepts only ``auto`` / ``einsum``.
     embed_dim: one-layer models: p, the embedding dimension (default 64).
     read_in: one-layer models: learn W_in (True, default) or use the fixed zero-padding z ↦ [z; 0]
       (False, needs p ≥ d+1).
@@ -324,11 +326,46 @@ def _check_head_mask(head_mask, n_heads: tuple[int, ...]) -> jax.Array | None:
 # One-layer models (study 1)
 
 
+class Kernel(nn.Module):
+  """A bare kernel [fan_in, *features] under the name ``kernel``, initialised exactly as ``nn.DenseGeneral`` /
+  ``nn.Dense`` initialise theirs (the initializer sees the flattened [fan_in, prod(features)] shape), so the
+  one-layer models can use their weights directly (the factored path) with the parameter tree of dense layers."""
+
+  fan_in: int
+  features: tuple[int, ...]
+  init: Callable
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    def flat_init(key, shape, dtype=jnp.float32):
+      return jnp.reshape(self.init(key, (shape[0], math.prod(shape[1:])), dtype), shape)
+    return self.param("kernel", flat_init, (self.fan_in, *self.features), jnp.float32)
+
+
+class AttentionKernels(nn.Module):
+  """The query, key and value kernels [p, H, K] of a one-layer model (``attn/{query,key,value}/kernel``)."""
+
+  embed_dim: int
+  num_heads: int
+  head_dim: int
+
+  @nn.compact
+  def __call__(self) -> dict[str, jax.Array]:
+    return {name: Kernel(self.embed_dim, (self.num_heads, self.head_dim), nn.initializers.lecun_normal(),
+                         name=name)() for name in ("query", "key", "value")}
+
+
 class OneLayerICL(nn.Module):
   """One-layer multi-head attention read at the query token of the theory layout (see module doc).
 
   Input tokens [B, N, d+1] (query label already zeroed); output ŷ [B, 1] and the attention weights
   [B, H, 1, D] (softmax weights, or s·q·k/D for linear attention).
+
+  ``impl`` ``factored``: the query attends in token space. With J = d+1 and the read-in W_in [J, p],
+  logit_ki = s·q_kᵀ W_K^kᵀ W_in ᵀ z_i = s·r_k·z_i with r_k = W_in W_K^k q_k ∈ R^J (one vector per prompt and
+  head), and head_k = Σ_i a_ki W_V^kᵀ W_in ᵀ z_i = W_V^kᵀ W_in ᵀ (Σ_i a_ki z_i): O(D·H·J) per prompt instead of
+  the O(D·p²) of projecting every context token. ``einsum`` / ``xla``: keys and values of every context
+  token, then explicit weights / ``jax.nn.dot_product_attention``. The three compute the same function.
   """
 
   embed_dim: int
@@ -337,64 +374,62 @@ class OneLayerICL(nn.Module):
   read_in: bool
   softmax: bool
   attn_scale: float
-  use_xla: bool
+  impl: str  # "factored" | "einsum" | "xla"
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, tokens: jax.Array, head_mask: jax.Array | None = None, want_weights: bool = False,
                n_context: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
-    p, h, kdim = self.embed_dim, self.num_heads, self.head_dim
-    tokens = tokens.astype(self.dtype)
+    p, h, kdim, j = self.embed_dim, self.num_heads, self.head_dim, tokens.shape[-1]
+    dt = self.dtype
+    tokens = tokens.astype(dt)
     if self.read_in:
-      e = nn.Dense(p, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                   kernel_init=nn.initializers.lecun_normal(), name="W_in")(tokens)  # [B, N, p]
+      w_in = Kernel(j, (p,), nn.initializers.lecun_normal(), name="W_in")().astype(dt)  # [J, p]
     else:
-      e = jnp.pad(tokens, [(0, 0), (0, 0), (0, p - tokens.shape[-1])])
-    context, query = e[:, :-1], e[:, -1:]  # [B, D, p], [B, 1, p]
-    attn = OneLayerAttention(h, kdim, self.softmax, self.attn_scale, self.use_xla and not want_weights,
-                             self.dtype, name="attn")
+      w_in = jnp.eye(j, p, dtype=dt)  # z ↦ [z; 0]
+    kernels = {name: k.astype(dt) for name, k in AttentionKernels(p, h, kdim, name="attn")().items()}  # [p, H, K]
+    z_ctx, z_q = tokens[:, :-1], tokens[:, -1]  # [B, D, J], [B, J]
     key_mask = None
     if n_context is not None:  # padded prompts: only the first n_context tokens are context
       n_context = jnp.broadcast_to(jnp.asarray(n_context), (tokens.shape[0],))
-      key_mask = jnp.arange(context.shape[1])[None, :] < n_context[:, None]  # [B, D]
-    heads, weights = attn(query, context, key_mask)  # [B, 1, H, K]
+      key_mask = jnp.arange(z_ctx.shape[1])[None, :] < n_context[:, None]  # [B, D]
+    q = jnp.einsum("bj,jp,phk->bhk", z_q, w_in, kernels["query"])  # [B, H, K]
+    if self.impl == "factored":
+      r = jnp.einsum("bhk,phk,jp->bhj", q, kernels["key"], w_in)  # [B, H, J]
+      logits = jnp.einsum("bhj,bsj->bhs", r, z_ctx, preferred_element_type=jnp.float32) * self.attn_scale
+      weights = self._normalise(logits, key_mask)  # [B, H, D]
+      z_bar = jnp.einsum("bhs,bsj->bhj", weights.astype(dt), z_ctx)  # Σ_i a_ki z_i
+      heads = jnp.einsum("bhj,jp,phk->bhk", z_bar, w_in, kernels["value"])  # [B, H, K]
+      weights = weights[:, :, None, :]
+    else:
+      e_ctx = z_ctx @ w_in  # [B, D, p]
+      k = jnp.einsum("bsp,phk->bshk", e_ctx, kernels["key"])
+      v = jnp.einsum("bsp,phk->bshk", e_ctx, kernels["value"])
+      if self.softmax:
+        out, weights = attend(q[:, None], k, v, self.attn_scale, causal=False,
+                              use_xla=self.impl == "xla" and not want_weights, key_mask=key_mask)
+      else:
+        logits = jnp.einsum("bhk,bshk->bhs", q, k, preferred_element_type=jnp.float32) * self.attn_scale
+        weights = self._normalise(logits, key_mask)[:, :, None, :]
+        out = weighted_values(weights, v)
+      heads = out[:, 0]  # [B, H, K]
     if head_mask is not None:
-      heads = heads * head_mask.astype(heads.dtype)[None, None, :, None]
+      heads = heads * head_mask.astype(heads.dtype)[None, :, None]
     concat = heads.reshape(heads.shape[0], p)  # head k at rows k·K..(k+1)·K-1
     out_init = nn.initializers.normal(W_OUT_INIT_SCALE / math.sqrt(p))
-    y = nn.Dense(1, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
+    y = nn.Dense(1, use_bias=False, dtype=dt, param_dtype=jnp.float32,
                  kernel_init=out_init, name="W_out")(concat)  # [B, 1]
     return y.astype(jnp.float32), weights
 
-
-class OneLayerAttention(nn.Module):
-  """The query token attends to the D context tokens: [B, 1, p], [B, D, p] -> heads [B, 1, H, K]."""
-
-  num_heads: int
-  head_dim: int
-  softmax: bool
-  scale: float
-  use_xla: bool
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, query: jax.Array, context: jax.Array,
-               key_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
-    def proj(name):
-      return nn.DenseGeneral((self.num_heads, self.head_dim), use_bias=False, dtype=self.dtype,
-                             param_dtype=jnp.float32, kernel_init=nn.initializers.lecun_normal(), name=name)
-
-    q = proj("query")(query)  # [B, 1, H, K]
-    k = proj("key")(context)  # [B, D, H, K]
-    v = proj("value")(context)  # [B, D, H, K]
+  def _normalise(self, logits: jax.Array, key_mask: jax.Array | None) -> jax.Array:
+    """Softmax over the context (masked keys get weight 0), or for linear attention logits / D."""
     if self.softmax:
-      return attend(q, k, v, self.scale, causal=False, use_xla=self.use_xla, key_mask=key_mask)
-    weights = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * self.scale
+      if key_mask is not None:
+        logits = jnp.where(key_mask[:, None, :], logits, _large_negative(jnp.float32))
+      return jax.nn.softmax(logits, axis=-1)
     if key_mask is None:
-      weights = weights / context.shape[1]
-    else:
-      weights = jnp.where(key_mask[:, None, None, :], weights, 0.0) / jnp.sum(key_mask, -1)[:, None, None, None]
-    return weighted_values(weights, v), weights
+      return logits / logits.shape[-1]
+    return jnp.where(key_mask[:, None, :], logits, 0.0) / jnp.sum(key_mask, -1)[:, None, None]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -546,8 +581,9 @@ def build_model(cfg: ModelConfig, task: tasks.TaskConfig) -> ICLModel:
     if not cfg.read_in and cfg.embed_dim < d + 1:
       _fail("embed_dim", cfg.embed_dim, f"read_in=False zero-pads [x; y] into R^p, needs embed_dim >= d+1 = {d + 1}")
     layout_name = "theory"
+    impl = {"auto": "factored"}.get(cfg.attention_impl, cfg.attention_impl)
     module = OneLayerICL(cfg.embed_dim, n_heads[0], cfg.head_dims[0], cfg.read_in, cfg.name == "softmax_icl",
-                         cfg.logit_scale(0), use_xla=cfg.attention_impl in ("xla", "auto"), dtype=cfg.compute_dtype)
+                         cfg.logit_scale(0), impl, dtype=cfg.compute_dtype)
   else:
     if n > cfg.max_points:
       _fail("max_points", cfg.max_points, f"smaller than TaskConfig.n_points={n}")

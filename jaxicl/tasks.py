@@ -298,7 +298,6 @@ def mask_dims(prompts: Prompt, n_dims: jax.Array | int) -> Prompt:
 
 # TaskConfig fields a run may set for itself inside one compiled program (``TrainConfig.task_variants``).
 TRACED_FIELDS = ("n_points", "noise_var", "w_var", "prior_mean", "prior_mean_norm", "cov", "rho", "local_radius")
-QUERY_INDEX = 2**31 - 1  # fold_in index of the query point's randomness (context point i uses i)
 
 
 class TaskParams(NamedTuple):
@@ -344,13 +343,23 @@ def stack_params(params: list[TaskParams]) -> TaskParams:
   return TaskParams(*(np.stack(field) for field in zip(*params)))
 
 
+def _prefix_normal(key: jax.Array, n: int, shape: tuple[int, ...]) -> jax.Array:
+  """[n, *shape] standard normals: rows 0..n-2 from one draw whose first rows do not depend on n (JAX's default
+  partitionable threefry numbers the draws by their flat index), the last row (the query) from its own key."""
+  if not jax.config.jax_threefry_partitionable:  # the prefix property needs it (JAX's default since 0.5)
+    raise ValueError("jax_threefry_partitionable=False: padded per-run task values (train.task_variants) need "
+                     "JAX's default partitionable threefry")
+  k_ctx, k_query = jax.random.split(key)
+  return jnp.concatenate([jax.random.normal(k_ctx, (n - 1, *shape)), jax.random.normal(k_query, (1, *shape))])
+
+
 def sample_prompt_traced(key: jax.Array, cfg: TaskConfig, tp: TaskParams,
                          n_active_dims: jax.Array | int | None = None) -> Prompt:
   """One prompt of ``cfg.n_points`` points whose scenario values come from ``tp`` (traced).
 
-  The same distribution as ``sample_prompt`` of the config ``tp`` was made from, padded: context point i
-  draws from ``fold_in(key_x, i)`` and the query from ``fold_in(key_x, QUERY_INDEX)``, so the first D
-  context points and the query do not depend on the padded length N. Inputs x = Σ^{1/2} g with
+  The same distribution as ``sample_prompt`` of the config ``tp`` was made from, padded: the context points are
+  the first rows of one draw and the query has its own key (``_prefix_normal``), so the first D context points
+  and the query do not depend on the padded length N. Inputs x = Σ^{1/2} g with
   Σ^{1/2} = aI + (b - a)11ᵀ/d, a = √(1-ρ), b = √(1-ρ+dρ) (equicorrelated Σ = (1-ρ)I + ρ11ᵀ); local
   context x_i = x_q + r Σ^{1/2} g_i; w = θ0 + √τ² N(0, I); y = wᵀx + σ ε. The ``sparse`` family keeps w on a
   uniform s-subset of the first ``n_active_dims`` coordinates, drawn as ``sample_sparse_w`` draws it (same key,
@@ -364,14 +373,13 @@ def sample_prompt_traced(key: jax.Array, cfg: TaskConfig, tp: TaskParams,
         jnp.asarray(tp.prior_mean, jnp.float32) + jnp.sqrt(tp.tau2) * jax.random.normal(k_values, (d,)))
   else:
     w = jnp.asarray(tp.prior_mean, jnp.float32) + jnp.sqrt(tp.tau2) * jax.random.normal(k_w, (d,))
-  index = jnp.concatenate([jnp.arange(n - 1, dtype=jnp.int32), jnp.full((1,), QUERY_INDEX, jnp.int32)])
-  g = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k_x, i), (d,)))(index)  # [N, d]
+  g = _prefix_normal(k_x, n, (d,))  # [N, d]
   a, b = jnp.sqrt(1.0 - tp.rho), jnp.sqrt(1.0 - tp.rho + d * tp.rho)
   g = a * g + (b - a) * jnp.mean(g, axis=-1, keepdims=True)
   query = g[-1]
   context = jnp.where(tp.local, query + tp.local_radius * g[:-1], g[:-1])
   xs = jnp.concatenate([context, query[None]], axis=0)
-  eps = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(k_eps, i), ()))(index)
+  eps = _prefix_normal(k_eps, n, ())
   targets = xs @ w
   ys = targets + jnp.sqrt(tp.noise_var) * eps
   return Prompt(xs=xs, ys=ys, targets=targets, w=w)

@@ -81,12 +81,12 @@ def _path_str(path) -> str:
   return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
-def frozen_labels(params: Any, freeze: tuple[str, ...]) -> Any:
+def frozen_labels(params: Any, freeze: tuple[str, ...], field: str = "optim.freeze") -> Any:
   """Pytree of 'frozen' / 'train' labels: a leaf is frozen if its path starts with a prefix in ``freeze``."""
   paths = param_paths(params)
   for prefix in freeze:
     if not any(p == prefix or p.startswith(prefix.rstrip("/") + "/") for p in paths):
-      raise ValueError(f"optim.freeze={freeze!r}: {prefix!r} matches no parameter; parameters: {paths}")
+      raise ValueError(f"{field}={freeze!r}: {prefix!r} matches no parameter; parameters: {paths}")
 
   def label(path, _):
     s = _path_str(path)
@@ -149,14 +149,18 @@ def make_step(cfg: configs.Config, model: ICLModel, tx: optax.GradientTransforma
               ) -> Callable[[TrainState, tasks.TaskParams | None], tuple[TrainState, jax.Array]]:
   """One optimisation step of ONE run (vmap it over runs): sample on device, loss, AdamW update.
 
-  ``step_fn(state, task_params)``: with ``train.task_variants`` the run's prompts come from
+  ``step_fn(state, task_params, train_mask)``: with ``train.task_variants`` the run's prompts come from
   ``tasks.sample_batch_traced`` with its own ``task_params`` (padded to ``task.n_points``, masked);
   without, ``task_params`` is None and the prompts come from ``tasks.sample_batch(cfg.task)``; either way the
-  sparse family draws its support among the curriculum's active dimensions.
+  sparse family draws its support among the curriculum's active dimensions. ``train_mask`` (a params-shaped
+  tree of 0/1 scalars, or None): the run's own frozen leaves (variant ``freeze``) get zero gradient before the
+  optimizer (so clipping and Adam see only trained leaves) and zero update after it, exactly as
+  ``optim.freeze`` would.
   """
   variants = bool(cfg.train.task_variants)
 
-  def step_fn(state: TrainState, task_params: tasks.TaskParams | None = None) -> tuple[TrainState, jax.Array]:
+  def step_fn(state: TrainState, task_params: tasks.TaskParams | None = None,
+              train_mask: Any = None) -> tuple[TrainState, jax.Array]:
     key = tasks.batch_key(state.data_key, state.step)
     n_dims = active_dims(cfg, state.step) if cfg.curriculum.dims_start is not None else None
     if variants:
@@ -170,7 +174,11 @@ def make_step(cfg: configs.Config, model: ICLModel, tx: optax.GradientTransforma
     n_context = task_params.n_context if variants and cfg.model.one_layer else None
     loss, grads = jax.value_and_grad(
         lambda p: prediction_loss(model, p, prompts, n_active, n_context=n_context))(state.params)
+    if train_mask is not None:
+      grads = jax.tree.map(jnp.multiply, grads, train_mask)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    if train_mask is not None:
+      updates = jax.tree.map(jnp.multiply, updates, train_mask)
     updates = jax.tree.map(lambda u: -state.lr * u, updates)
     params = optax.apply_updates(state.params, updates)
     return TrainState(params, opt_state, state.step + 1, state.data_key, state.lr), loss
@@ -217,16 +225,24 @@ class Engine:
 
     step = jax.vmap(make_step(cfg, self.model, self.tx, constrain))
 
-    def chunk(state: TrainState, task_params: tasks.TaskParams | None, length: int):
-      return jax.lax.scan(lambda s, _: step(s, task_params), state, None, length=length)
+    def chunk(state: TrainState, task_params: tasks.TaskParams | None, train_mask: Any, length: int):
+      return jax.lax.scan(lambda s, _: step(s, task_params, train_mask), state, None, length=length)
 
-    self._chunk = jax.jit(chunk, static_argnums=2, donate_argnums=0,
+    self._chunk = jax.jit(chunk, static_argnums=3, donate_argnums=0,
                           out_shardings=(self.state_sharding, replicated))
     self.task_params = None  # [R] per-run task values (with train.task_variants)
+    self.train_mask = None  # [R] per-run 0/1 per parameter leaf (with a variant that freezes)
     if cfg.train.task_variants:
       per_variant = [tasks.task_params(t) for t in configs.variant_tasks(cfg)]
       stacked = tasks.stack_params([per_variant[v] for v in cfg.run_variants])
       self.task_params = jax.device_put(stacked, self.state_sharding)
+      freezes = configs.variant_freeze(cfg)
+      if any(freezes):
+        masks = [jax.tree.map(lambda label: np.float32(label == "train"),
+                              frozen_labels(example, f, f"train.task_variants[{v}].freeze"))
+                 for v, f in enumerate(freezes)]
+        stacked = jax.tree.map(lambda *m: np.stack(m), *[masks[v] for v in cfg.run_variants])
+        self.train_mask = jax.device_put(stacked, self.state_sharding)
 
     def init(seeds, lrs):
       def one(seed, lr):
@@ -248,7 +264,11 @@ class Engine:
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.state_sharding), shapes)
 
   def run_chunk(self, state: TrainState, length: int) -> tuple[TrainState, jax.Array]:
-    return self._chunk(state, self.task_params, length)
+    return self._chunk(state, self.task_params, self.train_mask, length)
+
+  def lower(self, state: TrainState, length: int) -> jax.stages.Lowered:
+    """The chunk program of ``length`` steps lowered for ``state`` (for XLA's cost analysis and compile timing)."""
+    return self._chunk.lower(state, self.task_params, self.train_mask, length)
 
 
 # ----------------------------------------------------------------------------- the loop

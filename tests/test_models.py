@@ -10,6 +10,7 @@ import dataclasses
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -236,8 +237,61 @@ def test_head_mask_shape_is_checked(batch):
 # Attention paths and dtypes
 
 
+@pytest.mark.parametrize("name, read_in", [("softmax_icl", True), ("softmax_icl", False), ("linear_icl", True)])
+def test_one_layer_factored_path_equals_per_token_projections(batch, name, read_in):
+  """``auto`` (attention in token space, no per-token keys or values) computes the same predictions, weights and
+  parameter gradients as the per-token ``einsum`` and ``xla`` paths, with a head mask and a padded context."""
+  cfg = one_layer(name, read_in=read_in, embed_dim=8, heads=(2,))
+  auto, params = build(cfg)
+  others = ["einsum"] + (["xla"] if name == "softmax_icl" else [])
+  n_context = jnp.asarray([N_POINTS - 1, N_POINTS - 3])
+  hm = jnp.asarray([[1.0, 0.5]])
+
+  def loss(model, p):
+    preds = model.apply(p, batch.xs, batch.ys, head_mask=hm, n_context=n_context)
+    return jnp.sum((preds[:, 0] - batch.targets[:, -1]) ** 2)
+
+  want_loss, want_grad = jax.value_and_grad(functools.partial(loss, auto))(params)
+  _, want_aux = auto.apply(params, batch.xs, batch.ys, capture=True, n_context=n_context)
+  assert float(np.abs(np.asarray(want_aux["attn"][0])[1, :, 0, -2:]).max()) == 0.0  # padded keys get no weight
+  for impl in others:
+    model = model_for(dataclasses.replace(cfg, attention_impl=impl))
+    got_loss, got_grad = jax.value_and_grad(functools.partial(loss, model))(params)
+    np.testing.assert_allclose(float(got_loss), float(want_loss), rtol=1e-5)
+    chex.assert_trees_all_close(got_grad, want_grad, rtol=1e-4, atol=1e-6)
+  _, aux = model_for(dataclasses.replace(cfg, attention_impl="einsum")).apply(params, batch.xs, batch.ys,
+                                                                              capture=True, n_context=n_context)
+  chex.assert_trees_all_close(aux["attn"][0], want_aux["attn"][0], rtol=1e-5, atol=1e-6)
+
+
+class _DenseAttention(nn.Module):
+  @nn.compact
+  def __call__(self, e):
+    return [nn.DenseGeneral((2, 4), use_bias=False, kernel_init=nn.initializers.lecun_normal(), name=n)(e)
+            for n in ("query", "key", "value")]
+
+
+class _DenseReadIn(nn.Module):
+  """The one-layer model's read-in and attention projections written as plain dense layers."""
+
+  @nn.compact
+  def __call__(self, z):
+    e = nn.Dense(8, use_bias=False, kernel_init=nn.initializers.lecun_normal(), name="W_in")(z)
+    return _DenseAttention(name="attn")(e)
+
+
+def test_one_layer_kernels_initialise_as_dense_layers():
+  """The bare kernels of the one-layer models hold exactly the values ``nn.Dense`` / ``nn.DenseGeneral`` draw under
+  the same names (LeCun normal over the flattened fan-in × features)."""
+  params = models.build_model(one_layer("softmax_icl", embed_dim=8, heads=(2,)), TASK).init(jax.random.PRNGKey(7))
+  ref = _DenseReadIn().init(jax.random.PRNGKey(7), jnp.zeros((1, D_IN + 1)))["params"]
+  np.testing.assert_array_equal(np.asarray(params["W_in"]["kernel"]), np.asarray(ref["W_in"]["kernel"]))
+  for n in ("query", "key", "value"):
+    np.testing.assert_array_equal(np.asarray(params["attn"][n]["kernel"]), np.asarray(ref["attn"][n]["kernel"]))
+
+
 def test_einsum_and_xla_paths_agree(batch):
-  """The default ``auto`` model runs the xla path unless weights are captured."""
+  """``auto`` (gpt2: the xla path unless weights are captured; one-layer: the factored path) equals ``einsum``."""
   for cfg in (small_gpt2(), one_layer("softmax_icl")):
     m_x, params = build(cfg)
     m_e = model_for(dataclasses.replace(cfg, attention_impl="einsum"))

@@ -321,6 +321,23 @@ def test_fused_task_variants_equal_separately_compiled_groups():
                                rtol=2e-4)
 
 
+def test_a_variant_that_freezes_trains_as_optim_freeze_alone():
+  """``freeze=W_in`` in one task variant (a per-run mask) leaves that variant's runs exactly where a separate
+  program with ``optim.freeze=W_in`` leaves them, while the other variant's runs train W_in."""
+  base = _variants_cfg(9, ("n_points=9;freeze=W_in", "n_points=6"))
+  cfg = configs.override(base, ["optim.grad_clip=0.5", "optim.weight_decay=0.1"])  # both must skip frozen leaves
+  fused = train.train(cfg)
+  init = train.Engine(cfg).init()
+  w_in = np.asarray(fused.state.params["W_in"]["kernel"])
+  np.testing.assert_array_equal(w_in[:2], np.asarray(init.params["W_in"]["kernel"])[:2])
+  assert not np.allclose(w_in[2:], np.asarray(init.params["W_in"]["kernel"])[2:])
+  alone = train.train(configs.override(cfg, ["train.task_variants=n_points=9", "optim.freeze=W_in"]))
+  for leaf_f, leaf_a in zip(jax.tree.leaves(fused.state.params), jax.tree.leaves(alone.state.params)):
+    np.testing.assert_allclose(np.asarray(leaf_f)[:2], np.asarray(leaf_a), rtol=2e-4, atol=2e-5)
+  with pytest.raises(ValueError, match=r"train.task_variants\[0\].freeze"):
+    train.Engine(_variants_cfg(9, ("freeze=W_nope",)))
+
+
 def test_task_variants_are_validated():
   with pytest.raises(ValueError, match="n_points must be <= task.n_points=5"):
     _variants_cfg(5, ("n_points=9",))
