@@ -46,7 +46,7 @@ def one_run_step(cfg: configs.Config, time_it: bool) -> tuple[float, float | Non
   best = np.inf
   for _ in range(3):
     t0 = time.perf_counter()
-    state, losses = compiled(state, engine.task_params)
+    state, losses = compiled(state, engine.task_params, engine.train_mask)
     jax.block_until_ready(losses)
     best = min(best, time.perf_counter() - t0)
   return float(cost["flops"]), best
@@ -57,7 +57,7 @@ def main() -> None:
   ap.add_argument("--preset", default="full")
   ap.add_argument("--tflops", type=float, default=20.0, help="assumed sustained accelerator TFLOP/s")
   args = ap.parse_args()
-  spec = presets.get_preset(args.preset)
+  spec = presets.configure(args.preset)
   planned = run.plan(spec)
   grouped = run.programs(planned)
   rows, total, timed = [], 0.0, None

@@ -79,7 +79,7 @@ def test_extracted_heads_reproduce_random_models(name):
 
 def test_plan_shares_groups_and_every_config_builds():
   for name in ("tiny", "quick", "full"):
-    spec = presets.get_preset(name)
+    spec = presets.configure(name)
     planned = run.plan(spec)
     names = [g.name for g in planned]
     assert len(names) == len(set(names))
@@ -87,29 +87,31 @@ def test_plan_shares_groups_and_every_config_builds():
       cfg = g.config(spec, tuple(entry["seeds"]))
       build_model(cfg.model, cfg.task)  # validates p, h, read-in (no compilation)
       assert cfg.task.n_points == g.D + 1
-  quick = run.plan(presets.get_preset("quick"))
+  quick = run.plan(presets.configure("quick"))
   assert len(quick) == 19
   shared = quick[run.Group(5, 50, 4, 32)]
-  assert set(shared["sections"]) == {"main", "hsweep0", "psweep0", "scenario", "ablation"} and len(shared["seeds"]) == 3
+  assert set(shared["sections"]) == {"main", "hsweep", "psweep", "scenario", "ablation"} and len(shared["seeds"]) == 3
   strong = next(g for g in quick if g.variant == "prior_strong")
-  assert strong.config(presets.get_preset("quick"), (0,)).task.tau2 == pytest.approx(1.0 / strong.D)
+  assert strong.config(presets.configure("quick"), (0,)).task.tau2 == pytest.approx(1.0 / strong.D)
 
 
 def test_groups_fuse_into_programs_whose_variants_are_the_groups_tasks():
-  """Groups differing only in D and scenario share a program; its variants reproduce each group's own task."""
-  spec = presets.get_preset("quick")
+  """Groups differing only in D, scenario and lazy training share a program; its variants reproduce each group's
+  own task and frozen parameters; overrides reach every program through the preset's base config."""
+  spec = presets.configure("quick", ["train.steps=10", "optim.lr=0.01"])
   planned = run.plan(spec)
   grouped = run.programs(planned)
-  assert len(grouped) == 7 and sum(len(g) for g in grouped.values()) == 19
+  assert len(grouped) == 6 and sum(len(g) for g in grouped.values()) == 19
   for groups in grouped.values():
     cfg = run.program_config(spec, groups, planned)
-    assert cfg.task.n_points == max(g.D for g in groups) + 1
-    for v, (group, task) in enumerate(zip(groups, configs.variant_tasks(cfg))):
+    assert cfg.task.n_points == max(g.D for g in groups) + 1 and cfg.train.steps == 10 and cfg.optim.lr == 0.01
+    assert cfg.optim.freeze == ()
+    for v, (group, task, freeze) in enumerate(zip(groups, configs.variant_tasks(cfg), configs.variant_freeze(cfg))):
       assert task == group.config(spec, (0,)).task
+      assert freeze == group.config(spec, (0,)).optim.freeze == (("W_in",) if group.lazy else ())
       runs = run.group_runs(cfg, v, tuple(planned[group]["seeds"]))
       assert [cfg.runs[r][0] for r in runs] == sorted(planned[group]["seeds"])
-  cfg = run.program_config(spec, grouped[(5, 4, 32, True, False)], planned, ["train.steps=10", "optim.lr=0.01"])
-  assert cfg.train.steps == 10 and cfg.optim.lr == 0.01 and len(cfg.train.task_variants) == 3 + 4
+  assert len(run.program_config(spec, grouped[(5, 4, 32, True)], planned).train.task_variants) == 3 + 4 + 1
 
 
 def test_lr_selection_uses_training_loss_per_seed():
@@ -137,7 +139,7 @@ def test_tiny_preset_writes_figures_and_tables(tiny_out):
   for key in ("preset", "main_table", "ordering", "notes", "sweeps", "scenarios", "ablations", "heads", "figures",
               "timing_s", "protocol"):
     assert key in summary, key
-  assert summary["preset"] == "tiny" and summary["n_groups"] == len(run.plan(presets.get_preset("tiny")))
+  assert summary["preset"] == "tiny" and summary["n_groups"] == len(run.plan(presets.configure("tiny")))
   assert {(r["D"], r["h"]) for r in summary["main_table"]} == {(8, 1), (8, 2)}
   for r in summary["main_table"]:
     for k in ("dl_mean", "dl_se", "C_single", "C_multi", "mc_single_dl", "mc_pair_dl"):
@@ -198,3 +200,33 @@ def test_reproduce_overrides_reach_every_program(tmp_path):
   assert cli.main(["reproduce", "multihead", "--preset", "tiny", "--out", str(tmp_path), "--set",
                    "model.width=8"]) == 2  # a gpt2 field on the study's one-layer model: named error, exit 2
   assert not os.path.exists(tmp_path / "programs")
+
+
+@pytest.mark.parametrize("override, needles", [
+    ("task.noise_var=1", ["task.noise_var", "study.ds / study.Ds / study.scenarios"]),
+    ("model.heads=8", ["model.heads", "study.hs"]),
+    ("optim.freeze=W_in", ["optim.freeze", "study.ablations"]),
+    ("model.read_in=false", ["model.read_in", "study.ablations"]),
+    ("study.scenarios=noise7", ["study.scenarios", "noise7"]),
+    ("study.head_d=3", ["study.head_d=3", "study.ds"]),
+    ("study.Ds=0", ["study.Ds", "integers >= 1"]),
+    ("study.nope=1", ["study.nope", "unknown study setting"]),
+    ("model.name=linear_icl", ["model.name", "softmax_icl"]),
+])
+def test_configure_names_the_field_of_a_bad_or_grid_set_override(override, needles):
+  with pytest.raises(ValueError) as e:
+    presets.configure("quick", [override])
+  assert all(n in str(e.value) for n in needles), str(e.value)
+
+
+def test_study_overrides_change_the_grid_and_config_overrides_every_group():
+  spec = presets.configure("quick", ["study.Ds=20,40", "study.scenarios=noise1", "study.ablations=lazy",
+                                     "model.embed_dim=16", "train.batch_size=8", "study.psweep_ps=8,16"])
+  planned = run.plan(spec)
+  assert {g.D for g in planned if "main" in planned[g]["sections"]} == {20, 40}
+  assert {g.variant for g in planned} == {"clean", "noise1"} and not any(not g.read_in for g in planned)
+  for g, entry in planned.items():
+    cfg = g.config(spec, tuple(entry["seeds"]))
+    assert cfg.train.batch_size == 8 and (cfg.model.embed_dim == 16 or "psweep" in entry["sections"]
+                                          or "hsweep" in entry["sections"])
+  assert len(run.programs(planned)) < len(planned)

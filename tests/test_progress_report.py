@@ -90,7 +90,7 @@ def test_reproduce_list_prints_every_preset_with_its_documented_time(capsys):
   from jaxicl.studies.multihead import presets as study1
   assert cli.main(["reproduce", "--list"]) == 0
   text = " ".join(capsys.readouterr().out.split())
-  expected = {("multihead", name): study1.get_preset(name).doc for name in study1.PRESETS}
+  expected = {("multihead", name): study1.configure(name).doc for name in study1.PRESETS}
   expected.update({("head-utilization", name): fn.__doc__ for name, fn in study2.PRESETS.items()})
   for (study, name), doc in expected.items():
     parsed = studies.parse_doc(doc)

@@ -1,9 +1,10 @@
 """The studies: ``multihead`` (study 1, multi-head superiority) and ``head_utilization`` (study 2).
 
-Each study module holds ``PRESETS`` (preset name -> a function of no arguments returning its config). A preset's
-docstring (for study 1, ``StudyPreset.doc``) is the one place its command and expected time are written: a
-paragraph that opens with the command in backticks, then `` — `` and the time. ``catalogue()`` reads them for
-``jaxicl reproduce --list``.
+A study is a base ``configs.Config`` + a grid (the study's ``StudySettings``) + an analysis. Each study module holds
+``PRESETS`` (preset name -> a function of no arguments returning its ``Preset(name, doc, config, study)``) and
+``configure(name, overrides)``, which applies ``--set`` overrides through ``split_overrides``. A preset's docstring
+is the one place its command and expected time are written: a paragraph that opens with the command in
+backticks, then `` — `` and the time. ``catalogue()`` reads them for ``jaxicl reproduce --list``.
 """
 
 from __future__ import annotations
@@ -11,10 +12,39 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-from typing import Any
+import typing
+from typing import Any, Callable
 
 # CLI name -> the module holding the study's PRESETS
 STUDIES = {"multihead": "jaxicl.studies.multihead.presets", "head-utilization": "jaxicl.studies.head_utilization.run"}
+
+
+def split_overrides(overrides: list[str] | tuple[str, ...], settings: type, grid_fields: dict[str, str], study: str,
+                    parse: Callable[[str, str, Any, str], Any] | None = None) -> tuple[list[str], dict[str, Any]]:
+  """``--set`` overrides of a study -> (the ``section.field=value`` strings for its base config, {name: value} for
+  its ``settings`` dataclass from ``study.name=value``). A key in ``grid_fields`` (``section.*`` matches a whole
+  section) is set by the study's grid and refused, naming the study field to use. ``parse(name, raw, annotation,
+  key)`` parses a settings value (default ``configs.parse_value``)."""
+  from jaxicl import configs
+
+  config_sets, values = [], {}
+  hints = typing.get_type_hints(settings)
+  for assignment in overrides:
+    key, sep, raw = assignment.partition("=")
+    key = key.strip()
+    if not sep:
+      raise ValueError(f"override {assignment!r}: expected section.field=value")
+    grid = grid_fields.get(key) or grid_fields.get(key.split(".")[0] + ".*")
+    if grid:
+      raise ValueError(f"override {key}={raw!r}: set by {study}'s grid per model; use {grid}")
+    if not key.startswith("study."):
+      config_sets.append(assignment)
+      continue
+    name = key[len("study."):]
+    if name not in hints:
+      raise ValueError(f"override {key!r}: unknown study setting; known: {sorted(hints)}")
+    values[name] = (parse or (lambda n, r, a, k: configs.parse_value(r, a, k)))(name, raw, hints[name], key)
+  return config_sets, values
 
 _COMMAND = re.compile(r"`(jaxicl reproduce [^`]*)`\s*[—-]+\s*(.*)", re.S)
 

@@ -58,7 +58,6 @@ are set through ``study.*`` only.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -67,7 +66,6 @@ import json
 import math
 import os
 import time
-import typing
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -78,6 +76,7 @@ from jaxicl import configs, estimators, evaluate, interpret, plotting, report, t
 from jaxicl.files import write_json, write_text
 from jaxicl.models import ModelConfig
 from jaxicl.progress import JobProgress
+from jaxicl.studies import split_overrides
 
 INF = math.inf
 _STEPS = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000, INF)  # T; INF = the T → ∞ limit
@@ -284,26 +283,14 @@ def configure(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Prese
   if preset not in PRESETS:
     raise ValueError(f"preset={preset!r}: known presets {sorted(PRESETS)}")
   p = PRESETS[preset]()
-  config_sets, study_values = [], {}
-  hints = typing.get_type_hints(StudySettings)
-  for assignment in overrides:
-    key, sep, raw = assignment.partition("=")
-    key = key.strip()
-    if not sep:
-      raise ValueError(f"override {assignment!r}: expected section.field=value")
-    if key in GRID_FIELDS:
-      raise ValueError(f"override {key}={raw!r}: set by study 2's grid per model; use {GRID_FIELDS[key]}")
-    if not key.startswith("study."):
-      config_sets.append(assignment)
-      continue
-    name = key[len("study."):]
-    if name not in hints:
-      raise ValueError(f"override {key!r}: unknown study setting; known: {sorted(hints)}")
+
+  def parse(name: str, raw: str, annotation, key: str):
     if name in _STEP_GRIDS:
-      study_values[name] = tuple(INF if v.strip().lower() == "inf" else configs.parse_value(v, int, f"{key}[{i}]")
-                                 for i, v in enumerate(raw.split(",")) if v.strip())
-    else:
-      study_values[name] = configs.parse_value(raw, hints[name], key)
+      return tuple(INF if v.strip().lower() == "inf" else configs.parse_value(v, int, f"{key}[{i}]")
+                   for i, v in enumerate(raw.split(",")) if v.strip())
+    return configs.parse_value(raw, annotation, key)
+
+  config_sets, study_values = split_overrides(overrides, StudySettings, GRID_FIELDS, "study 2", parse)
   try:
     study = dataclasses.replace(p.study, **study_values)
   except (TypeError, OverflowError, ArithmeticError) as e:  # a check that compared values of a wrong kind
@@ -893,11 +880,8 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"WARNING: {line}")
 
 
-if __name__ == "__main__":
-  ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  ap.add_argument("--preset", default="quick", choices=sorted(PRESETS))
-  ap.add_argument("--out", default="runs/head_utilization")
-  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-  ap.add_argument("--stop-after", type=int, default=None)
-  args = ap.parse_args()
-  main(args.preset, args.out, overrides=args.set, stop_after=args.stop_after)
+if __name__ == "__main__":  # the same as `jaxicl reproduce head-utilization ...` (its errors: one line, exit 2)
+  import sys
+
+  from jaxicl import cli
+  raise SystemExit(cli.main(["reproduce", "head-utilization", *sys.argv[1:]]))

@@ -12,7 +12,7 @@ Modules: ``presets`` (tiny / quick / full), ``run`` (``main``: training, evaluat
 ``heads`` (per-head kernel parameters of a trained model), ``analysis`` (theory lines), ``plots`` (figures).
 """
 
-from jaxicl.studies.multihead.presets import PRESETS, StudyPreset, get_preset
+from jaxicl.studies.multihead.presets import PRESETS, Preset, StudySettings, configure
 from jaxicl.studies.multihead.run import main
 
-__all__ = ["PRESETS", "StudyPreset", "get_preset", "main"]
+__all__ = ["PRESETS", "Preset", "StudySettings", "configure", "main"]

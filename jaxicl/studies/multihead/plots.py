@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from jaxicl import plotting
-from jaxicl.studies.multihead.presets import VARIANTS, StudyPreset
+from jaxicl.studies.multihead.presets import VARIANTS, Preset
 
 H_COLORS = {1: "tab:red", 2: "tab:orange", 4: "tab:blue", 8: "tab:purple", 16: "tab:brown"}
 MODE_STYLE = {"full": ("tab:blue", "o"), "no_read_in": ("tab:green", "s"), "lazy": ("tab:gray", "^")}
@@ -50,10 +50,10 @@ def _group_items(records: dict, section: str):
   return [(g, r) for g, r in sorted(records.items()) if section in r["sections"]]
 
 
-def fig_loss_curves(spec: StudyPreset, records: dict, out: str) -> str:
+def fig_loss_curves(spec: Preset, records: dict, out: str) -> str:
   """D·(training loss − σ²) vs step for the main groups (selected runs averaged), one panel per d."""
-  fig, axes = _panels(len(spec.ds))
-  for ax, d in zip(axes, spec.ds):
+  fig, axes = _panels(len(spec.study.ds))
+  for ax, d in zip(axes, spec.study.ds):
     for g, rec in _group_items(records, "main"):
       if g.d != d:
         continue
@@ -61,7 +61,7 @@ def fig_loss_curves(spec: StudyPreset, records: dict, out: str) -> str:
       loss = np.asarray(rec["history"]["loss"])[:, rec["selected"]].mean(axis=1)
       noise = VARIANTS[g.variant].noise_var
       ax.plot(steps, g.D * np.maximum(loss - noise, 1e-12), color=_hcolor(g.h),
-              alpha=0.35 + 0.65 * (g.D / max(spec.Ds)), label=f"h={g.h}, D={g.D}")
+              alpha=0.35 + 0.65 * (g.D / max(spec.study.Ds)), label=f"h={g.h}, D={g.D}")
     plotting.log_axis(ax, "y")
     ax.set_xlabel("training step")
     ax.set_ylabel("D · (train loss − σ²)")
@@ -70,10 +70,10 @@ def fig_loss_curves(spec: StudyPreset, records: dict, out: str) -> str:
   return _save(fig, out, "fig0_loss_curves.png")
 
 
-def fig_dl_vs_D(spec: StudyPreset, records: dict, tables: dict, out: str) -> str:
+def fig_dl_vs_D(spec: Preset, records: dict, tables: dict, out: str) -> str:
   """Figure 1: D·L vs D for every h, with C_single, C_multi and the finite-D Monte Carlo optima."""
-  fig, axes = _panels(len(spec.ds))
-  for ax, d in zip(axes, spec.ds):
+  fig, axes = _panels(len(spec.study.ds))
+  for ax, d in zip(axes, spec.study.ds):
     rows = [r for r in tables["main"] if r["d"] == d]
     for h in sorted({r["h"] for r in rows}):
       sel = sorted((r for r in rows if r["h"] == h), key=lambda r: r["D"])
@@ -93,17 +93,16 @@ def fig_dl_vs_D(spec: StudyPreset, records: dict, tables: dict, out: str) -> str
   return _save(fig, out, "fig1_dl_vs_D.png")
 
 
-def fig_sweeps(spec: StudyPreset, tables: dict, out: str) -> str:
+def fig_sweeps(spec: Preset, tables: dict, out: str) -> str:
   """Figure 2: D·L vs h (fixed p) and vs p (fixed h); shaded where p/h < d; crosses: rank-limited theory."""
-  panels = [("hsweep", i, sw) for i, sw in enumerate(spec.hsweeps)] + [("psweep", i, sw) for i, sw in
-                                                                         enumerate(spec.psweeps)]
+  st = spec.study
+  panels = [(kind, fixed) for kind, fixed in (("hsweep", st.hsweep_ps), ("psweep", st.psweep_hs)) if fixed]
   fig, axes = _panels(max(len(panels), 1), ncols=2)
   if not panels:
     axes[0].text(0.5, 0.5, "no sweeps in this preset", ha="center", va="center")
     axes[0].axis("off")
-  for ax, (kind, i, sw) in zip(axes, panels):
-    rows = [r for r in tables["sweeps"] if r["sweep"] == f"{kind}{i}"]
-    fixed_vals = sw.ps if kind == "hsweep" else sw.hs
+  for ax, (kind, fixed_vals) in zip(axes, panels):
+    rows = [r for r in tables["sweeps"] if r["sweep"] == kind]
     xkey = "h" if kind == "hsweep" else "p"
     for j, fixed in enumerate(fixed_vals):
       sel = sorted((r for r in rows if r["p" if kind == "hsweep" else "h"] == fixed), key=lambda r: r[xkey])
@@ -118,14 +117,14 @@ def fig_sweeps(spec: StudyPreset, tables: dict, out: str) -> str:
       bad = [r[xkey] for r in sel if r["rank_limited"]]
       if bad:
         ax.axvspan(min(bad) / 1.4, max(bad) * 1.4, color=color, alpha=0.08,
-                   label=f"p/h < d={sw.d} ({lab})")
+                   label=f"p/h < d={st.sweep_d} ({lab})")
     if rows:
       _constants(ax, rows[0]["C_single"], rows[0]["C_multi"])
     plotting.log_axis(ax, "x", base=2)
     ax.set_xlabel("heads h" if kind == "hsweep" else "embedding dimension p")
     ax.set_ylabel("D · excess risk")
     ax.set_ylim(bottom=0)
-    ax.set_title(f"{'loss vs heads at fixed p' if kind == 'hsweep' else 'loss vs p at fixed h'} (d={sw.d}, D={sw.D})")
+    ax.set_title(f"{'loss vs heads at fixed p' if kind == 'hsweep' else 'loss vs p at fixed h'} (d={st.sweep_d}, D={st.sweep_D})")
     ax.legend(fontsize=6)
   return _save(fig, out, "fig2_heads_vs_embedding.png")
 
@@ -134,12 +133,12 @@ SCENARIO_TITLES = {"noise": "noisy labels", "correlated": "correlated features",
                    "prior": "prior knowledge"}
 
 
-def fig_scenarios(spec: StudyPreset, tables: dict, out: str) -> str:
+def fig_scenarios(spec: Preset, tables: dict, out: str) -> str:
   """Figure 3: one panel per scenario; each variant in its colour with its constants (C_single dashed,
   C_multi dash-dotted); prior panels also show the constants without a prior path (dotted)."""
   rows = tables["scenarios"]
   scenarios = []
-  for name in spec.scenarios:
+  for name in spec.study.scenarios:
     sc = VARIANTS[name].scenario
     if sc not in scenarios:
       scenarios.append(sc)
@@ -148,7 +147,7 @@ def fig_scenarios(spec: StudyPreset, tables: dict, out: str) -> str:
     axes[0].text(0.5, 0.5, "no scenarios in this preset", ha="center", va="center")
     axes[0].axis("off")
   for ax, sc in zip(axes, scenarios):
-    variants = [v for v in spec.scenarios if VARIANTS[v].scenario == sc]
+    variants = [v for v in spec.study.scenarios if VARIANTS[v].scenario == sc]
     if sc in ("noise", "correlated"):
       variants = ["clean"] + variants  # the σ² = 0 isotropic reference
     for j, v in enumerate(variants):
@@ -172,12 +171,12 @@ def fig_scenarios(spec: StudyPreset, tables: dict, out: str) -> str:
     plotting.log_axis(ax, "y")
     ax.set_xlabel("context examples D")
     ax.set_ylabel("D · excess risk")
-    ax.set_title(f"{SCENARIO_TITLES.get(sc, sc)} (d={spec.scenario_d}, p={spec.p})")
+    ax.set_title(f"{SCENARIO_TITLES.get(sc, sc)} (d={spec.study.scenario_d}, p={spec.p})")
     ax.legend(fontsize=6)
   return _save(fig, out, "fig3_scenarios.png")
 
 
-def fig_ablations(spec: StudyPreset, tables: dict, out: str) -> str:
+def fig_ablations(spec: Preset, tables: dict, out: str) -> str:
   """Figure 4: full training vs no read-in vs lazy (frozen W_in), one panel per h."""
   rows = tables["ablations"]
   hs = sorted({r["h"] for r in rows})
@@ -194,7 +193,7 @@ def fig_ablations(spec: StudyPreset, tables: dict, out: str) -> str:
     ax.set_ylim(bottom=0)
     ax.set_xlabel("context examples D")
     ax.set_ylabel("D · excess risk")
-    ax.set_title(f"read-in / lazy ablation, h={h} (d={spec.ablation_d}, p={spec.p})")
+    ax.set_title(f"read-in / lazy ablation, h={h} (d={spec.study.ablation_d}, p={spec.p})")
     ax.legend(fontsize=7)
   return _save(fig, out, "fig4_ablations.png")
 
@@ -261,7 +260,7 @@ def fig_heads(tables: dict, out: str) -> str:
   return _save(fig, out, "fig5_head_parameters.png")
 
 
-def make_figures(spec: StudyPreset, records: dict, tables: dict, out: str) -> dict[str, Any]:
+def make_figures(spec: Preset, records: dict, tables: dict, out: str) -> dict[str, Any]:
   """Writes every figure into ``out``; returns {figure key: path}."""
   return {"loss_curves": fig_loss_curves(spec, records, out), "dl_vs_D": fig_dl_vs_D(spec, records, tables, out),
           "heads_vs_embedding": fig_sweeps(spec, tables, out), "scenarios": fig_scenarios(spec, tables, out),

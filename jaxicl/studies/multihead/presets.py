@@ -1,9 +1,11 @@
-"""Presets of study 1 ("multi-head superiority"): what is trained, how long, and which theory lines are drawn.
+"""Presets of study 1 ("multi-head superiority"): a base ``configs.Config`` + the grid trained around it.
 
-A ``StudyPreset`` lists the sections of the study; each section is a set of *groups*. A group is one shape
-(d, D, h, p, task variant, read-in, lazy) and is trained by ONE ``jaxicl.train.train`` call in which all seeds
-(and learning rates) are vmapped. Groups shared by several sections (e.g. the main grid point D=50, h=4 that
-is also a point of the p sweep) are trained once.
+A ``Preset`` is (name, doc, config, study). The base config holds everything a run shares (model family and
+embedding dimension p, optimizer, steps, batch, seeds, learning rates, evaluation prompts); ``StudySettings``
+holds the grid: the sections of the study, each a set of *groups* (d, D, h, p, task variant, read-in, lazy).
+``configure(name, overrides)`` applies ``--set`` overrides: ``section.field=value`` to the base config,
+``study.field=value`` to the settings; a config field the grid sets per group (task.*, model.heads,
+model.read_in, optim.freeze, train.task_variants) is refused with the study field to use instead.
 
 Task variants (``Variant``) are the scenarios of the study: label noise σ², equicorrelated features
 Σ = (1−ρ)I + ρ11ᵀ, local examples x_i = x + r·g_i, and prior knowledge θ ~ N(θ0, τ²I) with ||θ0|| given
@@ -14,9 +16,11 @@ and τ² = 1/d (weak) or τ² = κ/D (strong). Everything else follows ``shared/
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, NamedTuple
 
-from jaxicl import tasks
+from jaxicl import configs, tasks
+from jaxicl.models import ModelConfig
+from jaxicl.studies import split_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,144 +69,192 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in [
 ]}
 
 
-@dataclasses.dataclass(frozen=True)
-class Sweep:
-  """Loss vs heads at fixed p (``hs`` varies) or vs p at fixed heads (``ps`` varies), at one (d, D)."""
-
-  d: int
-  D: int
-  hs: tuple[int, ...]
-  ps: tuple[int, ...]
+ABLATIONS = ("no_read_in", "lazy")
 
 
 @dataclasses.dataclass(frozen=True)
-class StudyPreset:
-  """Everything one run of the study does.
+class StudySettings:
+  """What study 1 trains around its base config: the grid of groups and the analysis.
 
   Attributes:
-    name: preset name.
-    doc: the command and expected time (the preset function's docstring).
-    ds, Ds, hs: the main grid d × D × h (clean isotropic task, σ² = 0) at embedding dimension ``p``.
-    p: embedding dimension of the main grid, the scenarios and the ablations.
-    seeds: seeds vmapped in every group; lrs: learning rates vmapped too (per seed, the lr with the lowest
-      final training loss is kept: selection on training data only).
-    steps, batch_size, warmup_steps, schedule: Adam schedule (peak lr × warmup then decay).
-    log_every: steps per compiled chunk (one host sync and one loss record per chunk).
-    eval_prompts: held-out prompts per group (``jaxicl.evaluate.eval_prompts``, the same set for every run).
-    hsweeps, psweeps: ``Sweep`` specs of figure 2.
+    ds, Ds, hs: the main grid d × D × h (clean isotropic task, σ² = 0) at the base ``model.embed_dim`` p.
+    sweep_d, sweep_D: the (d, D) of the heads and p sweeps (figure 2).
+    hsweep_hs, hsweep_ps: heads h swept at each embedding dimension p in ``hsweep_ps``.
+    psweep_ps, psweep_hs: embedding dimensions p swept at each h in ``psweep_hs``.
     scenario_d, scenario_Ds, scenario_hs, scenarios: figure 3: variants (names in ``VARIANTS``) at d, D, h.
     ablation_d, ablation_Ds, ablation_hs, ablations: figure 4: modes ``no_read_in`` and/or ``lazy``.
     head_d: d of figure 5 (head parameters at the largest main D).
     mc_prompts: Monte Carlo prompts of the finite-D theory curves (0: none).
-    scenario_seeds: seeds of the scenario and ablation groups (``None``: ``seeds``).
+    scenario_seeds: seeds of the scenario and ablation groups (``None``: the base ``train.seeds``).
   """
 
-  name: str
-  doc: str
   ds: tuple[int, ...]
   Ds: tuple[int, ...]
   hs: tuple[int, ...]
-  p: int
-  seeds: tuple[int, ...]
-  lrs: tuple[float, ...]
-  steps: int
-  batch_size: int
-  warmup_steps: int
-  schedule: str
-  log_every: int
-  eval_prompts: int
-  hsweeps: tuple[Sweep, ...]
-  psweeps: tuple[Sweep, ...]
-  scenario_d: int
-  scenario_Ds: tuple[int, ...]
-  scenario_hs: tuple[int, ...]
-  scenarios: tuple[str, ...]
-  ablation_d: int
-  ablation_Ds: tuple[int, ...]
-  ablation_hs: tuple[int, ...]
-  ablations: tuple[str, ...]
-  head_d: int
-  mc_prompts: int
+  sweep_d: int
+  sweep_D: int
+  hsweep_hs: tuple[int, ...] = ()
+  hsweep_ps: tuple[int, ...] = ()
+  psweep_ps: tuple[int, ...] = ()
+  psweep_hs: tuple[int, ...] = ()
+  scenario_d: int = 5
+  scenario_Ds: tuple[int, ...] = ()
+  scenario_hs: tuple[int, ...] = ()
+  scenarios: tuple[str, ...] = ()
+  ablation_d: int = 5
+  ablation_Ds: tuple[int, ...] = ()
+  ablation_hs: tuple[int, ...] = ()
+  ablations: tuple[str, ...] = ()
+  head_d: int = 5
+  mc_prompts: int = 0
   scenario_seeds: tuple[int, ...] | None = None
 
+  def __post_init__(self):
+    def need(ok: bool, field: str, why: str):
+      if not ok:
+        raise ValueError(f"study.{field}={getattr(self, field)!r}: {why}")
 
-PRESETS: dict[str, Callable[[], StudyPreset]] = {}
+    def positive(v) -> bool:
+      return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    for field in ("ds", "Ds", "hs"):
+      need(len(getattr(self, field)) >= 1, field, "needs at least one value")
+    for field in ("ds", "Ds", "hs", "hsweep_hs", "hsweep_ps", "psweep_ps", "psweep_hs", "scenario_Ds", "scenario_hs",
+                  "ablation_Ds", "ablation_hs"):
+      values = getattr(self, field)
+      need(all(positive(v) for v in values), field, "need integers >= 1")
+      need(len(set(values)) == len(values), field, "values must be distinct")
+    for field in ("sweep_d", "sweep_D", "scenario_d", "ablation_d", "head_d"):
+      need(positive(getattr(self, field)), field, "must be an integer >= 1")
+    need(isinstance(self.mc_prompts, int) and self.mc_prompts >= 0, "mc_prompts", "must be an integer >= 0")
+    need(bool(self.hsweep_hs) == bool(self.hsweep_ps), "hsweep_hs", "set with hsweep_ps (both or neither)")
+    need(bool(self.psweep_ps) == bool(self.psweep_hs), "psweep_ps", "set with psweep_hs (both or neither)")
+    need(all(v in VARIANTS for v in self.scenarios), "scenarios", f"known variants: {sorted(VARIANTS)}")
+    need(all(a in ABLATIONS for a in self.ablations), "ablations", f"known: {ABLATIONS}")
+    need(self.head_d in self.ds, "head_d", f"must be one of study.ds={self.ds}")
+    need(self.scenario_seeds is None or (len(self.scenario_seeds) >= 1 and all(
+        isinstance(s, int) and 0 <= s < 2**31 for s in self.scenario_seeds)), "scenario_seeds",
+         "need seeds in [0, 2**31) (or none)")
 
 
-def _register(fn: Callable[..., StudyPreset]) -> Callable[[], StudyPreset]:
-  PRESETS[fn.__name__] = lambda: fn(fn.__doc__ or "")
-  return fn
+class Preset(NamedTuple):
+  """One preset: its name, docstring (command and expected time), base config and grid.
+
+  The base config's task and ``model.heads`` stand for the grid's values (they are set per group); its
+  ``model.embed_dim`` is the p of the main grid, the scenarios and the ablations."""
+
+  name: str
+  doc: str
+  config: configs.Config
+  study: StudySettings
+
+  @property
+  def p(self) -> int:
+    return self.config.model.embed_dim
+
+  @property
+  def side_seeds(self) -> tuple[int, ...]:
+    """Seeds of the scenario and ablation groups."""
+    return self.study.scenario_seeds or self.config.train.seeds
 
 
-@_register
-def tiny(doc: str) -> StudyPreset:
+PRESETS: dict[str, Callable[[], Preset]] = {}
+
+
+def _preset(fn: Callable[[], tuple[configs.Config, StudySettings]]) -> Callable[[], Preset]:
+  """Registers ``fn`` (returning the base config and the grid) as a preset under its name."""
+  def make() -> Preset:
+    return Preset(fn.__name__, fn.__doc__ or "", *fn())
+  make.__name__, make.__doc__ = fn.__name__, fn.__doc__
+  PRESETS[fn.__name__] = make
+  return make
+
+
+def _base(p: int, *, lr: float, steps: int, batch_size: int, seeds: tuple[int, ...], log_every: int,
+          eval_prompts: int, warmup_steps: int = 0, lrs: tuple[float, ...] = (), ckpt_every: int = 0
+          ) -> configs.Config:
+  """The shared config: softmax attention of embedding dimension p, Adam with a cosine schedule."""
+  return configs.Config(
+      task=tasks.TaskConfig(d=5, n_points=51),  # set per group by the grid
+      model=ModelConfig(name="softmax_icl", embed_dim=p, heads=(1,)),
+      optim=configs.OptimConfig(lr=lr, schedule="cosine", warmup_steps=warmup_steps),
+      train=configs.TrainConfig(steps=steps, batch_size=batch_size, seeds=seeds, lrs=lrs, log_every=log_every,
+                                ckpt_every=ckpt_every, eval_prompts=eval_prompts))
+
+
+@_preset
+def tiny():
   """Seconds-scale smoke run for the tests: d=2, D=8, h ∈ {1, 2}, p=4, 2 seeds, 30 steps; numbers are meaningless.
 
-  `jaxicl reproduce multihead --preset tiny --out /tmp/mh_tiny` — about 20 s of compilation on an idle 2-core
-  CPU (6 groups, ~3 s each; minutes when the machine is heavily shared), seconds of compute; not for a GPU.
+  `jaxicl reproduce multihead --preset tiny --out /tmp/mh_tiny` — about 20 s on an idle 2-core CPU, almost all of
+  it compilation (4 programs); not for a GPU.
   """
-  return StudyPreset(
-      name="tiny", doc=doc, ds=(2,), Ds=(8,), hs=(1, 2), p=4, seeds=(0, 1), lrs=(3e-3,), steps=30, batch_size=16,
-      warmup_steps=0, schedule="cosine", log_every=15, eval_prompts=128,
-      hsweeps=(Sweep(d=2, D=8, hs=(1, 2, 4), ps=(4,)),), psweeps=(),
-      scenario_d=2, scenario_Ds=(8,), scenario_hs=(2,), scenarios=("noise1", "prior_strong"),
-      ablation_d=2, ablation_Ds=(8,), ablation_hs=(2,), ablations=("lazy",),
-      head_d=2, mc_prompts=256)
+  return (_base(4, lr=3e-3, steps=30, batch_size=16, seeds=(0, 1), log_every=15, eval_prompts=128),
+          StudySettings(ds=(2,), Ds=(8,), hs=(1, 2), sweep_d=2, sweep_D=8, hsweep_hs=(1, 2, 4), hsweep_ps=(4,),
+                        scenario_d=2, scenario_Ds=(8,), scenario_hs=(2,), scenarios=("noise1", "prior_strong"),
+                        ablation_d=2, ablation_Ds=(8,), ablation_hs=(2,), ablations=("lazy",), head_d=2,
+                        mc_prompts=256))
 
 
-@_register
-def quick(doc: str) -> StudyPreset:
+@_preset
+def quick():
   """CPU-sized study: d=5, D ∈ {20, 50, 100}, h ∈ {1, 4}, p=32, 3 seeds, 600 Adam steps (cosine), batch 128;
   heads sweep h ∈ {1, 4, 8} at p=32 and p sweep p ∈ {4, 8, 32} at h=4 (D=50); scenarios σ²=1, equicorrelated,
   local r=2 and strong prior at D=50 with 2 seeds; lazy and no-read-in ablations (h=4, D=50).
 
-  `jaxicl reproduce multihead --preset quick --out results/multihead_quick` — 19 groups trained in 7 compiled
-  programs (one per (h, p, read-in, lazy); D and the scenario are per-run values, contexts padded to D=100);
-  about 5 minutes on an idle 2-core CPU when each group was its own program (19 compiles; see the README for
-  the measurement of the 7-program version), under a minute of compute on a GPU. Shows the ordering: multi-head
-  D·L below single-head D·L at D ≥ 50.
+  `jaxicl reproduce multihead --preset quick --out results/multihead_quick` — QUICK_TIME
   """
-  return StudyPreset(
-      name="quick", doc=doc, ds=(5,), Ds=(20, 50, 100), hs=(1, 4), p=32, seeds=(0, 1, 2), lrs=(5e-3,), steps=600,
-      batch_size=128, warmup_steps=30, schedule="cosine", log_every=50, eval_prompts=4096,
-      hsweeps=(Sweep(d=5, D=50, hs=(1, 4, 8), ps=(32,)),), psweeps=(Sweep(d=5, D=50, hs=(4,), ps=(4, 8, 32)),),
-      scenario_d=5, scenario_Ds=(50,), scenario_hs=(1, 4), scenarios=("noise1", "corr0.5", "local2", "prior_strong"),
-      ablation_d=5, ablation_Ds=(50,), ablation_hs=(4,), ablations=("no_read_in", "lazy"),
-      head_d=5, mc_prompts=8192, scenario_seeds=(0, 1))
+  return (_base(32, lr=5e-3, steps=600, batch_size=128, seeds=(0, 1, 2), log_every=50, eval_prompts=4096,
+                warmup_steps=30, ckpt_every=150),
+          StudySettings(ds=(5,), Ds=(20, 50, 100), hs=(1, 4), sweep_d=5, sweep_D=50, hsweep_hs=(1, 4, 8),
+                        hsweep_ps=(32,), psweep_ps=(4, 8, 32), psweep_hs=(4,), scenario_d=5, scenario_Ds=(50,),
+                        scenario_hs=(1, 4), scenarios=("noise1", "corr0.5", "local2", "prior_strong"),
+                        ablation_d=5, ablation_Ds=(50,), ablation_hs=(4,), ablations=("no_read_in", "lazy"),
+                        head_d=5, mc_prompts=8192, scenario_seeds=(0, 1)))
 
 
-@_register
-def full(doc: str) -> StudyPreset:
+@_preset
+def full():
   """The study as specified in shared/studies.md: d ∈ {2, 5, 10} × D ∈ {10, 20, 50, 100, 200, 500} ×
   h ∈ {1, 2, 4, 8} at p=64, 5 seeds × 2 learning rates (1e-3, 3e-3; best per seed on training loss),
-  6000 Adam steps (cosine, warmup 200), batch 512; heads sweeps at p ∈ {16, 32} (d=10) and p sweep
+  6000 Adam steps (cosine, warmup 200), batch 512; heads sweep h ∈ {1, 2, 4, 8} at p ∈ {16, 32} and p sweep
   p ∈ {8, 16, 32, 64, 128} at h=4 (d=10, D=100); every scenario (σ² ∈ {0.25, 1}, equicorrelated ρ=0.5,
   local r ∈ {1, 3}, weak and strong prior) at d=5, D ∈ {20, 50, 100, 200}, h ∈ {1, 4}; no-read-in and lazy
   ablations at d=5, D ∈ {20, 50, 100, 200}, h ∈ {1, 4}.
 
-  `jaxicl reproduce multihead --preset full --out results/multihead_full` — 154 groups in 26 compiled programs
-  (one per (d, h, p, read-in, lazy); every D and scenario of a program padded to its largest D, up to 500).
-  Estimated ~90 minutes on one H100 (not yet timed on an accelerator): XLA's cost analysis of one training step
-  of one run of every program (benchmarks/estimate_full.py: 0.1–14 GFLOP per run-step) × runs × 6000
-  steps = 107 PFLOP, at an assumed sustained 20 TFLOP/s float32 (about 30 % of the H100's peak). The padding to
-  D=500 dominates the FLOPs (above the 15-minute target); impractical on CPU (a measured CPU step of the
-  smallest program ran at 0.14 GFLOP/s on the shared 2-core machine, 2026-11-25). Each program trains in its own
-  workdir under --out/programs with checkpoints, so an interrupted run resumes mid-program.
+  `jaxicl reproduce multihead --preset full --out results/multihead_full` — FULL_TIME
   """
-  return StudyPreset(
-      name="full", doc=doc, ds=(2, 5, 10), Ds=(10, 20, 50, 100, 200, 500), hs=(1, 2, 4, 8), p=64,
-      seeds=(0, 1, 2, 3, 4), lrs=(1e-3, 3e-3), steps=6000, batch_size=512, warmup_steps=200, schedule="cosine",
-      log_every=500, eval_prompts=32768,
-      hsweeps=(Sweep(d=10, D=100, hs=(1, 2, 4, 8), ps=(16,)), Sweep(d=10, D=100, hs=(1, 2, 4, 8), ps=(32,))),
-      psweeps=(Sweep(d=10, D=100, hs=(4,), ps=(8, 16, 32, 64, 128)),),
-      scenario_d=5, scenario_Ds=(20, 50, 100, 200), scenario_hs=(1, 4),
-      scenarios=("noise0.25", "noise1", "corr0.5", "local1", "local3", "prior_weak", "prior_strong"),
-      ablation_d=5, ablation_Ds=(20, 50, 100, 200), ablation_hs=(1, 4), ablations=("no_read_in", "lazy"),
-      head_d=5, mc_prompts=20000)
+  return (_base(64, lr=1e-3, lrs=(1e-3, 3e-3), steps=6000, batch_size=512, seeds=(0, 1, 2, 3, 4), log_every=500,
+                eval_prompts=32768, warmup_steps=200, ckpt_every=1500),
+          StudySettings(ds=(2, 5, 10), Ds=(10, 20, 50, 100, 200, 500), hs=(1, 2, 4, 8), sweep_d=10, sweep_D=100,
+                        hsweep_hs=(1, 2, 4, 8), hsweep_ps=(16, 32), psweep_ps=(8, 16, 32, 64, 128), psweep_hs=(4,),
+                        scenario_d=5, scenario_Ds=(20, 50, 100, 200), scenario_hs=(1, 4),
+                        scenarios=("noise0.25", "noise1", "corr0.5", "local1", "local3", "prior_weak",
+                                   "prior_strong"),
+                        ablation_d=5, ablation_Ds=(20, 50, 100, 200), ablation_hs=(1, 4),
+                        ablations=("no_read_in", "lazy"), head_d=5, mc_prompts=20000))
 
 
-def get_preset(name: str) -> StudyPreset:
-  """The preset called ``name`` (``tiny``, ``quick`` or ``full``); ``ValueError`` otherwise."""
+# Config fields the grid sets per group: an override of one of them is refused (it would be silently replaced).
+GRID_FIELDS = {"task.*": "study.ds / study.Ds / study.scenarios", "model.heads": "study.hs (and the sweeps)",
+               "model.read_in": "study.ablations", "optim.freeze": "study.ablations",
+               "train.task_variants": "study.Ds / study.scenarios"}
+
+
+def configure(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
+  """The preset ``name`` with ``overrides`` applied (``section.field=value`` to the base config as ``jaxicl train
+  --set``, ``study.field=value`` to the grid); ``ValueError`` naming the field for a bad or grid-set one. Every
+  group's config is built, so a bad value fails before anything trains."""
   if name not in PRESETS:
     raise ValueError(f"preset={name!r}: unknown; known: {sorted(PRESETS)}")
-  return PRESETS[name]()
+  p = PRESETS[name]()
+  config_sets, study_values = split_overrides(overrides, StudySettings, GRID_FIELDS, "study 1")
+  try:
+    study = dataclasses.replace(p.study, **study_values)
+  except (TypeError, OverflowError, ArithmeticError) as e:
+    raise ValueError(f"study: invalid values ({type(e).__name__}: {e})") from None
+  p = p._replace(config=configs.override(p.config, config_sets), study=study)
+  if p.config.model.name != "softmax_icl":
+    raise ValueError(f"model.name={p.config.model.name!r}: study 1 trains 'softmax_icl' (the theory's model)")
+  return p
+

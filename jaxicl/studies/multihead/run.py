@@ -5,11 +5,11 @@ Protocol (shared/studies.md, theory.md): x ~ N(0, I_d), θ ~ N(0, I_d/d), y = θ
 query [x; 0]; the model is ``jaxicl.models`` ``softmax_icl`` (read-in W_in, h heads of width p/h, W_out; no
 residual, bias, MLP or LayerNorm), trained with Adam on fresh prompts every step (MSE against the noisy label y),
 and evaluated by the excess risk L = E(ŷ − θᵀx)² on ``eval_prompts`` held-out prompts of the group's own task. A
-group is one (d, D, h, p, scenario, read-in, lazy); the groups that share (d, h, p, read-in, lazy) are ONE
-``jaxicl.train.train`` call (``program_config``): their D and scenario values are per-run ``train.task_variants``
-(contexts padded to the largest D and masked, so each run trains exactly as it would alone), with all seeds
-(× learning rates) vmapped too. Reported:
-mean over seeds ± standard error (SE = std/√n_seeds) of D·L.
+group is one (d, D, h, p, scenario, read-in, lazy) of the preset's grid (``presets.StudySettings``) on its base
+config; the groups that share (d, h, p, read-in) are ONE ``jaxicl.train.train`` call (``program_config``): their
+D, scenario values and lazy training are per-run ``train.task_variants`` (contexts padded to the largest D and
+masked, a lazy group's W_in frozen by a per-run mask, so each run trains exactly as it would alone), with all
+seeds (× learning rates) vmapped too. Reported: mean over seeds ± standard error (SE = std/√n_seeds) of D·L.
 
 Outputs in ``out``:
   * ``summary.json`` — preset, timings, the main table, the ordering check and the notes on gaps to theory;
@@ -31,7 +31,6 @@ or ``python -m jaxicl.studies.multihead.run --preset quick --out DIR``.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import hashlib
@@ -45,9 +44,9 @@ import jax
 import numpy as np
 
 from jaxicl.studies.multihead import analysis, heads as heads_lib, plots
-from jaxicl.studies.multihead.presets import VARIANTS, StudyPreset, get_preset
+from jaxicl.studies.multihead.presets import VARIANTS, Preset, configure
 from jaxicl import configs, evaluate, files, report, tasks, train
-from jaxicl.models import ICLModel, ModelConfig, build_model
+from jaxicl.models import ICLModel, build_model
 from jaxicl.progress import Bar, JobProgress
 
 
@@ -80,23 +79,22 @@ class Group:
     """``full`` (learned read-in, all parameters trained), ``no_read_in`` or ``lazy``."""
     return "no_read_in" if not self.read_in else ("lazy" if self.lazy else "full")
 
-  def config(self, spec: StudyPreset, seeds: tuple[int, ...]) -> configs.Config:
-    """The training ``Config`` of this group under ``spec``."""
-    return configs.Config(
-        task=VARIANTS[self.variant].task(self.d, self.D),
-        model=ModelConfig(name="softmax_icl", embed_dim=self.p, heads=(self.h,), read_in=self.read_in),
-        optim=configs.OptimConfig(lr=spec.lrs[0], schedule=spec.schedule, warmup_steps=spec.warmup_steps,
-                                  freeze=("W_in",) if self.lazy else ()),
-        train=configs.TrainConfig(steps=spec.steps, batch_size=spec.batch_size, seeds=seeds,
-                                  lrs=spec.lrs if len(spec.lrs) > 1 else (), log_every=spec.log_every,
-                                  eval_prompts=spec.eval_prompts))
+  def config(self, spec: Preset, seeds: tuple[int, ...]) -> configs.Config:
+    """The training ``Config`` of this group: the preset's base config with the group's task, heads, p, read-in
+    and (lazy) frozen W_in."""
+    base = spec.config
+    return dataclasses.replace(
+        base, task=VARIANTS[self.variant].task(self.d, self.D),
+        model=dataclasses.replace(base.model, embed_dim=self.p, heads=(self.h,), read_in=self.read_in),
+        optim=dataclasses.replace(base.optim, freeze=("W_in",) if self.lazy else ()),
+        train=dataclasses.replace(base.train, seeds=seeds))
 
 
-def plan(spec: StudyPreset) -> dict[Group, dict[str, Any]]:
+def plan(spec: Preset) -> dict[Group, dict[str, Any]]:
   """Every group of the preset -> {"seeds", "sections"}; a group shared by sections is trained once
   (with the larger seed set)."""
   groups: dict[Group, dict[str, Any]] = {}
-  side_seeds = spec.scenario_seeds or spec.seeds
+  st, seeds, side_seeds = spec.study, spec.config.train.seeds, spec.side_seeds
 
   def add(group: Group, section: str, seeds: tuple[int, ...]):
     entry = groups.setdefault(group, {"seeds": seeds, "sections": []})
@@ -105,26 +103,24 @@ def plan(spec: StudyPreset) -> dict[Group, dict[str, Any]]:
     if section not in entry["sections"]:
       entry["sections"].append(section)
 
-  for d in spec.ds:
-    for D in spec.Ds:
-      for h in spec.hs:
-        add(Group(d, D, h, spec.p), "main", spec.seeds)
-  for i, sw in enumerate(spec.hsweeps):
-    for p in sw.ps:
-      for h in sw.hs:
-        add(Group(sw.d, sw.D, h, p), f"hsweep{i}", spec.seeds)
-  for i, sw in enumerate(spec.psweeps):
-    for h in sw.hs:
-      for p in sw.ps:
-        add(Group(sw.d, sw.D, h, p), f"psweep{i}", spec.seeds)
-  for variant in ("clean",) + tuple(spec.scenarios):
-    for D in spec.scenario_Ds:
-      for h in spec.scenario_hs:
-        add(Group(spec.scenario_d, D, h, spec.p, variant), "scenario", side_seeds)
-  for mode in ("full",) + tuple(spec.ablations):
-    for D in spec.ablation_Ds:
-      for h in spec.ablation_hs:
-        add(Group(spec.ablation_d, D, h, spec.p, read_in=mode != "no_read_in", lazy=mode == "lazy"), "ablation",
+  for d in st.ds:
+    for D in st.Ds:
+      for h in st.hs:
+        add(Group(d, D, h, spec.p), "main", seeds)
+  for p in st.hsweep_ps:
+    for h in st.hsweep_hs:
+      add(Group(st.sweep_d, st.sweep_D, h, p), "hsweep", seeds)
+  for h in st.psweep_hs:
+    for p in st.psweep_ps:
+      add(Group(st.sweep_d, st.sweep_D, h, p), "psweep", seeds)
+  for variant in ("clean",) + tuple(st.scenarios):
+    for D in st.scenario_Ds:
+      for h in st.scenario_hs:
+        add(Group(st.scenario_d, D, h, spec.p, variant), "scenario", side_seeds)
+  for mode in ("full",) + tuple(st.ablations):
+    for D in st.ablation_Ds:
+      for h in st.ablation_hs:
+        add(Group(st.ablation_d, D, h, spec.p, read_in=mode != "no_read_in", lazy=mode == "lazy"), "ablation",
             side_seeds)
   return groups
 
@@ -166,17 +162,20 @@ def mean_se(values: Iterable[float]) -> tuple[float, float]:
 
 
 def program_key(group: Group) -> tuple:
-  """Groups with the same key share one compiled program: only D and the task scenario differ between them
-  (``train.task_variants``: padded to the largest D and masked, scenario values passed as arrays)."""
-  return (group.d, group.h, group.p, group.read_in, group.lazy)
+  """Groups with the same key share one compiled program: only D, the task scenario and lazy training differ
+  between them (``train.task_variants``: padded to the largest D and masked, scenario values passed as arrays,
+  a lazy group's frozen W_in as a per-run mask)."""
+  return (group.d, group.h, group.p, group.read_in)
 
 
-def variant_string(task) -> str:
-  """The ``train.task_variants`` entry of a group's task (every traced field, so the variant is explicit)."""
+def variant_string(group: Group, task: tasks.TaskConfig) -> str:
+  """The ``train.task_variants`` entry of a group (every traced task field, so the variant is explicit; lazy
+  groups add ``freeze=W_in``)."""
   def fmt(v):
     return "none" if v is None else repr(v)
-  return ";".join(f"{f}={fmt(getattr(task, f))}" for f in
-                  ("n_points", "noise_var", "w_var", "prior_mean_norm", "cov", "rho", "local_radius")).replace("'", "")
+  fields = ("n_points", "noise_var", "w_var", "prior_mean_norm", "cov", "rho", "local_radius")
+  text = ";".join(f"{f}={fmt(getattr(task, f))}" for f in fields).replace("'", "")
+  return text + (";freeze=W_in" if group.lazy else "")
 
 
 def programs(planned: dict[Group, dict[str, Any]]) -> dict[tuple, list[Group]]:
@@ -187,19 +186,15 @@ def programs(planned: dict[Group, dict[str, Any]]) -> dict[tuple, list[Group]]:
   return out
 
 
-def program_config(spec: StudyPreset, groups: list[Group], planned: dict[Group, dict[str, Any]],
-                   overrides: list[str] | tuple[str, ...] = ()) -> configs.Config:
-  """One ``train.train`` config for ``groups`` (one per task variant, the union of their seeds), then ``overrides``."""
+def program_config(spec: Preset, groups: list[Group], planned: dict[Group, dict[str, Any]]) -> configs.Config:
+  """One ``train.train`` config for ``groups``: one task variant per group, the union of their seeds."""
   seeds = tuple(sorted({s for g in groups for s in planned[g]["seeds"]}))
   group_cfgs = [g.config(spec, seeds) for g in groups]
-  n_points = max(c.task.n_points for c in group_cfgs)
-  base = group_cfgs[0]
-  steps_per_ckpt = spec.log_every * max(1, spec.steps // spec.log_every // 4)
-  cfg = dataclasses.replace(
-      base, task=tasks.TaskConfig(d=groups[0].d, n_points=n_points),
-      train=dataclasses.replace(base.train, task_variants=tuple(variant_string(c.task) for c in group_cfgs),
-                                ckpt_every=steps_per_ckpt))
-  return configs.override(cfg, list(overrides)) if overrides else cfg
+  base = dataclasses.replace(group_cfgs[0], optim=dataclasses.replace(group_cfgs[0].optim, freeze=()))
+  return dataclasses.replace(
+      base, task=tasks.TaskConfig(d=groups[0].d, n_points=max(c.task.n_points for c in group_cfgs)),
+      train=dataclasses.replace(base.train, task_variants=tuple(
+          variant_string(g, c.task) for g, c in zip(groups, group_cfgs))))
 
 
 def program_dir(out: str, cfg: configs.Config) -> str:
@@ -207,7 +202,6 @@ def program_dir(out: str, cfg: configs.Config) -> str:
   digest = hashlib.sha1(json.dumps(configs.to_dict(cfg), sort_keys=True).encode()).hexdigest()[:10]
   m = cfg.model
   mode = "" if m.read_in else "_noreadin"
-  mode += "_lazy" if cfg.optim.freeze else ""
   return os.path.join(out, "programs", f"d{cfg.task.d}_h{m.heads[0]}_p{m.embed_dim}{mode}_{digest}")
 
 
@@ -240,14 +234,14 @@ def run_params(params: dict, run: int) -> dict:
 # ------------------------------------------------------------------------------------------------ one program
 
 
-def run_program(spec: StudyPreset, groups: list[Group], planned: dict[Group, dict[str, Any]], out: str,
-                overrides: list[str] | tuple[str, ...] = (), log=print, stop_after: int | None = None,
+def run_program(spec: Preset, groups: list[Group], planned: dict[Group, dict[str, Any]], out: str,
+                log=print, stop_after: int | None = None,
                 progress: Bar | None = None) -> dict[Group, tuple[dict, dict]] | None:
   """Trains (or resumes, or reads) the program of ``groups`` in its train workdir and evaluates every group's runs
   on held-out prompts of its own (unpadded) task; returns {group: (record, params [R_group, ...])}, or None when
   ``stop_after`` ended training early (the workdir holds a checkpoint to resume from). ``progress``: a job's bar,
   advanced by the program's steps (``train.train``)."""
-  cfg = program_config(spec, groups, planned, overrides)
+  cfg = program_config(spec, groups, planned)
   workdir = program_dir(out, cfg)
   t0 = time.perf_counter()
   result = train.train(cfg, workdir, stop_after=stop_after, progress=progress)
@@ -260,7 +254,8 @@ def run_program(spec: StudyPreset, groups: list[Group], planned: dict[Group, dic
   for v, (group, task) in enumerate(zip(groups, configs.variant_tasks(cfg))):
     seeds = tuple(s for s in cfg.train.seeds if s in planned[group]["seeds"])
     runs = group_runs(cfg, v, seeds)
-    group_cfg = dataclasses.replace(cfg, task=task, train=dataclasses.replace(cfg.train, seeds=seeds, task_variants=()))
+    group_cfg = group.config(spec, seeds)
+    assert group_cfg.task == task
     params = jax.tree.map(lambda a: a[np.asarray(runs)], params_all)
     prompts = evaluate.eval_prompts(task, cfg.train.eval_prompts)
     te = time.perf_counter()
@@ -326,15 +321,16 @@ def _reference(h: int, theory: dict) -> float:
   return theory["C_single"] if h == 1 else theory["C_multi"]
 
 
-def build_tables(spec: StudyPreset, records: dict[Group, dict], params: dict[Group, dict], log=print) -> dict:
+def build_tables(spec: Preset, records: dict[Group, dict], params: dict[Group, dict], log=print) -> dict:
   """All tables of the study (lists of row dicts) plus theory extras; see the module docstring."""
   log("theory constants, finite-D Monte Carlo optima, rank-limited optima and head analysis ...")
   cache: dict = {}
   theory = {g.name: _theory_for(g, cache) for g in records}
   finite = {}
-  if spec.mc_prompts > 0:
-    for d in spec.ds:
-      finite[d] = analysis.finite_d_curves(d, 0.0, spec.Ds, spec.mc_prompts)
+  st = spec.study
+  if st.mc_prompts > 0:
+    for d in st.ds:
+      finite[d] = analysis.finite_d_curves(d, 0.0, st.Ds, st.mc_prompts)
   main_rows = []
   for g, rec in sorted(records.items()):
     if "main" not in rec["sections"]:
@@ -351,14 +347,12 @@ def build_tables(spec: StudyPreset, records: dict[Group, dict], params: dict[Gro
     main_rows.append(row)
 
   sweep_rows = []
-  for kind, sweeps in (("hsweep", spec.hsweeps), ("psweep", spec.psweeps)):
-    for i, sw in enumerate(sweeps):
-      for g, rec in sorted(records.items()):
-        if f"{kind}{i}" not in rec["sections"]:
-          continue
+  for kind in ("hsweep", "psweep"):
+    for g, rec in sorted(records.items()):
+      if kind in rec["sections"]:
         rl = analysis.rank_limited(g.d, g.p, g.h, VARIANTS[g.variant].noise_var, g.D)
         th = theory[g.name]
-        sweep_rows.append({"sweep": f"{kind}{i}", "d": g.d, "D": g.D, "h": g.h, "p": g.p, "p_over_h": g.p // g.h,
+        sweep_rows.append({"sweep": kind, "d": g.d, "D": g.D, "h": g.h, "p": g.p, "p_over_h": g.p // g.h,
                            "rank_limited": g.p // g.h < g.d, "dl_mean": rec["dl_mean"], "dl_se": rec["dl_se"],
                            "theory_rank_limited_dl": rl["dl"], "theory_bias_floor_dl": rl["bias_floor_dl"],
                            "theory_full_rank_dl": rl["full_rank_dl"], "theory_single_dl": rl["single_dl"],
@@ -386,10 +380,10 @@ def build_tables(spec: StudyPreset, records: dict[Group, dict], params: dict[Gro
                           "C_multi": th["C_multi"]})
 
   head_rows, head_groups = [], []
-  head_D = max(spec.Ds)
+  head_D = max(st.Ds)
   optima = {}
   for g, rec in sorted(records.items()):
-    if not ("main" in rec["sections"] and g.d == spec.head_d and g.D == head_D):
+    if not ("main" in rec["sections"] and g.d == st.head_d and g.D == head_D):
       continue
     cfg = configs.from_dict(rec["config"])
     noise = cfg.task.noise_var
@@ -566,16 +560,17 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
 
   ``verbose``: print the summary table at the end. ``progress`` (with ``verbose``): one progress bar over every
   program's steps (``jaxicl.progress.JobProgress``, current loss in its postfix) and one line per finished group.
-  ``overrides`` (``section.field=value``, as ``jaxicl train --set``) apply to every program's config.
+  ``overrides``: ``section.field=value`` (as ``jaxicl train --set``) to the base config of every group,
+  ``study.field=value`` to the grid (``presets.configure``).
   ``stop_after``: stop every program's training at that step (checkpointed) and return None; a later call
   resumes each program from its checkpoint.
   """
-  spec = get_preset(preset)
+  spec = configure(preset, overrides)
   os.makedirs(out, exist_ok=True)
   t_start = time.perf_counter()
   planned = plan(spec)
   grouped = programs(planned)
-  steps = [program_config(spec, groups, planned, overrides).train.steps for groups in grouped.values()]
+  steps = [spec.config.train.steps] * len(grouped)
   total = sum(s if stop_after is None else min(s, stop_after) for s in steps)
   records: dict[Group, dict] = {}
   params: dict[Group, dict] = {}
@@ -586,7 +581,7 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
         f"programs ({total} steps in all) on {jax.default_backend()}")
     for i, groups in enumerate(grouped.values()):
       job.stage(f"program {i + 1}/{len(grouped)}")
-      done = run_program(spec, groups, planned, out, overrides, log, stop_after, progress=job.bar)
+      done = run_program(spec, groups, planned, out, log, stop_after, progress=job.bar)
       if done is None:
         stopped = True
         continue
@@ -619,15 +614,18 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
     json.dump({g.name: rec for g, rec in records.items()}, f, indent=1)
 
   order = ordering(tables["main"])
+  base = spec.config
   summary = {
       "study": "multihead_superiority", "preset": preset, "preset_doc": spec.doc.strip(), "out": out,
       "backend": jax.default_backend(), "n_groups": len(records), "n_programs": len(grouped),
       "timing_s": {"total": time.perf_counter() - t_start, "train_and_eval": t_train - t_start,
                    "theory_and_tables": t_theory - t_train, "figures": t_plots - t_theory},
-      "protocol": {"p": spec.p, "seeds": list(spec.seeds), "lrs": list(spec.lrs), "steps": spec.steps,
-                   "batch_size": spec.batch_size, "schedule": spec.schedule, "warmup_steps": spec.warmup_steps,
-                   "eval_prompts": spec.eval_prompts, "error_bars": "mean over seeds ± SE (std/sqrt(n))",
-                   "lr_selection": "per seed, lowest final training loss" if len(spec.lrs) > 1 else "single lr"},
+      "protocol": {"p": spec.p, "seeds": list(base.train.seeds), "lrs": list(base.lrs), "steps": base.train.steps,
+                   "batch_size": base.train.batch_size, "schedule": base.optim.schedule,
+                   "warmup_steps": base.optim.warmup_steps, "eval_prompts": base.train.eval_prompts,
+                   "error_bars": "mean over seeds ± SE (std/sqrt(n))",
+                   "lr_selection": "per seed, lowest final training loss" if len(base.lrs) > 1 else "single lr"},
+      "config": configs.to_dict(base), "study_settings": dataclasses.asdict(spec.study),
       "main_table": tables["main"], "ordering": order, "notes": gap_notes(tables) + outlier_notes(records),
       "sweeps": tables["sweeps"], "scenarios": tables["scenarios"], "ablations": tables["ablations"],
       "heads": [{k: v for k, v in hg.items() if k != "per_seed"} for hg in tables["head_groups"]],
@@ -687,15 +685,8 @@ def format_summary(summary: dict) -> str:
   return "\n".join(lines)
 
 
-def _cli(argv: list[str] | None = None) -> int:
-  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  ap.add_argument("--preset", default="quick", choices=["tiny", "quick", "full"])
-  ap.add_argument("--out", required=True)
-  ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-  args = ap.parse_args(argv)
-  main(args.preset, args.out, overrides=args.set)
-  return 0
+if __name__ == "__main__":  # the same as `jaxicl reproduce multihead ...` (its errors: one line, exit 2)
+  import sys
 
-
-if __name__ == "__main__":
-  raise SystemExit(_cli())
+  from jaxicl import cli
+  raise SystemExit(cli.main(["reproduce", "multihead", *sys.argv[1:]]))
