@@ -5,7 +5,9 @@ step of ONE run at the program's padded shape and reads XLA's FLOP count (``Lowe
 a program costs flops × runs × steps. It compiles and times the one-run step of the smallest program on this
 machine (best of 3) for the CPU FLOP/s, and converts the total to time at that rate and at an assumed
 sustained accelerator throughput (``--tflops``, default 20 TFLOP/s: about 30 % of an H100's 67 TFLOP/s
-float32 peak, what these small-matrix attention programs can sustain; not measured).
+float32 peak, what these small-matrix attention programs can sustain; not measured). It also counts the
+standard normals sampled for the padded prompts (``normal_draws``) and the program-steps (``program_steps``:
+each costs at least a kernel-launch round on an accelerator), which bound the time once the model is cheap.
 
   python benchmarks/estimate_full.py --preset full
 """
@@ -63,9 +65,11 @@ def main() -> None:
   rows, total, timed = [], 0.0, None
   configs_ = [run.program_config(spec, groups, planned) for groups in grouped.values()]
   smallest = min(range(len(configs_)), key=lambda i: configs_[i].task.n_points * configs_[i].model.embed_dim)
+  draws = 0  # standard normals sampled for the padded prompts: runs × batch × N × (d + 1) per step
   for i, cfg in enumerate(configs_):
     flops, seconds = one_run_step(cfg, time_it=i == smallest)
     total += flops * len(cfg.runs) * cfg.train.steps
+    draws += len(cfg.runs) * cfg.train.batch_size * cfg.task.n_points * (cfg.task.d + 1) * cfg.train.steps
     if seconds is not None:
       timed = {"program": os.path.basename(run.program_dir("", cfg)), "gflop": flops / 1e9, "cpu_s": seconds,
                "cpu_gflops": flops / seconds / 1e9}
@@ -75,6 +79,7 @@ def main() -> None:
                     "total_pflop": total / 1e15, "timed_step": timed,
                     "cpu_estimate_h": total / (timed["cpu_gflops"] * 1e9) / 3600,
                     "accelerator_estimate_min": total / (args.tflops * 1e12) / 60, "assumed_tflops": args.tflops,
+                    "normal_draws": draws, "program_steps": sum(c.train.steps for c in configs_),
                     "programs_detail": rows}, indent=1))
 
 

@@ -104,6 +104,59 @@ def run_risks(model: ICLModel, run_params: Any, prompts: tasks.Prompt, head_mask
   return total / n_prompts
 
 
+def variant_prompts(cfg: configs.Config, n_prompts: int, seed: int = EVAL_SEED) -> tuple[tasks.Prompt, np.ndarray]:
+  """Held-out prompts of every task variant of ``cfg`` (``train.task_variants``), padded to ``task.n_points``:
+  (Prompt with a leading variant axis [V, B, N, ...], n_context [V]). One compiled sampler for all variants
+  (``tasks.sample_batch_traced``, scenario values traced) from ``PRNGKey(seed)`` for every variant, as
+  ``eval_prompts`` uses one key for every task; variant v's first D_v context points and its query do not
+  depend on the padded length."""
+  stacked = tasks.stack_params([tasks.task_params(t) for t in configs.variant_tasks(cfg)])
+  key = jax.random.PRNGKey(seed)
+  sample = jax.jit(jax.vmap(lambda tp: tasks.sample_batch_traced(key, cfg.task, tp, n_prompts)))
+  return sample(stacked), np.asarray(stacked.n_context)
+
+
+@functools.lru_cache(maxsize=32)
+def _variant_sq_err(model: ICLModel, padded: bool):
+  """Compiled once per model: summed squared errors [R, P] of every run on its own prompt chunk ([R, B, ...],
+  contexts beyond n_context masked when ``padded``), counting the first ``valid`` prompts."""
+
+  @jax.jit
+  def sq_err(run_params, xs, ys, targets, n_context, valid):
+    index = layouts.get_layout(model.layout).target_index(xs.shape[2])
+    keep = (jnp.arange(xs.shape[1]) < valid).astype(jnp.float32)[:, None]
+
+    def one(p, x, y, t, n):
+      preds = model.apply(p, x, y, n_context=n if padded else None)
+      return jnp.sum(keep * jnp.square(preds - t[:, index]), axis=0)
+
+    return jax.vmap(one)(run_params, xs, ys, targets, n_context)
+
+  return sq_err
+
+
+def variant_risks(model: ICLModel, run_params: Any, cfg: configs.Config, n_prompts: int, seed: int = EVAL_SEED,
+                  chunk: int | None = None) -> np.ndarray:
+  """Excess risk at each prediction point of every run of ``cfg`` [R, P], each run on the held-out prompts of its
+  own task variant (``variant_prompts``; padded contexts masked): one compiled program for all runs and variants.
+  ``model`` is built for the padded ``cfg.task``; params carry the leading run axis R of ``cfg.runs``. ``chunk``:
+  prompts per step (default: ~16M input floats over all runs, so it fits an accelerator at any R)."""
+  prompts, n_context = variant_prompts(cfg, n_prompts, seed)
+  variants = jnp.asarray(cfg.run_variants)
+  padded = cfg.model.one_layer
+  sq_err = _variant_sq_err(model, padded)
+  if chunk is None:
+    chunk = int(np.clip(2**24 // (len(cfg.runs) * cfg.task.n_points * (cfg.task.d + 2)), 16, 1024))
+  chunk = min(chunk, n_prompts)
+  total = 0.0
+  for start in range(0, n_prompts, chunk):
+    parts = [a[:, start:start + chunk] for a in (prompts.xs, prompts.ys, prompts.targets)]
+    valid = parts[0].shape[1]
+    parts = [jnp.pad(a, [(0, 0), (0, chunk - valid)] + [(0, 0)] * (a.ndim - 2))[variants] for a in parts]
+    total = total + np.asarray(sq_err(run_params, *parts, jnp.asarray(n_context)[variants], valid), np.float64)
+  return total / n_prompts
+
+
 def model_risk(model: ICLModel, params: Any, prompts: tasks.Prompt, head_mask: jax.Array | None = None,
                chunk: int = 1024) -> np.ndarray:
   """Excess risk of one parameter set at each of its prediction points [P] (P = N for gpt2, 1 for one-layer models)."""

@@ -3,8 +3,9 @@
 Every grid point that differs only in run-axis keys joins the same group, one ``train.train`` call whose
 runs carry their own values: ``optim.lr`` (``train.lrs``), seeds, and the task keys that can be traced
 (``task.noise_var``, ``task.rho``, ``task.cov``, ``task.local_radius``, ``task.prior_mean_norm``,
-``task.w_var``, ``task.prior_mean``, and for one-layer models ``task.n_points``, padded to the group's
-largest and masked): they become ``train.task_variants``. Other keys (model shapes, d, schedules) make new
+``task.w_var``, ``task.prior_mean``, for one-layer models ``task.n_points``, padded to the group's largest and
+masked, and ``optim.freeze``, a per-run mask: ``optim.freeze=none,W_in`` compares full and lazy training in one
+program): they become ``train.task_variants``. Other keys (model shapes, d, schedules) make new
 groups. Each group trains in its own workdir under ``out/groups/``, so an interrupted sweep resumes
 mid-group from its checkpoints and skips finished groups. Results: ``out/results.csv`` and ``.json``,
 one row per (grid point, seed).
@@ -20,15 +21,13 @@ import json
 import os
 from typing import Any
 
-import jax
 import numpy as np
 
-from jaxicl import configs, evaluate, files, tasks, train
-from jaxicl.models import build_model
+from jaxicl import configs, evaluate, files, train
 from jaxicl.progress import Bar, JobProgress
 
 VMAPPED_KEYS = ("optim.lr",)
-TASK_RUN_KEYS = tuple(f"task.{f}" for f in tasks.TRACED_FIELDS)
+VARIANT_KEYS = {field: key for key, field in configs.VARIANT_FIELDS.items()}  # config key -> task variant key
 
 
 def parse_grid(grid: list[str]) -> dict[str, list[str]]:
@@ -52,7 +51,7 @@ def plan(config: str, grid: dict[str, list[str]], n_seeds: int, overrides: list[
   if n_seeds < 1:
     raise ValueError(f"seeds={n_seeds}: must be >= 1")
   base = configs.get_config(config, overrides)
-  task_keys = [k for k in grid if k in TASK_RUN_KEYS and (k != "task.n_points" or base.model.one_layer)]
+  task_keys = [k for k in grid if k in VARIANT_KEYS and (k != "task.n_points" or base.model.one_layer)]
   shape_keys = [k for k in grid if k not in VMAPPED_KEYS and k not in task_keys]
   lrs = grid.get("optim.lr")
   variants = [dict(zip(task_keys, values)) for values in itertools.product(*(grid[k] for k in task_keys))]
@@ -67,7 +66,7 @@ def plan(config: str, grid: dict[str, list[str]], n_seeds: int, overrides: list[
       if "task.n_points" in task_keys:  # the padded length: the largest
         sets.append(f"task.n_points={max(int(v) for v in grid['task.n_points'])}")
       sets.append("train.task_variants=" + ",".join(
-          ";".join(f"{k[len('task.'):]}={v}" for k, v in variant.items()) for variant in variants))
+          ";".join(f"{VARIANT_KEYS[k]}={v}" for k, v in variant.items()) for variant in variants))
     groups.append((assignment, configs.get_config(config, sets)))
   return groups
 
@@ -88,14 +87,12 @@ def run_group(cfg: configs.Config, workdir: str, progress: bool | Bar | None = F
       progress.update(cfg.train.steps)
     return rows
   result = train.train(cfg, workdir, progress=progress)
-  risks: list = [None] * len(cfg.runs)
-  for v, task in enumerate(configs.variant_tasks(cfg)):  # each variant on prompts of its own (unpadded) task
-    runs = [r for r, rv in enumerate(cfg.run_variants) if rv == v]
-    params = jax.tree.map(lambda a: a[np.asarray(runs)], result.state.params)
-    prompts = evaluate.eval_prompts(task, cfg.train.eval_prompts)
-    for r, risk in zip(runs, evaluate.run_risks(build_model(cfg.model, task), params, prompts)):  # [R_v, P]
-      risks[r] = risk
-  variants = [{f"task.{k}": val for k, val in configs.parse_variant(v).items()} for v in cfg.train.task_variants]
+  if cfg.train.task_variants:  # every run on held-out prompts of its own variant, one compiled evaluation
+    risks = evaluate.variant_risks(result.model, result.state.params, cfg, cfg.train.eval_prompts)  # [R, P]
+  else:
+    risks = evaluate.run_risks(result.model, result.state.params, evaluate.eval_prompts(cfg.task, cfg.train.eval_prompts))
+  variants = [{configs.VARIANT_FIELDS[k]: val for k, val in configs.parse_variant(v).items()}
+              for v in cfg.train.task_variants]
   rows = []
   for r, (seed, lr) in enumerate(cfg.runs):
     risk = risks[r]

@@ -160,13 +160,19 @@ def test_tiny_preset_writes_figures_and_tables(tiny_out):
 
 
 def test_table_rows_agree_with_reevaluating_saved_params(tiny_out):
-  """D·L in the table = the library's ``evaluate.model_risk`` of the saved parameters on the same prompts."""
+  """D·L in the table (one fused, padded evaluation per program) = the library's ``evaluate.model_risk`` of the saved
+  parameters, with the group's own unpadded model, on the group's prompts cut to its own D."""
   with open(os.path.join(tiny_out, "summary.json")) as f:
     row = next(r for r in json.load(f)["main_table"] if r["h"] == 2)
   name = run.Group(row["d"], row["D"], row["h"], row["p"]).name
   record, params = run.load_group(tiny_out, name)
   cfg, model = run.group_model(record)
-  prompts = evaluate.eval_prompts(cfg.task, record["eval_prompts"])
+  program = configs.load(os.path.join(tiny_out, record["program"]["workdir"], "config.json"))
+  padded, n_context = evaluate.variant_prompts(program, record["eval_prompts"])
+  v, D = record["program"]["variant"], row["D"]
+  assert n_context[v] == D and cfg.task.n_points == D + 1
+  prompts = tasks.Prompt(*(np.concatenate([np.asarray(a[v])[:, :D], np.asarray(a[v])[:, -1:]], axis=1)
+                           for a in (padded.xs, padded.ys, padded.targets)), w=np.asarray(padded.w[v]))
   dl = []
   for r in record["selected"]:
     risk = float(evaluate.model_risk(model, run.run_params(params, r), prompts)[0])

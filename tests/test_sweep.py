@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from jaxicl import cli, configs, sweep, train
+from jaxicl import cli, configs, evaluate, sweep, train
 
 BASE = ["train.steps=20", "train.log_every=10", "optim.eps=1e-5", "train.eval_prompts=64"]
 
@@ -57,4 +57,22 @@ def test_sweep_fuses_context_lengths_and_noise_into_one_program(tmp_path):
   alone = train.train(configs.get_config("study1", base + ["task.n_points=5", "task.noise_var=0.5",
                                                            "train.task_variants=noise_var=0.5"]))
   np.testing.assert_allclose(row["final_loss"], alone.history[-1]["loss"][0], rtol=2e-4)
+  # its held-out risk: the padded, fused evaluation = the alone run's on its own (unpadded) prompts
+  own = evaluate.variant_risks(alone.model, alone.state.params, alone.config, 64)[0, -1]
+  np.testing.assert_allclose(row["excess_risk_last"], own, rtol=2e-4)
   assert len(sweep.plan("tiny", sweep.parse_grid(["task.n_points=4,8"]), 1)) == 2  # gpt2: n_points is a shape
+
+
+def test_sweep_over_freeze_is_one_program_with_per_run_masks(tmp_path):
+  base = ["train.steps=6", "train.log_every=3", "train.ckpt_every=0", "train.batch_size=8", "train.eval_prompts=64",
+          "task.d=2",
+          "task.n_points=6", "model.embed_dim=4", "model.heads=2"]
+  (group,) = sweep.plan("study1", sweep.parse_grid(["optim.freeze=none,W_in"]), 2, base)
+  assert group[1].train.task_variants == ("freeze=none", "freeze=W_in") and len(group[1].runs) == 4
+  rows = sweep.run_sweep("study1", ["optim.freeze=none,W_in"], 2, str(tmp_path), base, progress=False)
+  assert [r["optim.freeze"] for r in rows] == ["none", "none", "W_in", "W_in"]
+  result = train.load_run(os.path.join(str(tmp_path), "groups", os.listdir(os.path.join(str(tmp_path), "groups"))[0]))
+  init = train.Engine(group[1]).init()
+  w_in, w0 = np.asarray(result.state.params["W_in"]["kernel"]), np.asarray(init.params["W_in"]["kernel"])
+  np.testing.assert_array_equal(w_in[2:], w0[2:])
+  assert not np.allclose(w_in[:2], w0[:2])

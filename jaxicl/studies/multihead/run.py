@@ -4,7 +4,8 @@ measure D·L on held-out prompts, and compare with the theory's O(1/D) constants
 Protocol (shared/studies.md, theory.md): x ~ N(0, I_d), θ ~ N(0, I_d/d), y = θᵀx + ε, tokens z_i = [x_i; y_i],
 query [x; 0]; the model is ``jaxicl.models`` ``softmax_icl`` (read-in W_in, h heads of width p/h, W_out; no
 residual, bias, MLP or LayerNorm), trained with Adam on fresh prompts every step (MSE against the noisy label y),
-and evaluated by the excess risk L = E(ŷ − θᵀx)² on ``eval_prompts`` held-out prompts of the group's own task. A
+and evaluated by the excess risk L = E(ŷ − θᵀx)² on ``eval_prompts`` held-out prompts of the group's own task
+(``evaluate.variant_risks``: all groups of a program in one compiled evaluation, padded contexts masked). A
 group is one (d, D, h, p, scenario, read-in, lazy) of the preset's grid (``presets.StudySettings``) on its base
 config; the groups that share (d, h, p, read-in) are ONE ``jaxicl.train.train`` call (``program_config``): their
 D, scenario values and lazy training are per-run ``train.task_variants`` (contexts padded to the largest D and
@@ -128,17 +129,6 @@ def plan(spec: Preset) -> dict[Group, dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def stacked_risk(model: ICLModel, params: Any, prompts, chunk: int | None = None) -> np.ndarray:
-  """Excess risk E(ŷ − θᵀx)² at the query of every run [R] (params with a leading run axis R):
-  ``jaxicl.evaluate.run_risks`` (one compiled program for all runs), with a prompt chunk sized to memory."""
-  n_points = prompts.xs.shape[1]
-  if chunk is None:
-    n_runs = jax.tree.leaves(params)[0].shape[0]
-    embed = int(np.asarray(params["W_out"]["kernel"]).shape[1])
-    chunk = int(np.clip(2**23 // max(1, n_points * embed * n_runs), 16, 4096))
-  return evaluate.run_risks(model, params, prompts, chunk=chunk)[:, -1]
-
-
 def select_runs(cfg: configs.Config, final_loss: np.ndarray) -> list[int]:
   """Per seed, the run (learning rate) with the lowest final training loss (training data only)."""
   runs = cfg.runs
@@ -250,17 +240,15 @@ def run_program(spec: Preset, groups: list[Group], planned: dict[Group, dict[str
   t1 = time.perf_counter()
   params_all = jax.tree.map(np.asarray, result.state.params)
   final_loss = np.asarray(result.history[-1]["loss"])
+  risk_all = evaluate.variant_risks(result.model, result.state.params, cfg, cfg.train.eval_prompts)[:, -1]  # [R]
+  eval_s = time.perf_counter() - t1
   out_records = {}
   for v, (group, task) in enumerate(zip(groups, configs.variant_tasks(cfg))):
     seeds = tuple(s for s in cfg.train.seeds if s in planned[group]["seeds"])
     runs = group_runs(cfg, v, seeds)
     group_cfg = group.config(spec, seeds)
-    assert group_cfg.task == task
     params = jax.tree.map(lambda a: a[np.asarray(runs)], params_all)
-    prompts = evaluate.eval_prompts(task, cfg.train.eval_prompts)
-    te = time.perf_counter()
-    risk = stacked_risk(build_model(cfg.model, task), params, prompts)
-    eval_s = time.perf_counter() - te
+    risk = risk_all[runs]
     chosen = select_runs(group_cfg, final_loss[runs])
     D = task.n_points - 1
     dl = [float(D * risk[r]) for r in chosen]
@@ -272,10 +260,11 @@ def run_program(spec: Preset, groups: list[Group], planned: dict[Group, dict[str
                   "final_train_loss": float(final_loss[runs[r]])} for r, (s, lr) in enumerate(group_cfg.runs)],
         "selected": chosen, "dl": dl, "dl_mean": dl_mean, "dl_se": dl_se, "loss_mean": dl_mean / D,
         "train_s": t1 - t0, "eval_s": eval_s, "eval_prompts": cfg.train.eval_prompts,
+        "eval": "evaluate.variant_prompts(program config)[variant]: the held-out prompts of the group's task",
         "history": {"step": [h["step"] for h in result.history],
                     "loss": [[h["loss"][r] for r in runs] for h in result.history]},
         "config": configs.to_dict(group_cfg),
-        "program": {"workdir": os.path.relpath(workdir, out), "runs": runs, "n_groups": len(groups)},
+        "program": {"workdir": os.path.relpath(workdir, out), "runs": runs, "variant": v, "n_groups": len(groups)},
     }
     os.makedirs(os.path.join(out, "groups"), exist_ok=True)
     files.write_json(os.path.join(out, "groups", group.name + ".json"), record)
