@@ -128,19 +128,26 @@ def _variant_sq_err(model: ICLModel, padded: bool):
 
     def one(p, x, y, t, n):
       preds = model.apply(p, x, y, n_context=n if padded else None)
-      return jnp.sum(keep * jnp.square(preds - t[:, index]), axis=0)
+      err2 = jnp.square(preds - t[:, index])
+      return jnp.sum(keep * err2, axis=0), jnp.sum(keep * jnp.square(err2), axis=0)
 
     return jax.vmap(one)(run_params, xs, ys, targets, n_context)
 
   return sq_err
 
 
+class Risks(NamedTuple):
+  risk: np.ndarray  # [R, P] mean squared error against the noise-free target over the held-out prompts
+  se: np.ndarray  # [R, P] its standard error over prompts, sqrt((E e⁴ − (E e²)²) / n_prompts)
+
+
 def variant_risks(model: ICLModel, run_params: Any, cfg: configs.Config, n_prompts: int, seed: int = EVAL_SEED,
-                  chunk: int | None = None) -> np.ndarray:
-  """Excess risk at each prediction point of every run of ``cfg`` [R, P], each run on the held-out prompts of its
-  own task variant (``variant_prompts``; padded contexts masked): one compiled program for all runs and variants.
-  ``model`` is built for the padded ``cfg.task``; params carry the leading run axis R of ``cfg.runs``. ``chunk``:
-  prompts per step (default: ~16M input floats over all runs, so it fits an accelerator at any R)."""
+                  chunk: int | None = None) -> Risks:
+  """Excess risk at each prediction point of every run of ``cfg`` [R, P] with its standard error over the prompts,
+  each run on the held-out prompts of its own task variant (``variant_prompts``; padded contexts masked): one
+  compiled program for all runs and variants. ``model`` is built for the padded ``cfg.task``; params carry the
+  leading run axis R of ``cfg.runs``. ``chunk``: prompts per step (default: ~16M input floats over all runs, so it
+  fits an accelerator at any R)."""
   prompts, n_context = variant_prompts(cfg, n_prompts, seed)
   variants = jnp.asarray(cfg.run_variants)
   padded = cfg.model.one_layer
@@ -148,13 +155,15 @@ def variant_risks(model: ICLModel, run_params: Any, cfg: configs.Config, n_promp
   if chunk is None:
     chunk = int(np.clip(2**24 // (len(cfg.runs) * cfg.task.n_points * (cfg.task.d + 2)), 16, 1024))
   chunk = min(chunk, n_prompts)
-  total = 0.0
+  s2 = s4 = 0.0
   for start in range(0, n_prompts, chunk):
     parts = [a[:, start:start + chunk] for a in (prompts.xs, prompts.ys, prompts.targets)]
     valid = parts[0].shape[1]
     parts = [jnp.pad(a, [(0, 0), (0, chunk - valid)] + [(0, 0)] * (a.ndim - 2))[variants] for a in parts]
-    total = total + np.asarray(sq_err(run_params, *parts, jnp.asarray(n_context)[variants], valid), np.float64)
-  return total / n_prompts
+    e2, e4 = sq_err(run_params, *parts, jnp.asarray(n_context)[variants], valid)
+    s2, s4 = s2 + np.asarray(e2, np.float64), s4 + np.asarray(e4, np.float64)
+  risk = s2 / n_prompts
+  return Risks(risk, np.sqrt(np.maximum(s4 / n_prompts - risk**2, 0.0) / n_prompts))
 
 
 def model_risk(model: ICLModel, params: Any, prompts: tasks.Prompt, head_mask: jax.Array | None = None,

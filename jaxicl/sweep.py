@@ -88,7 +88,7 @@ def run_group(cfg: configs.Config, workdir: str, progress: bool | Bar | None = F
     return rows
   result = train.train(cfg, workdir, progress=progress)
   if cfg.train.task_variants:  # every run on held-out prompts of its own variant, one compiled evaluation
-    risks = evaluate.variant_risks(result.model, result.state.params, cfg, cfg.train.eval_prompts)  # [R, P]
+    risks = evaluate.variant_risks(result.model, result.state.params, cfg, cfg.train.eval_prompts).risk  # [R, P]
   else:
     risks = evaluate.run_risks(result.model, result.state.params, evaluate.eval_prompts(cfg.task, cfg.train.eval_prompts))
   variants = [{configs.VARIANT_FIELDS[k]: val for k, val in configs.parse_variant(v).items()}

@@ -12,6 +12,7 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import reproduce
@@ -173,13 +174,18 @@ def test_table_rows_agree_with_reevaluating_saved_params(tiny_out):
   assert n_context[v] == D and cfg.task.n_points == D + 1
   prompts = tasks.Prompt(*(np.concatenate([np.asarray(a[v])[:, :D], np.asarray(a[v])[:, -1:]], axis=1)
                            for a in (padded.xs, padded.ys, padded.targets)), w=np.asarray(padded.w[v]))
-  dl = []
+  dl, prompt_se = [], []
   for r in record["selected"]:
     risk = float(evaluate.model_risk(model, run.run_params(params, r), prompts)[0])
     assert risk == pytest.approx(record["runs"][r]["risk"], rel=1e-4)
+    preds = model.apply(run.run_params(params, r), jnp.asarray(prompts.xs), jnp.asarray(prompts.ys))
+    err2 = (np.asarray(preds)[:, 0] - prompts.targets[:, -1]) ** 2
+    assert record["runs"][r]["risk_prompt_se"] == pytest.approx(err2.std() / np.sqrt(err2.size), rel=1e-3)
     dl.append(row["D"] * risk)
+    prompt_se.append(row["D"] * err2.std() / np.sqrt(err2.size))
   assert np.mean(dl) == pytest.approx(row["dl_mean"], rel=1e-4)
   assert np.std(dl, ddof=1) / np.sqrt(len(dl)) == pytest.approx(row["dl_se"], rel=1e-3, abs=1e-6)
+  assert np.mean(prompt_se) == pytest.approx(row["dl_prompt_se"], rel=1e-3)
 
 
 def test_resumed_reproduction_equals_the_uninterrupted_one(tiny_out, xla_cache, tmp_path):

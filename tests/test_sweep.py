@@ -58,7 +58,7 @@ def test_sweep_fuses_context_lengths_and_noise_into_one_program(tmp_path):
                                                            "train.task_variants=noise_var=0.5"]))
   np.testing.assert_allclose(row["final_loss"], alone.history[-1]["loss"][0], rtol=2e-4)
   # its held-out risk: the padded, fused evaluation = the alone run's on its own (unpadded) prompts
-  own = evaluate.variant_risks(alone.model, alone.state.params, alone.config, 64)[0, -1]
+  own = evaluate.variant_risks(alone.model, alone.state.params, alone.config, 64).risk[0, -1]
   np.testing.assert_allclose(row["excess_risk_last"], own, rtol=2e-4)
   assert len(sweep.plan("tiny", sweep.parse_grid(["task.n_points=4,8"]), 1)) == 2  # gpt2: n_points is a shape
 

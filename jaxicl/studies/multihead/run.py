@@ -240,7 +240,8 @@ def run_program(spec: Preset, groups: list[Group], planned: dict[Group, dict[str
   t1 = time.perf_counter()
   params_all = jax.tree.map(np.asarray, result.state.params)
   final_loss = np.asarray(result.history[-1]["loss"])
-  risk_all = evaluate.variant_risks(result.model, result.state.params, cfg, cfg.train.eval_prompts)[:, -1]  # [R]
+  risks = evaluate.variant_risks(result.model, result.state.params, cfg, cfg.train.eval_prompts)
+  risk_all, risk_se_all = risks.risk[:, -1], risks.se[:, -1]  # [R]
   eval_s = time.perf_counter() - t1
   out_records = {}
   for v, (group, task) in enumerate(zip(groups, configs.variant_tasks(cfg))):
@@ -248,17 +249,22 @@ def run_program(spec: Preset, groups: list[Group], planned: dict[Group, dict[str
     runs = group_runs(cfg, v, seeds)
     group_cfg = group.config(spec, seeds)
     params = jax.tree.map(lambda a: a[np.asarray(runs)], params_all)
-    risk = risk_all[runs]
+    risk, risk_se = risk_all[runs], risk_se_all[runs]
     chosen = select_runs(group_cfg, final_loss[runs])
     D = task.n_points - 1
     dl = [float(D * risk[r]) for r in chosen]
     dl_mean, dl_se = mean_se(dl)
+    # The seeds share one prompt set, so the seed SE leaves out the prompt-sampling error of the mean; it is at
+    # most the mean of the runs' own SEs (errors on common prompts are positively correlated across seeds).
+    dl_prompt_se = float(D * np.mean([risk_se[r] for r in chosen]))
     record = {
         "name": group.name, "group": dataclasses.asdict(group), "sections": planned[group]["sections"],
         "seeds": list(seeds), "lrs": list(group_cfg.lrs),
-        "runs": [{"seed": s, "lr": lr, "risk": float(risk[r]), "dl": float(D * risk[r]),
+        "runs": [{"seed": s, "lr": lr, "risk": float(risk[r]), "risk_prompt_se": float(risk_se[r]),
+                  "dl": float(D * risk[r]),
                   "final_train_loss": float(final_loss[runs[r]])} for r, (s, lr) in enumerate(group_cfg.runs)],
-        "selected": chosen, "dl": dl, "dl_mean": dl_mean, "dl_se": dl_se, "loss_mean": dl_mean / D,
+        "selected": chosen, "dl": dl, "dl_mean": dl_mean, "dl_se": dl_se, "dl_prompt_se": dl_prompt_se,
+        "loss_mean": dl_mean / D,
         "train_s": t1 - t0, "eval_s": eval_s, "eval_prompts": cfg.train.eval_prompts,
         "eval": "evaluate.variant_prompts(program config)[variant]: the held-out prompts of the group's task",
         "history": {"step": [h["step"] for h in result.history],
@@ -268,7 +274,7 @@ def run_program(spec: Preset, groups: list[Group], planned: dict[Group, dict[str
     }
     os.makedirs(os.path.join(out, "groups"), exist_ok=True)
     files.write_json(os.path.join(out, "groups", group.name + ".json"), record)
-    log(f"  {group.name}: D·L = {dl_mean:.3f} ± {dl_se:.3f}")
+    log(f"  {group.name}: D·L = {dl_mean:.3f} ± {dl_se:.3f} (seeds) ± {dl_prompt_se:.3f} (prompts)")
     out_records[group] = (record, params)
   log(f"  program {os.path.basename(workdir)}: {len(groups)} groups, {len(cfg.runs)} runs, "
       f"train {t1 - t0:.1f} s")
@@ -326,7 +332,7 @@ def build_tables(spec: Preset, records: dict[Group, dict], params: dict[Group, d
       continue
     th = theory[g.name]
     row = {"d": g.d, "D": g.D, "h": g.h, "p": g.p, "n_seeds": len(rec["dl"]), "dl_mean": rec["dl_mean"],
-           "dl_se": rec["dl_se"], "C_single": th["C_single"], "C_multi": th["C_multi"],
+           "dl_se": rec["dl_se"], "dl_prompt_se": rec["dl_prompt_se"], "C_single": th["C_single"], "C_multi": th["C_multi"],
            "ratio_to_constant": rec["dl_mean"] / _reference(g.h, th)}
     if g.d in finite:
       j = finite[g.d]["D"].index(g.D)
@@ -342,7 +348,7 @@ def build_tables(spec: Preset, records: dict[Group, dict], params: dict[Group, d
         rl = analysis.rank_limited(g.d, g.p, g.h, VARIANTS[g.variant].noise_var, g.D)
         th = theory[g.name]
         sweep_rows.append({"sweep": kind, "d": g.d, "D": g.D, "h": g.h, "p": g.p, "p_over_h": g.p // g.h,
-                           "rank_limited": g.p // g.h < g.d, "dl_mean": rec["dl_mean"], "dl_se": rec["dl_se"],
+                           "rank_limited": g.p // g.h < g.d, "dl_mean": rec["dl_mean"], "dl_se": rec["dl_se"], "dl_prompt_se": rec["dl_prompt_se"],
                            "theory_rank_limited_dl": rl["dl"], "theory_bias_floor_dl": rl["bias_floor_dl"],
                            "theory_full_rank_dl": rl["full_rank_dl"], "theory_single_dl": rl["single_dl"],
                            "C_single": th["C_single"], "C_multi": th["C_multi"]})
@@ -354,7 +360,7 @@ def build_tables(spec: Preset, records: dict[Group, dict], params: dict[Group, d
     v = VARIANTS[g.variant]
     th = theory[g.name]
     row = {"variant": g.variant, "scenario": v.scenario, "label": v.label, "d": g.d, "D": g.D, "h": g.h, "p": g.p,
-           "n_seeds": len(rec["dl"]), "dl_mean": rec["dl_mean"], "dl_se": rec["dl_se"], "C_single": th["C_single"],
+           "n_seeds": len(rec["dl"]), "dl_mean": rec["dl_mean"], "dl_se": rec["dl_se"], "dl_prompt_se": rec["dl_prompt_se"], "C_single": th["C_single"],
            "C_multi": th["C_multi"]}
     row.update({f"extra_{k}": val for k, val in th["extras"].items()})
     scenario_rows.append(row)
@@ -365,7 +371,7 @@ def build_tables(spec: Preset, records: dict[Group, dict], params: dict[Group, d
       continue
     th = theory[g.name]
     ablation_rows.append({"mode": g.mode, "d": g.d, "D": g.D, "h": g.h, "p": g.p, "n_seeds": len(rec["dl"]),
-                          "dl_mean": rec["dl_mean"], "dl_se": rec["dl_se"], "C_single": th["C_single"],
+                          "dl_mean": rec["dl_mean"], "dl_se": rec["dl_se"], "dl_prompt_se": rec["dl_prompt_se"], "C_single": th["C_single"],
                           "C_multi": th["C_multi"]})
 
   head_rows, head_groups = [], []
@@ -410,7 +416,8 @@ def build_tables(spec: Preset, records: dict[Group, dict], params: dict[Group, d
 
 
 def ordering(main_rows: list[dict]) -> list[dict]:
-  """Per (d, D): single-head D·L vs the best multi-head D·L, and whether multi is lower by more than 2 SE."""
+  """Per (d, D): single-head D·L vs the best multi-head D·L, and whether multi is lower by more than 2 SE (seed and
+  prompt SEs of both combined, conservatively: both are evaluated on the same prompts)."""
   out = []
   for d in sorted({r["d"] for r in main_rows}):
     for D in sorted({r["D"] for r in main_rows if r["d"] == d}):
@@ -421,7 +428,7 @@ def ordering(main_rows: list[dict]) -> list[dict]:
         continue
       best = min(multi, key=lambda r: r["dl_mean"])
       s = single[0]
-      gap_se = math.hypot(s["dl_se"], best["dl_se"])
+      gap_se = math.hypot(s["dl_se"], best["dl_se"], s["dl_prompt_se"], best["dl_prompt_se"])  # conservative
       out.append({"d": d, "D": D, "single_dl": s["dl_mean"], "single_se": s["dl_se"], "best_multi_h": best["h"],
                   "multi_dl": best["dl_mean"], "multi_se": best["dl_se"],
                   "multi_below_single": bool(best["dl_mean"] < s["dl_mean"]),
@@ -612,7 +619,8 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
       "protocol": {"p": spec.p, "seeds": list(base.train.seeds), "lrs": list(base.lrs), "steps": base.train.steps,
                    "batch_size": base.train.batch_size, "schedule": base.optim.schedule,
                    "warmup_steps": base.optim.warmup_steps, "eval_prompts": base.train.eval_prompts,
-                   "error_bars": "mean over seeds ± SE (std/sqrt(n))",
+                   "error_bars": "mean over seeds ± SE (std/sqrt(n)) on one held-out prompt set; dl_prompt_se: the "
+                                 "prompt-sampling SE of that mean (the mean of the runs' own SEs over prompts)",
                    "lr_selection": "per seed, lowest final training loss" if len(base.lrs) > 1 else "single lr"},
       "config": configs.to_dict(base), "study_settings": dataclasses.asdict(spec.study),
       "main_table": tables["main"], "ordering": order, "notes": gap_notes(tables) + outlier_notes(records),
@@ -630,7 +638,7 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
 
 
 MAIN_COLUMNS = {"d": "d", "D": "D", "h": "h", "p": "p", "n_seeds": "seeds", "dl_mean": "D·L mean",
-                "dl_se": "D·L SE", "C_single": "C_single", "C_multi": "C_multi", "mc_single_dl": "MC 1-head",
+                "dl_se": "D·L SE (seeds)", "dl_prompt_se": "SE (prompts)", "C_single": "C_single", "C_multi": "C_multi", "mc_single_dl": "MC 1-head",
                 "mc_pair_dl": "MC pair"}
 
 
@@ -642,8 +650,8 @@ def write_summary_md(summary: dict, path: str) -> str:
   intro = (f"Preset `{summary['preset']}`: {summary['n_groups']} groups in {summary['n_programs']} compiled programs, "
            f"{t['total']:.0f} s on {summary['backend']}. D·L: mean over seeds ± SE (std/√n) of D × the excess "
            f"risk "
-           f"on {summary['protocol']['eval_prompts']} held-out prompts; C_single, C_multi: the theory's O(1/D) "
-           "constants; MC: the best single head / symmetric pair at that finite D (Monte Carlo).")
+           f"on {summary['protocol']['eval_prompts']} held-out prompts shared by the seeds (SE prompts: the sampling "
+           "error of those prompts, which the seed SE leaves out); C_single, C_multi: the theory's O(1/D) constants; MC: the best single head / symmetric pair at that finite D (Monte Carlo).")
   tables = {"Main table": main_rows, "Single vs multi-head": summary["ordering"], "Sweeps": summary["sweeps"],
             "Scenarios": summary["scenarios"], "Ablations": summary["ablations"]}
   return report.write_summary_md(path, "Study 1: multi-head superiority", {k: v for k, v in tables.items() if v},
@@ -655,16 +663,16 @@ def format_summary(summary: dict) -> str:
   lines = [f"\nStudy 1 summary (preset {summary['preset']}, {summary['n_groups']} groups in "
            f"{summary.get('n_programs', summary['n_groups'])} programs, "
            f"{summary['timing_s']['total']:.0f} s on {summary['backend']})"]
-  head = (f"{'d':>3} {'D':>5} {'h':>3} {'D·L mean ± SE':>18} {'C_single':>9} {'C_multi':>8} {'MC 1-head':>10} "
-          f"{'MC pair':>8}")
+  head = (f"{'d':>3} {'D':>5} {'h':>3} {'D·L mean ± SE':>18} {'SE prompts':>10} {'C_single':>9} {'C_multi':>8} "
+          f"{'MC 1-head':>10} {'MC pair':>8}")
   lines.append(head)
   lines.append("-" * len(head))
   for r in summary["main_table"]:
     dl = f"{r['dl_mean']:.3f} ± {r['dl_se']:.3f}"
     mc1 = f"{r['mc_single_dl']:.2f}" if "mc_single_dl" in r else "-"
     mc2 = f"{r['mc_pair_dl']:.2f}" if "mc_pair_dl" in r else "-"
-    lines.append(f"{r['d']:>3} {r['D']:>5} {r['h']:>3} {dl:>18} {r['C_single']:>9.3f} {r['C_multi']:>8.3f} "
-                 f"{mc1:>10} {mc2:>8}")
+    lines.append(f"{r['d']:>3} {r['D']:>5} {r['h']:>3} {dl:>18} {r['dl_prompt_se']:>10.3f} {r['C_single']:>9.3f} "
+                 f"{r['C_multi']:>8.3f} {mc1:>10} {mc2:>8}")
   for o in summary["ordering"]:
     verdict = "multi < single" if o["multi_below_single"] else "multi >= single"
     lines.append(f"d={o['d']} D={o['D']}: single {o['single_dl']:.2f}±{o['single_se']:.2f}, best multi "
