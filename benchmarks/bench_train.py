@@ -67,14 +67,14 @@ def jaxicl_bench(spec: dict, batch: int, dtype: str, chunk: int):
   engine = train.Engine(cfg)
   holder = {"state": engine.init()}
   t0 = time.perf_counter()
-  compiled = engine.lower(holder["state"], chunk).compile()
+  compiled = engine.bind(engine.lower(holder["state"], chunk).compile())
   compile_s = time.perf_counter() - t0
   cost = engine.lower(holder["state"], 1).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", math.nan)) if cost else math.nan
 
   def run() -> None:
-    holder["state"], losses = compiled(holder["state"], engine.task_params)
+    holder["state"], losses = compiled(holder["state"])
     jax.block_until_ready(losses)
 
   run()

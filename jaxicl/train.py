@@ -270,6 +270,11 @@ class Engine:
     """The chunk program of ``length`` steps lowered for ``state`` (for XLA's cost analysis and compile timing)."""
     return self._chunk.lower(state, self.task_params, self.train_mask, length)
 
+  def bind(self, compiled: jax.stages.Compiled) -> Callable[[TrainState], tuple[TrainState, jax.Array]]:
+    """``state -> (state, losses)`` running ``compiled`` (from ``lower(...).compile()``) with this engine's per-run
+    task values and masks."""
+    return lambda state: compiled(state, self.task_params, self.train_mask)
+
 
 # ----------------------------------------------------------------------------- the loop
 

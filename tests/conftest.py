@@ -9,12 +9,19 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tempfile
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:  # run from a checkout without `pip install -e .`
   sys.path.insert(0, REPO)
+
+# One persistent XLA compilation cache for the test session, shared by the xdist workers (and inherited by their
+# subprocesses unless a test sets its own): many tests train the same small programs, which then compile once.
+# Set before jax is imported (it reads JAX_COMPILATION_CACHE_DIR at import); an outer setting wins.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    tempfile.gettempdir(), "jaxicl-tests-" + os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid())), "xla"))
 
 # Tiny shapes compile far longer than they run: cheaper XLA passes keep the study pipelines' tests quick.
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"

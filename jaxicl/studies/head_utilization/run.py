@@ -47,13 +47,9 @@ Presets (``--preset``; each docstring gives the command and expected times), cha
 a ``StudySettings`` field (e.g. ``study.noise_stds=0.1,0.5``, ``study.layers=2,3``, ``study.pto_steps=1,10,inf``).
 The grid's own config fields (``task.noise_var``, ``model.n_layers``, ``model.heads``, ``train.task_variants``)
 are set through ``study.*`` only.
-  * ``tiny``  — about a minute, for the tests; numbers are meaningless.
-  * ``quick`` — d = 8, s = 2, N = 16, 2 layers × 4 heads, 3 seeds, 5000 steps: ~10 minutes estimated on an idle
-    2-core CPU (derived from a measured per-step cost; see README, Study 2).
-  * ``cpu``   — d = 12, s = 3, N = 24, σ ∈ {0.1, 0.5}, 3 layers × 4 heads, 3 seeds: ~60-90 minutes estimated on an
-    idle 2-core CPU, resumable.
-  * ``full``  — the study: d = 20, s = 3, N = 40, σ ∈ {0, 0.1, 0.5}, L ∈ {2, 3, 4} × 8 heads and single-head
-    models, 3 seeds; sized for <= 30 minutes on one H100 (derived from XLA's cost analysis).
+``tiny`` (the tests), ``quick`` (minutes on a CPU), ``cpu`` (about an hour on a CPU, resumable) and ``full`` (the
+study, sized for a GPU): each preset's docstring below is the one place its sizes, command and expected time are
+written (``jaxicl reproduce --list`` prints them).
 """
 
 from __future__ import annotations
