@@ -23,20 +23,6 @@ if REPO not in sys.path:  # run from a checkout without `pip install -e .`
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
     tempfile.gettempdir(), "jaxicl-tests-" + os.environ.get("PYTEST_XDIST_TESTRUNUID", str(os.getpid())), "xla"))
 
-# The longest test files start first: pytest-xdist (--dist loadfile) hands files to workers in collection order, so
-# a long file collected last would run alone at the end.
-LONG_FILES = ("test_train.py", "test_tour.py", "test_accelerator_run.py", "test_learning_speed.py", "test_evaluate.py",
-              "test_sweep.py", "test_head_utilization.py", "test_wheel.py", "test_multihead_superiority.py",
-              "test_faults.py")
-
-
-def pytest_collection_modifyitems(items):
-  def rank(item) -> int:
-    name = os.path.basename(str(item.fspath))
-    return LONG_FILES.index(name) if name in LONG_FILES else len(LONG_FILES)
-  items.sort(key=rank)  # stable: a file's own tests keep their order
-
-
 # Tiny shapes compile far longer than they run: cheaper XLA passes keep the study pipelines' tests quick.
 FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 
