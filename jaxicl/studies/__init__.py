@@ -19,6 +19,19 @@ from typing import Any, Callable
 STUDIES = {"multihead": "jaxicl.studies.multihead.presets", "head-utilization": "jaxicl.studies.head_utilization.run"}
 
 
+def preset_registrar(registry: dict[str, Callable[[], Any]], preset: Callable[..., Any]
+                     ) -> Callable[[Callable[[], tuple]], Callable[[], Any]]:
+  """A decorator registering a function that returns (base config, study settings) as ``registry[its name]``: a
+  function of no arguments returning ``preset(name, docstring, config, settings)``."""
+  def register(fn: Callable[[], tuple]) -> Callable[[], Any]:
+    def make():
+      return preset(fn.__name__, fn.__doc__ or "", *fn())
+    make.__name__, make.__doc__ = fn.__name__, fn.__doc__
+    registry[fn.__name__] = make
+    return make
+  return register
+
+
 def split_overrides(overrides: list[str] | tuple[str, ...], settings: type, grid_fields: dict[str, str], study: str,
                     parse: Callable[[str, str, Any, str], Any] | None = None) -> tuple[list[str], dict[str, Any]]:
   """``--set`` overrides of a study -> (the ``section.field=value`` strings for its base config, {name: value} for

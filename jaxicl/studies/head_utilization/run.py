@@ -72,7 +72,7 @@ from jaxicl import configs, estimators, evaluate, interpret, plotting, report, t
 from jaxicl.files import write_json, write_text
 from jaxicl.models import ModelConfig
 from jaxicl.progress import JobProgress
-from jaxicl.studies import split_overrides
+from jaxicl.studies import preset_registrar, split_overrides
 
 INF = math.inf
 _STEPS = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000, INF)  # T; INF = the T → ∞ limit
@@ -158,15 +158,7 @@ class Preset(NamedTuple):
 
 
 PRESETS: dict[str, Callable[[], Preset]] = {}
-
-
-def _preset(fn: Callable[[], tuple[configs.Config, StudySettings]]) -> Callable[[], Preset]:
-  """Registers ``fn`` (returning the base config and the study settings) as a preset under its name."""
-  def make() -> Preset:
-    return Preset(fn.__name__, fn.__doc__ or "", *fn())
-  make.__name__, make.__doc__ = fn.__name__, fn.__doc__
-  PRESETS[fn.__name__] = make
-  return make
+_preset = preset_registrar(PRESETS, Preset)  # @_preset: fn() -> (base config, settings)
 
 
 def _sparse_gpt2(d: int, sparsity: int, n_points: int, width: int) -> tuple[tasks.TaskConfig, ModelConfig]:

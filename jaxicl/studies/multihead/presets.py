@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from jaxicl import configs, tasks
 from jaxicl.models import ModelConfig
-from jaxicl.studies import split_overrides
+from jaxicl.studies import preset_registrar, split_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,15 +159,7 @@ class Preset(NamedTuple):
 
 
 PRESETS: dict[str, Callable[[], Preset]] = {}
-
-
-def _preset(fn: Callable[[], tuple[configs.Config, StudySettings]]) -> Callable[[], Preset]:
-  """Registers ``fn`` (returning the base config and the grid) as a preset under its name."""
-  def make() -> Preset:
-    return Preset(fn.__name__, fn.__doc__ or "", *fn())
-  make.__name__, make.__doc__ = fn.__name__, fn.__doc__
-  PRESETS[fn.__name__] = make
-  return make
+_preset = preset_registrar(PRESETS, Preset)  # @_preset: fn() -> (base config, settings)
 
 
 def _base(p: int, *, lr: float, steps: int, batch_size: int, seeds: tuple[int, ...], log_every: int,
