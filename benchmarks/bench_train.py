@@ -3,6 +3,8 @@
 For each model (``small``: d=5, N=11, GPT-2 2 layers × 4 heads × 64, the learning-speed setting;
 ``standard``: Garg et al.'s d=20, N=41, 12 × 8 × 256) at one batch size, on whatever device runs it:
 
+  * jaxicl as its CLI trains (one CPU device per core, ``jaxicl.cli``; the batch sharded over them) and, on a
+    CPU, also on JAX's single CPU device;
   * compile time of one jaxicl training program (lower + compile of a ``--chunk``-step scan), and of
     ``torch.compile`` (its first steps);
   * steps/s and prompts/s: the median of ``--repeats`` interleaved timings (jaxicl chunk, torch eager,
@@ -56,15 +58,16 @@ def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
   return 2 * n**3 / best
 
 
-def jaxicl_bench(spec: dict, batch: int, dtype: str, chunk: int):
-  """(step closure, compile seconds, FLOPs per step) of jaxicl's compiled training chunk for ``spec``."""
+def jaxicl_bench(spec: dict, batch: int, dtype: str, chunk: int, devices: list | None = None):
+  """(step closure, compile seconds, FLOPs per step) of jaxicl's compiled training chunk for ``spec`` on
+  ``devices`` (default: as the CLI trains, ``train.fit_devices``)."""
   from jaxicl import configs, train
   cfg = configs.get_config("tiny", [
       f"task.d={spec['d']}", f"task.n_points={spec['n_points']}", "task.w_var=1.0", f"model.width={spec['width']}",
       f"model.n_layers={spec['layers']}", f"model.heads={spec['heads']}", f"model.max_points={spec['n_points']}",
       "model.mlp=true", f"model.dtype={dtype}", f"optim.lr={spec['lr']}", f"train.batch_size={batch}",
       f"train.log_every={chunk}"])
-  engine = train.Engine(cfg)
+  engine = train.Engine(cfg, devices)
   holder = {"state": engine.init()}
   t0 = time.perf_counter()
   compiled = engine.bind(engine.lower(holder["state"], chunk).compile())
@@ -138,6 +141,9 @@ def bench_model(name: str, batch: int, dtype: str, chunk: int, repeats: int, com
   spec = MODELS[name]
   ours, compile_s, flops = jaxicl_bench(spec, batch, dtype, chunk)
   impls = {"jaxicl": (lambda: ours(), chunk, compile_s)}
+  if jax.default_backend() == "cpu" and len(jax.devices()) > 1:  # the same on JAX's single CPU device
+    one, one_compile_s, _ = jaxicl_bench(spec, batch, dtype, chunk, jax.devices()[:1])
+    impls["jaxicl, 1 CPU device"] = (lambda: one(), chunk, one_compile_s)
   threads = None
   have_torch = importlib.util.find_spec("torch") is not None
   if have_torch:
@@ -153,7 +159,7 @@ def bench_model(name: str, batch: int, dtype: str, chunk: int, repeats: int, com
   per_step = {k: [] for k in impls}
   for _ in range(repeats):
     for impl, (fn, steps_per_call, _) in impls.items():
-      calls = 1 if impl == "jaxicl" else chunk
+      calls = 1 if impl.startswith("jaxicl") else chunk
       t0 = time.perf_counter()
       for _ in range(calls):
         fn()
@@ -163,7 +169,7 @@ def bench_model(name: str, batch: int, dtype: str, chunk: int, repeats: int, com
     sec = statistics.median(per_step[impl])
     rows.append({"model": name, "impl": impl, "batch": batch, "dtype": dtype, "compile_s": comp,
                  "steps_per_s": 1 / sec, "prompts_per_s": batch / sec, "sec_per_step": sec, "flops_per_step": flops,
-                 "torch_threads": threads if impl != "jaxicl" else None})
+                 "torch_threads": threads if not impl.startswith("jaxicl") else None})
   return rows
 
 
@@ -188,6 +194,10 @@ def main() -> None:
     if getattr(args, flag) < 1:
       parser.error(f"--{flag}={getattr(args, flag)}: must be >= 1")
 
+  from jaxicl import cli
+  count = cli.cpu_device_count()  # as the jaxicl program does: one CPU device per core (no effect on accelerators)
+  if count is not None:
+    jax.config.update("jax_num_cpu_devices", count)
   peak = matmul_peak(args.dtype)
   rows = []
   for name in args.models.split(","):
@@ -220,7 +230,7 @@ def main() -> None:
     for r in rows:
       if r["model"] != "small":
         continue
-      steps = ours_steps if r["impl"] == "jaxicl" else ref_steps
+      steps = ours_steps if r["impl"].startswith("jaxicl") else ref_steps
       if steps is not None and math.isfinite(steps):
         r["steps_to_result"] = steps
         r["time_to_result_s"] = r["compile_s"] + steps * r["sec_per_step"]

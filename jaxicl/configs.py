@@ -102,7 +102,7 @@ class TrainConfig:
   log_every: int = 100
   ckpt_every: int = 0  # 0: only at the end; must be a multiple of log_every
   keep_ckpts: int = 3
-  shard: str = "auto"  # batch: split each batch over devices; runs: split the runs; auto: runs if divisible
+  shard: str = "auto"  # batch: split each batch over devices; runs: split the runs; auto: see train.fit_devices
   eval_prompts: int = 1024
 
   def __post_init__(self):

@@ -9,6 +9,10 @@ program): they become ``train.task_variants``. Other keys (model shapes, d, sche
 groups. Each group trains in its own workdir under ``out/groups/``, so an interrupted sweep resumes
 mid-group from its checkpoints and skips finished groups. Results: ``out/results.csv`` and ``.json``,
 one row per (grid point, seed).
+
+A group with many seeds need not be one program: ``runs_per_program`` (``choose_runs_per_program``) splits its
+seeds into programs of equal size that fit in memory and are no slower per run-step than larger ones; the
+choice is written beside the group's workdirs, so a resumed sweep splits it the same way.
 """
 
 from __future__ import annotations
@@ -17,9 +21,14 @@ import csv
 import hashlib
 import io
 import itertools
+import dataclasses
 import json
+import math
 import os
+import time
 from typing import Any
+
+import jax
 
 import numpy as np
 
@@ -76,6 +85,82 @@ def _group_dir(out: str, cfg: configs.Config) -> str:
   return os.path.join(out, "groups", digest)
 
 
+def split_seeds(cfg: configs.Config, runs_per_program: int) -> list[configs.Config]:
+  """``cfg`` as consecutive slices of its seeds, as few as keep each program at most ``runs_per_program`` runs
+  and as equal as possible (every lr and task variant of a seed stay together: at least one seed per program)."""
+  per_seed = len(cfg.runs) // len(cfg.train.seeds)
+  seeds = cfg.train.seeds
+  n_programs = math.ceil(len(seeds) / max(1, runs_per_program // per_seed))
+  n = math.ceil(len(seeds) / n_programs)  # balanced: 9 seeds at 4 per program -> 3 programs of 3
+  return [_with_seeds(cfg, seeds[i:i + n]) for i in range(0, len(seeds), n)]
+
+
+def _with_seeds(cfg: configs.Config, seeds: tuple[int, ...]) -> configs.Config:
+  return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seeds=tuple(seeds)))
+
+
+def program_bytes(cfg: configs.Config) -> int:
+  """Bytes one training step of ``cfg``'s program holds (XLA's memory analysis: arguments + outputs − aliased
+  + temporaries), compiled for the abstract state (nothing allocated)."""
+  engine = train.Engine(cfg)
+  m = engine.lower(engine.abstract_state(), 1).compile().memory_analysis()
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
+
+
+def memory_budget(devices: list, fraction: float = 0.5) -> int:
+  """``fraction`` of the memory the devices hold: their ``bytes_limit`` (accelerators) or the host's RAM (CPU
+  devices share it)."""
+  limits = [(d.memory_stats() or {}).get("bytes_limit") for d in devices]
+  if all(limits):
+    return int(fraction * sum(limits))
+  return int(fraction * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def run_steps_per_s(cfg: configs.Config, steps: int = 10, repeats: int = 2) -> float:
+  """Measured run-steps/s of ``cfg``'s training program (best of ``repeats`` timed chunks after a warm one)."""
+  engine = train.Engine(cfg)
+  state = engine.init()
+  chunk = engine.bind(engine.lower(state, steps).compile())
+  best = math.inf
+  for _ in range(repeats + 1):
+    t0 = time.perf_counter()
+    state, losses = chunk(state)
+    jax.block_until_ready(losses)
+    best = min(best, time.perf_counter() - t0)
+  return steps * len(cfg.runs) / best
+
+
+def choose_runs_per_program(cfg: configs.Config, devices: list | None = None, memory_fraction: float = 0.5,
+                            min_gain: float = 1.1) -> dict[str, Any]:
+  """How many runs of the group ``cfg`` to vmap per program: {"runs_per_program", "bytes_per_seed",
+  "measured": {runs: run-steps/s}}.
+
+  Memory: XLA's bytes for one seed's program × seeds stay within ``memory_budget(devices, memory_fraction)``;
+  that many seeds (``c``) is the first candidate. Throughput: programs of c, c/2, c/4, … seeds (not fewer than
+  the n devices) are timed in turn while each halving gains ≥ ``min_gain``× run-steps/s; the last one that
+  gained wins. Every program costs a trace, an evaluation and checkpoints, so the largest program is kept unless
+  a smaller one is measurably faster per run-step (on a CPU, one run per core device already keeps the cores
+  busy and a bigger vmap neither gains nor loses; on an accelerator a bigger vmap gains until the device
+  saturates). A group of fewer than 4n seeds stays one program (nothing measured).
+  """
+  devices = devices or jax.devices()
+  n_seeds = len(cfg.train.seeds)
+  per_seed = len(cfg.runs) // n_seeds
+  if n_seeds < 4 * len(devices):
+    return {"runs_per_program": len(cfg.runs), "bytes_per_seed": None, "measured": {}}
+  first = lambda c: _with_seeds(cfg, cfg.train.seeds[:c])  # a program of the group's first c seeds
+  bytes_per_seed = program_bytes(first(1))
+  best = int(max(1, min(n_seeds, memory_budget(devices, memory_fraction) // max(bytes_per_seed, 1))))
+  measured = {best * per_seed: run_steps_per_s(first(best))}
+  while best // 2 >= len(devices):
+    c = best // 2
+    measured[c * per_seed] = run_steps_per_s(first(c))
+    if measured[c * per_seed] < min_gain * measured[best * per_seed]:
+      break
+    best = c
+  return {"runs_per_program": best * per_seed, "bytes_per_seed": bytes_per_seed, "measured": measured}
+
+
 def run_group(cfg: configs.Config, workdir: str, progress: bool | Bar | None = False) -> list[dict[str, Any]]:
   """Trains (or resumes, or just reads) one group; one result row per run. ``progress``: as ``train.train``'s
   (a job's bar is advanced by the group's steps, also when the finished group is only read)."""
@@ -103,22 +188,54 @@ def run_group(cfg: configs.Config, workdir: str, progress: bool | Bar | None = F
   return rows
 
 
+def group_split(cfg: configs.Config, out: str, choice: int | str | None = "auto") -> dict[str, Any]:
+  """The group's split: ``choice`` runs per program (an int), all at once (None or "all"), or "auto":
+  ``choose_runs_per_program``, measured once and kept in ``out/plans/<group>.json`` for resumed sweeps."""
+  if choice is None or choice == "all" or len(cfg.train.seeds) == 1:
+    return {"runs_per_program": len(cfg.runs)}
+  if choice != "auto":
+    if isinstance(choice, bool) or not isinstance(choice, int) or choice < 1:
+      raise ValueError(f"runs_per_program={choice!r}: expected an integer >= 1, 'auto' or 'all'")
+    return {"runs_per_program": choice}
+  path = os.path.join(out, "plans", os.path.basename(_group_dir(out, cfg)) + ".json")
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  chosen = choose_runs_per_program(cfg)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  files.write_json(path, chosen)
+  return chosen
+
+
+def run_split_group(cfg: configs.Config, out: str, k: int, progress: Bar | None = None) -> list[dict[str, Any]]:
+  """``run_group`` over ``split_seeds(cfg, k)``, each program in its own workdir; rows in ``cfg.runs`` order."""
+  by_run = {}
+  for part in split_seeds(cfg, k):
+    for r, row in enumerate(run_group(part, _group_dir(out, part), progress=progress)):
+      by_run[(part.run_variants[r], row["optim.lr"], row["seed"])] = row
+  return [by_run[(v, lr, seed)] for v, (seed, lr) in zip(cfg.run_variants, cfg.runs)]
+
+
 def run_sweep(config: str, grid: list[str], n_seeds: int, out: str, overrides: list[str] | tuple[str, ...] = (),
-              progress: bool = True) -> list[dict[str, Any]]:
+              progress: bool = True, runs_per_program: int | str | None = "auto") -> list[dict[str, Any]]:
   """``jaxicl sweep``: runs every group (skipping finished ones); writes and returns the results table.
 
-  ``progress``: one bar over all groups' steps (loss in its postfix) and one line per finished group."""
+  ``runs_per_program``: how each group's runs are split into programs (``group_split``); ``progress``:
+  one bar over all programs' steps (loss in its postfix) and one line per finished group."""
   groups = plan(config, parse_grid(grid), n_seeds, overrides)
   os.makedirs(out, exist_ok=True)
+  splits = [group_split(cfg, out, runs_per_program)["runs_per_program"] for _, cfg in groups]
+  total = sum(cfg.train.steps * len(split_seeds(cfg, k)) for (_, cfg), k in zip(groups, splits))
   rows: list[dict[str, Any]] = []
-  with JobProgress(sum(cfg.train.steps for _, cfg in groups), "sweep", enabled=progress) as job:
-    for i, (assignment, cfg) in enumerate(groups):
+  with JobProgress(total, "sweep", enabled=progress) as job:
+    for i, ((assignment, cfg), k) in enumerate(zip(groups, splits)):
       job.stage(f"group {i + 1}/{len(groups)}")
-      group_rows = run_group(cfg, _group_dir(out, cfg), progress=job.bar)
+      group_rows = run_split_group(cfg, out, k, progress=job.bar)
       rows += [{**assignment, **row} for row in group_rows]
       losses = [r["final_loss"] for r in group_rows]
-      job.line(f"[sweep] group {i + 1}/{len(groups)} {assignment or '(base)'}: {len(cfg.runs)} runs in one "
-               f"program; final loss {min(losses):.4g} to {max(losses):.4g}")
+      n_prog = len(split_seeds(cfg, k))
+      job.line(f"[sweep] group {i + 1}/{len(groups)} {assignment or '(base)'}: {len(cfg.runs)} runs in {n_prog} "
+               f"program{'s' if n_prog > 1 else ''}; final loss {min(losses):.4g} to {max(losses):.4g}")
   files.write_json(os.path.join(out, "results.json"), rows)
   buf = io.StringIO()
   writer = csv.DictWriter(buf, fieldnames=list(rows[0]))

@@ -202,13 +202,28 @@ def shard_mode(cfg: configs.Config, n_devices: int) -> str:
   return mode
 
 
+def fit_devices(cfg: configs.Config, devices: list) -> list:
+  """The devices an Engine shards over when none are named: all of ``devices`` when the sharded axis divides
+  over them, else (``train.shard='auto'`` only) the most that runs or batch divide, runs first at each count
+  (3 runs, batch 32 on 4 devices: the batch over 4; 3 runs, batch 5: the runs over 3). An explicit mode keeps
+  all devices and ``shard_mode``'s error when its axis does not divide."""
+  if cfg.train.shard != "auto":
+    return list(devices)
+  n_runs, batch = len(cfg.runs), cfg.train.batch_size
+  k = next(k for k in range(len(devices), 0, -1) if n_runs % k == 0 or batch % k == 0)
+  return list(devices)[:k]
+
+
 class Engine:
-  """Compiled pieces of one config: ``init()`` -> state, ``run_chunk(state, K)`` -> (state, losses [K, R])."""
+  """Compiled pieces of one config: ``init()`` -> state, ``run_chunk(state, K)`` -> (state, losses [K, R]).
+
+  ``devices``: the devices to shard over (``train.shard``); default ``fit_devices(cfg, jax.devices())``."""
 
   def __init__(self, cfg: configs.Config, devices: list | None = None):
     self.cfg = cfg
     self.model = build_model(cfg.model, cfg.task)
-    devices = devices or jax.devices()
+    devices = list(devices) if devices else fit_devices(cfg, jax.devices())
+    self.devices = devices
     self.mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
                              axis_types=(jax.sharding.AxisType.Auto,))
     self.mode = shard_mode(cfg, len(devices))

@@ -3,6 +3,7 @@
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -76,3 +77,53 @@ def test_sweep_over_freeze_is_one_program_with_per_run_masks(tmp_path):
   w_in, w0 = np.asarray(result.state.params["W_in"]["kernel"]), np.asarray(init.params["W_in"]["kernel"])
   np.testing.assert_array_equal(w_in[2:], w0[2:])
   assert not np.allclose(w_in[:2], w0[:2])
+
+
+def test_split_seeds_balances_programs_and_keeps_a_seeds_runs_together():
+  cfg = configs.get_config("tiny", ["train.seeds=" + ",".join(map(str, range(9))), "train.lrs=0.001,0.003"])
+  parts = sweep.split_seeds(cfg, 8)  # 2 runs per seed: at most 4 seeds per program -> 3 programs of 3
+  assert [p.train.seeds for p in parts] == [(0, 1, 2), (3, 4, 5), (6, 7, 8)]
+  assert all(p.lrs == cfg.lrs for p in parts)
+  assert [p.train.seeds for p in sweep.split_seeds(cfg, 1)] == [(s,) for s in range(9)]  # never below one seed
+  assert sweep.split_seeds(cfg, 100) == [cfg]
+
+
+@pytest.mark.parametrize("seeds,rates,budget_seeds,want,timed", [
+    (8, {8: 100.0, 4: 104.0}, 99, 8, [8, 4]),  # halving gains < 10 %: keep the largest program
+    (8, {8: 100.0, 4: 150.0, 2: 200.0, 1: 210.0}, 99, 2, [8, 4, 2, 1]),  # gains down to 2 seeds
+    (8, {8: 100.0, 4: 150.0, 2: 200.0, 1: 300.0}, 99, 1, [8, 4, 2, 1]),
+    (5, {2: 100.0, 1: 100.0}, 2, 2, [2, 1]),  # memory for 2 seeds only
+    (5, {1: 100.0}, 1, 1, [1]),
+    (3, {}, 99, 3, []),  # fewer than 4 seeds per device: one program, nothing measured
+])
+def test_runs_per_program_follows_memory_and_measured_throughput(monkeypatch, seeds, rates, budget_seeds, want,
+                                                                 timed):
+  cfg = configs.get_config("tiny", ["train.seeds=" + ",".join(map(str, range(seeds)))])
+  timed_runs = []
+
+  def fake_rate(c):
+    timed_runs.append(len(c.runs))
+    return rates[len(c.runs)]
+  monkeypatch.setattr(sweep, "run_steps_per_s", fake_rate)
+  monkeypatch.setattr(sweep, "program_bytes", lambda c: 1000)
+  monkeypatch.setattr(sweep, "memory_budget", lambda devices, fraction: 1000 * budget_seeds)
+  chosen = sweep.choose_runs_per_program(cfg, devices=jax.devices()[:1])
+  assert chosen["runs_per_program"] == want and timed_runs == timed
+
+
+def test_split_sweep_equals_one_program_and_resumes_with_the_same_split(tmp_path, monkeypatch):
+  args = ("tiny", ["optim.lr=0.001,0.003"], 4)
+  whole = sweep.run_sweep(*args, str(tmp_path / "whole"), BASE, progress=False, runs_per_program="all")
+  split = sweep.run_sweep(*args, str(tmp_path / "split"), BASE, progress=False, runs_per_program=4)  # 2 seeds each
+  assert len(os.listdir(tmp_path / "split" / "groups")) == 2
+  assert [(r["seed"], r["optim.lr"]) for r in split] == [(r["seed"], r["optim.lr"]) for r in whole]
+  np.testing.assert_allclose([r["final_loss"] for r in split], [r["final_loss"] for r in whole], rtol=1e-4)
+  # auto: 2 seeds (4 runs) per program measured fastest -> the same programs, found finished; the choice is kept
+  # beside the group, so a resumed sweep splits it (and finds its workdirs) the same way without measuring again
+  monkeypatch.setattr(sweep, "run_steps_per_s", lambda c: {8: 10.0, 4: 20.0, 2: 21.0}[len(c.runs)])
+  monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("finished programs trained again"))
+  assert sweep.run_sweep(*args, str(tmp_path / "split"), BASE, progress=False) == split
+  monkeypatch.setattr(sweep, "run_steps_per_s", lambda c: pytest.fail("a resumed sweep measured again"))
+  assert sweep.run_sweep(*args, str(tmp_path / "split"), BASE, progress=False) == split
+  (plan_file,) = os.listdir(tmp_path / "split" / "plans")
+  assert json.load(open(tmp_path / "split" / "plans" / plan_file))["runs_per_program"] == 4  # 2 seeds × 2 lrs

@@ -173,10 +173,14 @@ def test_killed_run_resumes_bit_exactly(tmp_path):
   assert proc.poll() is None, "the run finished before it could be killed"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  cfg = _tiny(*overrides)
-  resumed = train.train(cfg, workdir)
-  assert resumed.history[-1]["step"] == 1200
-  straight = train.train(cfg)
+  # Resumed and straight runs both as the CLI program: the same devices (one CPU device per core), so the same
+  # float reductions as the killed process.
+  straight_dir = str(tmp_path / "straight")
+  for cmd in (cmd, [a if a != workdir else straight_dir for a in cmd]):
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=300)
+  resumed, straight = train.load_run(workdir), train.load_run(straight_dir)
+  assert int(np.asarray(resumed.state.step)[0]) == 1200
+  assert [r["step"] for r in resumed.history] == [r["step"] for r in straight.history]
   for a, b in zip(_leaves(resumed.state.params), _leaves(straight.state.params)):
     np.testing.assert_array_equal(a, b)
 
@@ -207,6 +211,39 @@ def test_sharded_over_four_cpu_devices_equals_single_device():
   assert out["devices"] == 4
   assert out["runs"]["n_shards"] == 4  # params of the 4 runs live on 4 devices
   assert out["batch"]["max_diff"] < 1e-4 and out["runs"]["max_diff"] < 1e-5, out
+
+
+@pytest.mark.parametrize("seeds,batch,shard,n_dev,want", [
+    ("0,1,2", 32, "auto", 2, (2, "batch")),  # runs do not divide, the batch does
+    ("0,1,2,3", 32, "auto", 2, (2, "runs")),
+    ("0,1,2", 5, "auto", 4, (3, "runs")),  # neither divides 4: the most devices that one of them divides
+    ("0", 7, "auto", 2, (1, "runs")),
+    ("0,1,2", 32, "batch", 4, (4, "batch")),  # an explicit mode keeps every device
+])
+def test_fit_devices_uses_the_most_devices_an_axis_divides(seeds, batch, shard, n_dev, want):
+  cfg = _tiny(f"train.seeds={seeds}", f"train.batch_size={batch}", f"train.shard={shard}")
+  fitted = train.fit_devices(cfg, [f"dev{i}" for i in range(n_dev)])
+  assert fitted == [f"dev{i}" for i in range(want[0])]
+  assert train.shard_mode(cfg, len(fitted)) == want[1]
+
+
+def test_cli_program_trains_on_one_cpu_device_per_core(tmp_path):
+  """``python -m jaxicl.cli`` asks JAX for JAXICL_CPU_DEVICES CPU devices and the engine shards over them."""
+  from jaxicl import cli
+  assert cli.cpu_device_count({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}) is None
+  assert cli.cpu_device_count({cli.CPU_DEVICES_ENV: "3"}) == 3
+  assert cli.cpu_device_count({}) == len(os.sched_getaffinity(0))
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  env.pop("XLA_FLAGS", None)
+  cmd = [sys.executable, "-m", "jaxicl.cli", "train", "--config", "tiny", "--quiet", "--set", "train.steps=2",
+         "--set", "train.log_every=1", "--set", "train.seeds=0,1,2"]
+  for n, want in (("2", 2), ("3", 3)):  # 3 runs, batch 32: the batch over 2 devices, the runs over 3
+    proc = subprocess.run(cmd + ["--workdir", str(tmp_path / n)], cwd=REPO, env={**env, cli.CPU_DEVICES_ENV: n}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["devices"] == want
+  proc = subprocess.run(cmd + ["--workdir", str(tmp_path / "0")], cwd=REPO, env={**env, cli.CPU_DEVICES_ENV: "0"}, capture_output=True, text=True)
+  assert proc.returncode == 2 and proc.stderr.strip() == "jaxicl: error: JAXICL_CPU_DEVICES='0': expected an integer >= 1"
 
 
 def test_uneven_sharding_is_a_clear_error():
