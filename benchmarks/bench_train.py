@@ -72,7 +72,8 @@ def jaxicl_bench(spec: dict, batch: int, dtype: str, chunk: int, devices: list |
   t0 = time.perf_counter()
   compiled = engine.bind(engine.lower(holder["state"], chunk).compile())
   compile_s = time.perf_counter() - t0
-  cost = engine.lower(holder["state"], 1).compile().cost_analysis()
+  one = engine if len(engine.devices) == 1 else train.Engine(cfg, engine.devices[:1])  # sharded: per-device flops
+  cost = one.lower(one.abstract_state(), 1).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", math.nan)) if cost else math.nan
 

@@ -100,10 +100,11 @@ def _with_seeds(cfg: configs.Config, seeds: tuple[int, ...]) -> configs.Config:
 
 
 def program_bytes(cfg: configs.Config) -> int:
-  """Bytes one training step of ``cfg``'s program holds (XLA's memory analysis: arguments + outputs − aliased
-  + temporaries), compiled for the abstract state (nothing allocated)."""
+  """Bytes ``cfg``'s training program holds (XLA's memory analysis: arguments + outputs − aliased + temporaries),
+  compiled for the abstract state (nothing allocated) at its chunk length, so that with the persistent
+  compilation cache the training that follows reads this compilation instead of compiling again."""
   engine = train.Engine(cfg)
-  m = engine.lower(engine.abstract_state(), 1).compile().memory_analysis()
+  m = engine.lower(engine.abstract_state(), min(cfg.train.log_every, cfg.train.steps)).compile().memory_analysis()
   return int(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes + m.temp_size_in_bytes)
 
 
@@ -131,34 +132,38 @@ def run_steps_per_s(cfg: configs.Config, steps: int = 10, repeats: int = 2) -> f
 
 
 def choose_runs_per_program(cfg: configs.Config, devices: list | None = None, memory_fraction: float = 0.5,
-                            min_gain: float = 1.1) -> dict[str, Any]:
-  """How many runs of the group ``cfg`` to vmap per program: {"runs_per_program", "bytes_per_seed",
-  "measured": {runs: run-steps/s}}.
+                            min_gain: float = 1.1, measure: bool | None = None) -> dict[str, Any]:
+  """How many runs of the group ``cfg`` to vmap per program: {"runs_per_program", "bytes", "measured":
+  {runs: run-steps/s}}.
 
-  Memory: XLA's bytes for one seed's program × seeds stay within ``memory_budget(devices, memory_fraction)``;
-  that many seeds (``c``) is the first candidate. Throughput: programs of c, c/2, c/4, … seeds (not fewer than
-  the n devices) are timed in turn while each halving gains ≥ ``min_gain``× run-steps/s; the last one that
-  gained wins. Every program costs a trace, an evaluation and checkpoints, so the largest program is kept unless
-  a smaller one is measurably faster per run-step (on a CPU, one run per core device already keeps the cores
-  busy and a bigger vmap neither gains nor loses; on an accelerator a bigger vmap gains until the device
-  saturates). A group of fewer than 4n seeds stays one program (nothing measured).
+  Memory: all seeds, or as many as fit in ``memory_budget(devices, memory_fraction)`` at XLA's bytes for the
+  group's program ÷ seeds. Throughput (``measure``; default: on accelerators): programs of c, c/2, c/4, … seeds
+  (not fewer than the n devices) are timed in turn while each halving gains ≥ ``min_gain``× run-steps/s; the
+  last one that gained wins. Every program costs a trace, an evaluation and checkpoints, so the largest program is
+  kept unless a smaller one is measurably faster per run-step. On a CPU it is not timed: with one device per core,
+  a bigger vmap neither gains nor loses there (``benchmarks/bench_sweep.py``), while the timing costs two compiles.
+  A group of fewer than 4n seeds stays one program.
   """
   devices = devices or jax.devices()
   n_seeds = len(cfg.train.seeds)
   per_seed = len(cfg.runs) // n_seeds
   if n_seeds < 4 * len(devices):
-    return {"runs_per_program": len(cfg.runs), "bytes_per_seed": None, "measured": {}}
+    return {"runs_per_program": len(cfg.runs), "bytes": None, "measured": {}}
+  if measure is None:
+    measure = jax.default_backend() != "cpu"
   first = lambda c: _with_seeds(cfg, cfg.train.seeds[:c])  # a program of the group's first c seeds
-  bytes_per_seed = program_bytes(first(1))
-  best = int(max(1, min(n_seeds, memory_budget(devices, memory_fraction) // max(bytes_per_seed, 1))))
-  measured = {best * per_seed: run_steps_per_s(first(best))}
-  while best // 2 >= len(devices):
-    c = best // 2
-    measured[c * per_seed] = run_steps_per_s(first(c))
-    if measured[c * per_seed] < min_gain * measured[best * per_seed]:
-      break
-    best = c
-  return {"runs_per_program": best * per_seed, "bytes_per_seed": bytes_per_seed, "measured": measured}
+  total = program_bytes(cfg)
+  best = int(min(n_seeds, max(1, memory_budget(devices, memory_fraction) * n_seeds // max(total, 1))))
+  measured: dict[int, float] = {}
+  if measure:
+    measured[best * per_seed] = run_steps_per_s(first(best))
+    while best // 2 >= len(devices):
+      c = best // 2
+      measured[c * per_seed] = run_steps_per_s(first(c))
+      if measured[c * per_seed] < min_gain * measured[best * per_seed]:
+        break
+      best = c
+  return {"runs_per_program": best * per_seed, "bytes": total, "measured": measured}
 
 
 def run_group(cfg: configs.Config, workdir: str, progress: bool | Bar | None = False) -> list[dict[str, Any]]:

@@ -95,6 +95,7 @@ def test_split_seeds_balances_programs_and_keeps_a_seeds_runs_together():
     (5, {2: 100.0, 1: 100.0}, 2, 2, [2, 1]),  # memory for 2 seeds only
     (5, {1: 100.0}, 1, 1, [1]),
     (3, {}, 99, 3, []),  # fewer than 4 seeds per device: one program, nothing measured
+    (8, None, 3, 3, []),  # not timed (a CPU's default): as many seeds as memory holds
 ])
 def test_runs_per_program_follows_memory_and_measured_throughput(monkeypatch, seeds, rates, budget_seeds, want,
                                                                  timed):
@@ -105,9 +106,9 @@ def test_runs_per_program_follows_memory_and_measured_throughput(monkeypatch, se
     timed_runs.append(len(c.runs))
     return rates[len(c.runs)]
   monkeypatch.setattr(sweep, "run_steps_per_s", fake_rate)
-  monkeypatch.setattr(sweep, "program_bytes", lambda c: 1000)
+  monkeypatch.setattr(sweep, "program_bytes", lambda c: 1000 * len(c.train.seeds))
   monkeypatch.setattr(sweep, "memory_budget", lambda devices, fraction: 1000 * budget_seeds)
-  chosen = sweep.choose_runs_per_program(cfg, devices=jax.devices()[:1])
+  chosen = sweep.choose_runs_per_program(cfg, devices=jax.devices()[:1], measure=rates is not None)
   assert chosen["runs_per_program"] == want and timed_runs == timed
 
 
@@ -121,6 +122,8 @@ def test_split_sweep_equals_one_program_and_resumes_with_the_same_split(tmp_path
   # auto: 2 seeds (4 runs) per program measured fastest -> the same programs, found finished; the choice is kept
   # beside the group, so a resumed sweep splits it (and finds its workdirs) the same way without measuring again
   monkeypatch.setattr(sweep, "run_steps_per_s", lambda c: {8: 10.0, 4: 20.0, 2: 21.0}[len(c.runs)])
+  choose = sweep.choose_runs_per_program
+  monkeypatch.setattr(sweep, "choose_runs_per_program", lambda c: choose(c, measure=True))
   monkeypatch.setattr(train, "train", lambda *a, **k: pytest.fail("finished programs trained again"))
   assert sweep.run_sweep(*args, str(tmp_path / "split"), BASE, progress=False) == split
   monkeypatch.setattr(sweep, "run_steps_per_s", lambda c: pytest.fail("a resumed sweep measured again"))
