@@ -7,7 +7,7 @@
 #   bash benchmarks/accelerator_run.sh              # on a GPU/TPU machine; repeat until it prints "all done"
 #   bash benchmarks/accelerator_run.sh --dry-run    # the same steps at tiny sizes on any machine (CI)
 #
-# Budget on one H100 (estimated from the presets' docstrings): benchmark ~5 min, study 1 full and study 2 full
+# Budget on one H100 (estimated from the presets' docstrings): benchmarks ~8 min, study 1 full and study 2 full
 # within ~30 min together.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +45,8 @@ else
     --json "$OUT/bench_b64.json"
   step bench_bf16 $PY benchmarks/bench_train.py --models standard --batch 1024 --dtype bfloat16 \
     --no-time-to-result --md "$OUT/bench_b1024_bf16.md" --json "$OUT/bench_b1024_bf16.json"
+  step bench_sweep $PY benchmarks/bench_sweep.py --seeds 1,8,64 --steps 1000 --md "$OUT/bench_sweep.md" \
+    --json "$OUT/bench_sweep.json"
   step multihead $PY -m jaxicl.cli reproduce multihead --preset full --out "$OUT/multihead_full"
   step head_utilization $PY -m jaxicl.cli reproduce head-utilization --preset full --out "$OUT/head_utilization_full"
 fi

@@ -3,7 +3,8 @@
 The model is bench_train.py's ``small`` (d=5, N=11, GPT-2 2 layers × 4 heads × 64, batch 64), trained ``--steps``
 steps per run. For each seed count the sweep runs cold (a fresh output folder and compilation cache, so compile
 time is counted; ``python -m jaxicl.cli sweep`` in a subprocess, as a user runs it) with its runs split into programs by ``--runs-per-program auto`` (measured, jaxicl.sweep) and
-with all runs in one program, on the devices the jaxicl program uses (one per CPU core on a CPU, jaxicl.cli).
+with all runs in one program, on the devices the jaxicl program uses (one per CPU core on a CPU, jaxicl.cli) and,
+on a CPU, also on JAX's single CPU device.
 The reference column is one PyTorch eager run after another (the best thread count of 1..nproc): its runs/s is
 its measured steps/s ÷ ``--steps``.
 
@@ -30,7 +31,8 @@ import jax
 import bench_train
 
 
-def sweep_runs_per_s(n_seeds: int, steps: int, batch: int, runs_per_program: str) -> dict:
+def sweep_runs_per_s(n_seeds: int, steps: int, batch: int, runs_per_program: str, cpu_devices: str | None = None
+                     ) -> dict:
   """Wall time of one cold ``jaxicl sweep`` program (a fresh output folder and compilation cache) of ``n_seeds``
   seeds; runs/s and the programs it split into."""
   spec = bench_train.MODELS["small"]
@@ -44,6 +46,8 @@ def sweep_runs_per_s(n_seeds: int, steps: int, batch: int, runs_per_program: str
            "--runs-per-program", runs_per_program, "--quiet"] + sum((["--set", x] for x in sets), [])
     env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     env["JAXICL_COMPILATION_CACHE"] = os.path.join(tmp, "xla")
+    if cpu_devices is not None:
+      env["JAXICL_CPU_DEVICES"] = cpu_devices
     t0 = time.perf_counter()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -55,7 +59,8 @@ def sweep_runs_per_s(n_seeds: int, steps: int, batch: int, runs_per_program: str
     for name in os.listdir(plans) if os.path.isdir(plans) else []:
       with open(os.path.join(plans, name)) as f:
         measured = json.load(f)["measured"]
-  return {"seeds": n_seeds, "split": runs_per_program, "programs": n_programs, "wall_s": wall,
+  return {"seeds": n_seeds, "split": runs_per_program + ("" if cpu_devices is None else f", {cpu_devices} CPU device"),
+          "programs": n_programs, "wall_s": wall,
           "runs_per_s": n_seeds / wall, "run_steps_per_s": n_seeds * steps / wall, "measured": measured}
 
 
@@ -94,8 +99,11 @@ def main() -> None:
 
   rows = []
   for n in seed_counts:
-    for split in ("auto", "all"):
-      rows.append(sweep_runs_per_s(n, args.steps, args.batch, split))
+    variants = [("auto", None), ("all", None)]
+    if jax.default_backend() == "cpu" and len(jax.devices()) > 1:
+      variants.append(("all", "1"))  # JAX's single CPU device: what one device per core buys
+    for split, cpu_devices in variants:
+      rows.append(sweep_runs_per_s(n, args.steps, args.batch, split, cpu_devices))
       print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
   ref = torch_runs_per_s(args.steps, args.batch)
 

@@ -187,17 +187,17 @@ def tiny():
 
 @_preset
 def quick():
-  """The CPU study, shrunk to what a 2-core CPU trains off the plateau in minutes: d=5, s=2, N=10, σ=0.1; 3 layers ×
+  """The CPU study, shrunk to what a 2-core CPU trains off the plateau in minutes: d=5, s=2, N=10, σ=0.1; 4 layers ×
   4 heads (width 32, MLP), 3 seeds vmapped; 24000 Adam steps at lr 2e-3 (500 warmup, cosine decay, batch 32) with
   a curriculum on the active dims (2 → 5, one more every 1000 steps, the support drawn among the active dims).
 
-  `jaxicl reproduce head-utilization --preset quick --out runs/head_utilization_quick` — 12 minutes measured on
-  an idle 2-core CPU (2026-11-25: 11 min 41 s wall, of which training 609 s at ~43 steps/s for the 3 seeds, ~40 s of it
-  compilation; model analysis 15 s; baselines 59 s).
+  `jaxicl reproduce head-utilization --preset quick --out runs/head_utilization_quick` — 13 min 51 s measured on the
+  2-core CPU with the batch split over its 2 CPU devices (2026-11-26; training 724 s at 46-60 steps/s when alone, a
+  test run shared the CPU for about 8 of those minutes; model analysis 28 s; baselines 65 s).
 
-  Chosen by a schedule search at 20000 steps (3 seeds, shared 2-core CPU, README "Study 2"): without the dims
-  curriculum the same model stays on the plateau (mean risk 0.9-1.6), with 2 layers it ends at 0.87, with 3 layers
-  at 0.70-0.78 against tuned ridge's 0.61. Resumable (checkpoint every 2000 steps).
+  Chosen by a schedule search (3 seeds, 2-core CPU, README "Study 2"): without the dims curriculum the same model
+  stays on the plateau (mean risk 0.9-1.6); with it, 2 layers end at 0.87, 3 layers at 0.71 (24000 steps), 4 layers
+  at 0.68, against tuned ridge's 0.61. Resumable (checkpoint every 2000 steps).
   """
   task, model = _sparse_gpt2(d=5, sparsity=2, n_points=10, width=32)
   return (configs.Config(task=task, model=model,
@@ -205,7 +205,7 @@ def quick():
                          curriculum=configs.CurriculumConfig(dims_start=2, every=1000),
                          train=configs.TrainConfig(steps=24000, batch_size=32, seeds=(0, 1, 2), log_every=500,
                                                    ckpt_every=2000, eval_prompts=1024)),
-          StudySettings(noise_stds=(0.1,), layers=(3,), heads=4, probe_prompts=512, tune_prompts=512))
+          StudySettings(noise_stds=(0.1,), layers=(4,), heads=4, probe_prompts=512, tune_prompts=512))
 
 
 @_preset
