@@ -6,7 +6,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from jaxicl.cli import main  # noqa: E402
+from jaxicl.cli import entry  # noqa: E402
 
 if __name__ == "__main__":
-  sys.exit(main(["reproduce", "head-utilization", *sys.argv[1:]]))
+  sys.exit(entry(["reproduce", "head-utilization", *sys.argv[1:]]))

@@ -255,8 +255,8 @@ def _error(command: str, message) -> None:
   print(f"jaxicl {command}: error: {' '.join(str(message).split())}", file=sys.stderr)
 
 
-def entry() -> int:
-  """The ``jaxicl`` program: one JAX CPU device per core (module docstring), then ``main``."""
+def entry(argv: list[str] | None = None) -> int:
+  """The ``jaxicl`` program: one JAX CPU device per core (module docstring), then ``main(argv)``."""
   try:
     count = cpu_device_count()
   except ValueError as e:
@@ -265,7 +265,7 @@ def entry() -> int:
   if count is not None:
     import jax
     jax.config.update("jax_num_cpu_devices", count)
-  return main()
+  return main(argv)
 
 
 if __name__ == "__main__":

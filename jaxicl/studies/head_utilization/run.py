@@ -872,4 +872,4 @@ if __name__ == "__main__":  # the same as `jaxicl reproduce head-utilization ...
   import sys
 
   from jaxicl import cli
-  raise SystemExit(cli.main(["reproduce", "head-utilization", *sys.argv[1:]]))
+  raise SystemExit(cli.entry(["reproduce", "head-utilization", *sys.argv[1:]]))

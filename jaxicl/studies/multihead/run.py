@@ -686,4 +686,4 @@ if __name__ == "__main__":  # the same as `jaxicl reproduce multihead ...` (its 
   import sys
 
   from jaxicl import cli
-  raise SystemExit(cli.main(["reproduce", "multihead", *sys.argv[1:]]))
+  raise SystemExit(cli.entry(["reproduce", "multihead", *sys.argv[1:]]))
