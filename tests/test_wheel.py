@@ -30,7 +30,7 @@ def test_wheel_holds_the_package_and_nothing_else(wheel):
              if not f.endswith(".pyc")}
   assert {n for n in names if n.startswith("jaxicl/")} == sources  # every module and data file of the package
   entry_points = zipfile.ZipFile(wheel).read("jaxicl-0.1.0.dist-info/entry_points.txt").decode()
-  assert "jaxicl = jaxicl.cli:main" in entry_points
+  assert "jaxicl = jaxicl.cli:entry" in entry_points
 
 
 def test_installed_package_is_the_wheel_and_exposes_the_public_api(venv):
