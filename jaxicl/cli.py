@@ -8,12 +8,13 @@ variable ``JAXICL_COMPILATION_CACHE`` (a folder, or ``none`` to disable), defaul
 ``$XDG_CACHE_HOME/jaxicl/xla`` (``~/.cache/jaxicl/xla``); JAX's own ``JAX_COMPILATION_CACHE_DIR``, when
 set, takes precedence.
 
-Run as a program (``jaxicl``, ``python -m jaxicl.cli``), the CLI splits the CPU into one JAX device per usable core
-(``jax_num_cpu_devices``): on a CPU, XLA runs one small program's operations on ~1.5 of 2 cores, while runs or batch
-halves sharded over one device per core (``train.fit_devices``) keep every core busy (1.2-1.5× the training
-throughput on a 2-core CPU, benchmarks/bench_sweep.py). ``JAXICL_CPU_DEVICES=N`` sets the count (1: JAX's single
-CPU device); an ``XLA_FLAGS`` with ``--xla_force_host_platform_device_count`` is left as it is. Accelerators are not
-affected. ``main(argv)`` called in-process (tests, notebooks) keeps the process's devices.
+Run as a program (``jaxicl``, ``python -m jaxicl.cli``, ``entry``), the CLI splits the CPU into one JAX device per
+usable core, at most ``MAX_CPU_DEVICES`` (``jax_num_cpu_devices``): on a CPU, XLA runs one small program's operations
+on only ~1.2-1.5 of 2 cores, while runs or batch parts sharded over one device per core (``train.fit_devices``) keep
+every core busy (1.05-1.5× the training throughput on a 2-core CPU: README "Performance"; more cores are untested).
+``JAXICL_CPU_DEVICES=N`` sets the count (1: JAX's single CPU device); an ``XLA_FLAGS`` with
+``--xla_force_host_platform_device_count`` is left as it is. Accelerators are not affected. ``main(argv)`` called
+in-process (tests, notebooks) keeps the process's devices.
 """
 
 from __future__ import annotations
@@ -72,17 +73,19 @@ def compilation_cache_dir(environ: dict | None = None) -> str | None:
 
 
 CPU_DEVICES_ENV = "JAXICL_CPU_DEVICES"
+MAX_CPU_DEVICES = 8  # the default's cap: a batch split into many tiny parts is untested
 
 
 def cpu_device_count(environ: dict | None = None) -> int | None:
-  """JAX CPU devices the CLI program asks for (module docstring): ``JAXICL_CPU_DEVICES`` or the usable cores;
-  None when ``XLA_FLAGS`` already forces a count. ``ValueError`` naming the variable for a bad value."""
+  """JAX CPU devices the CLI program asks for (module docstring): ``JAXICL_CPU_DEVICES`` or the usable cores (at
+  most ``MAX_CPU_DEVICES``); None when ``XLA_FLAGS`` already forces a count. ``ValueError`` naming the variable for a bad value."""
   environ = os.environ if environ is None else environ
   if "xla_force_host_platform_device_count" in environ.get("XLA_FLAGS", ""):
     return None
   raw = environ.get(CPU_DEVICES_ENV)
   if raw is None:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return min(cores, MAX_CPU_DEVICES)
   try:
     value = int(raw)
   except ValueError:
@@ -225,7 +228,7 @@ def parser() -> argparse.ArgumentParser:
   s.add_argument("--seeds", type=int, default=1)
   s.add_argument("--out", required=True)
   s.add_argument("--runs-per-program", type=_runs_per_program, default="auto", metavar="auto|all|N",
-                 help="runs vmapped per compiled program: auto (measured; see jaxicl.sweep), all, or N")
+                 help="runs vmapped per compiled program: auto (by memory; also timed on accelerators), all, or N")
   s.add_argument("--quiet", action="store_true", help="no progress bar or per-group lines")
   s.set_defaults(fn=_sweep)
   return p

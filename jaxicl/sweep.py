@@ -10,18 +10,18 @@ groups. Each group trains in its own workdir under ``out/groups/``, so an interr
 mid-group from its checkpoints and skips finished groups. Results: ``out/results.csv`` and ``.json``,
 one row per (grid point, seed).
 
-A group with many seeds need not be one program: ``runs_per_program`` (``choose_runs_per_program``) splits its
-seeds into programs of equal size that fit in memory and are no slower per run-step than larger ones; the
-choice is written beside the group's workdirs, so a resumed sweep splits it the same way.
+A group with many seeds need not be one program: ``runs_per_program`` (``group_split``) splits its seeds into
+balanced programs that fit in memory (and, on accelerators, are no slower per run-step than larger ones); an
+``auto`` choice is written to ``out/plans/``, so a resumed sweep splits the group the same way.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import itertools
-import dataclasses
 import json
 import math
 import os
@@ -29,7 +29,6 @@ import time
 from typing import Any
 
 import jax
-
 import numpy as np
 
 from jaxicl import configs, evaluate, files, train
