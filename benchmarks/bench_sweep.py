@@ -120,15 +120,9 @@ def main() -> None:
   if ref:
     lines.append(f"| any | torch eager, one run after another ({ref['threads']} thr) | - | - | {ref['runs_per_s']:.3f} | "
                  f"{ref['steps_per_s']:.0f} | 1.00 |")
-  text = "\n".join(lines)
-  print(text)
-  if args.md:
-    with open(args.md, "w") as f:
-      f.write(text + "\n")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"device": device.device_kind, "devices": len(jax.devices()), "jax": jax.__version__,
-                 "steps": args.steps, "batch": args.batch, "rows": rows, "torch": ref}, f, indent=1)
+  bench_train.report(lines, args.md, args.json, {"device": device.device_kind, "devices": len(jax.devices()),
+                                                 "jax": jax.__version__, "steps": args.steps, "batch": args.batch,
+                                                 "rows": rows, "torch": ref})
 
 
 if __name__ == "__main__":

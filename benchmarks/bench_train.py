@@ -252,15 +252,19 @@ def main() -> None:
     lines.append(f"| {r['model']} | {impl} | {r['compile_s']:.1f} | {r['steps_per_s']:.1f} | {r['prompts_per_s']:.0f} | "
                  f"{ratio('torch eager')} | {ratio('torch.compile')} | {100 * r['fraction_of_matmul_peak']:.1f}% | "
                  f"{result} |")
+  report(lines, args.md, args.json, {"device": device.device_kind, "jax": jax.__version__,
+                                      "matmul_peak_flop_per_s": peak, "rows": rows})
+
+
+def report(lines: list[str], md: str | None, json_path: str | None, payload: dict) -> None:
+  """Prints the Markdown table ``lines`` and writes it to ``md`` and ``payload`` to ``json_path`` (when given)."""
+  from jaxicl import files
   text = "\n".join(lines)
   print(text)
-  if args.md:
-    with open(args.md, "w") as f:
-      f.write(text + "\n")
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"device": device.device_kind, "jax": jax.__version__, "matmul_peak_flop_per_s": peak,
-                 "rows": rows}, f, indent=1)
+  if md:
+    files.write_text(md, text + "\n")
+  if json_path:
+    files.write_json(json_path, payload, indent=1)
 
 
 if __name__ == "__main__":
