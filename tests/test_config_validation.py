@@ -215,3 +215,22 @@ def test_every_config_dataclass_is_covered():
   for section, cls, name, hint in FIELDS:
     assert dataclasses.is_dataclass(cls)
     _wrong_type(hint)
+
+
+@pytest.mark.parametrize("study", ["multihead", "head_utilization"])
+def test_study_module_runs_with_python_m_without_runpy_warning(study, xla_cache):
+  """`python -m jaxicl.studies.<study>.run` is a documented entry point: the package must not import ``run`` itself
+  (runpy would warn and execute a second copy of the module); its names still import from the package."""
+  import importlib
+  import subprocess
+  import sys
+
+  from conftest import REPO, subprocess_env
+  proc = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", f"jaxicl.studies.{study}.run", "--help"],
+                        cwd=REPO, env=subprocess_env(xla_cache), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr
+  assert "RuntimeWarning" not in proc.stderr and "--preset" in proc.stdout
+  package = importlib.import_module(f"jaxicl.studies.{study}")
+  assert callable(package.main) and callable(package.configure) and "quick" in package.PRESETS
+  with pytest.raises(AttributeError, match="no attribute 'nope'"):
+    package.nope  # noqa: B018

@@ -86,8 +86,9 @@ def test_tiny_preset_writes_figures_and_tables(tiny_out):
     full, pruned = m["mean_risk"]["per_seed"][r], m["pruned_risk"]["per_seed"][r]
     assert v["pruned_risk_increase"] == pytest.approx((pruned - full) / full, rel=1e-9, abs=1e-12)
     assert v["later_layers_one_head_suffices"] == ((pruned - full) <= run.PRUNE_TOLERANCE * full)
+    assert v["off_plateau"] == m["off_plateau"][r]
     assert v["claim_holds"] == (v["layer1_all_heads_matter"] and v["later_layers_one_head_suffices"]
-                                and v["mirror_costs_more"])
+                                and v["mirror_costs_more"] and v["off_plateau"])
   assert m["seeds_showing_claim"] == sum(v["claim_holds"] for v in m["claim"])
 
   with open(os.path.join(tiny_out, "importance.json")) as f:
@@ -124,6 +125,19 @@ def _numbers(tree):
   if isinstance(tree, (list, tuple)):
     return [x for v in tree for x in _numbers(v)]
   return [float(tree)] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def test_claim_verdict_needs_a_model_off_the_plateau():
+  """Two seeds with the same head pattern (layer 1 spread over 4 heads, later layers cheap to prune, the mirror
+  control costly): the claim holds for the seed that regresses and not for the one on the plateau."""
+  risk = np.ones((2, 5))
+  rec = {"risk": risk, "pruned_risk": 1.1 * risk, "layer1_cut_risk": 2.0 * risk,
+         "usage": [{"effective_heads": [4.0, 1.0]}, {"effective_heads": [4.0, 1.0]}]}
+  verdicts = run.claim_verdicts(rec, (0, 1), 4, [True, False])
+  assert [v["claim_holds"] for v in verdicts] == [True, False]
+  assert all(v["layer1_all_heads_matter"] and v["later_layers_one_head_suffices"] and v["mirror_costs_more"]
+             for v in verdicts)
+  assert [v["off_plateau"] for v in verdicts] == [True, False]
 
 
 def test_interrupted_reproduction_resumes_to_the_uninterrupted_results(tiny_out, xla_cache, tmp_path):

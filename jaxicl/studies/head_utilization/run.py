@@ -744,13 +744,17 @@ CLAIM_RULE = (
     "(a) layer 1's effective number of heads (ΣI)²/ΣI² (I = risk increase when one head is masked, clipped at 0) "
     "is >= H/2; (b) pruning every later layer to its most important head, layer 1 kept whole, raises the mean "
     "excess risk over n by at most 20% of the full model's; (c) the mirror control (layer 1 cut to its most "
-    "important head, later layers whole) raises it by more than that pruning does.")
+    "important head, later layers whole) raises it by more than that pruning does; (d) the seed is off the "
+    "plateau (a model that does not regress in context has no head pattern to speak of: such a seed is 'plateau', "
+    "not 'yes').")
 PRUNE_TOLERANCE = 0.2  # (b): relative risk increase allowed for "about one head suffices"
 PLATEAU_FRACTION = 0.5  # a seed is off the plateau iff its mean risk < this × the zero predictor's (s·τ²)
 
 
-def claim_verdicts(rec: dict[str, Any], seeds: tuple[int, ...], heads: int) -> list[dict[str, Any]]:
-  """Per-seed verdict of the study's claim under ``CLAIM_RULE`` (a multi-head model's record)."""
+def claim_verdicts(rec: dict[str, Any], seeds: tuple[int, ...], heads: int,
+                   off_plateau: list[bool]) -> list[dict[str, Any]]:
+  """Per-seed verdict of the study's claim under ``CLAIM_RULE`` (a multi-head model's record); ``off_plateau``
+  [R]: the seeds whose model regresses in context (rule (d))."""
   out = []
   for r, seed in enumerate(seeds):
     full = float(np.mean(rec["risk"][r]))
@@ -762,7 +766,8 @@ def claim_verdicts(rec: dict[str, Any], seeds: tuple[int, ...], heads: int) -> l
     c = bool(mirror - full > pruned - full)
     out.append({"seed": seed, "layer1_effective_heads": eff1, "layer1_all_heads_matter": a,
                 "pruned_risk_increase": (pruned - full) / full, "later_layers_one_head_suffices": b,
-                "mirror_risk_increase": (mirror - full) / full, "mirror_costs_more": c, "claim_holds": a and b and c})
+                "mirror_risk_increase": (mirror - full) / full, "mirror_costs_more": c,
+                "off_plateau": bool(off_plateau[r]), "claim_holds": a and b and c and bool(off_plateau[r])})
   return out
 
 
@@ -817,7 +822,7 @@ def summarize(p: Preset, records: dict, baselines: dict, final_loss: dict, workd
       entry["top1_share_by_layer"] = rec["usage_mean"]["top1_share"]
       entry["importance_mean"] = np.nanmean(rec["importance"], 0).tolist()  # NaN: the head does not exist
       entry["probe_pruned_by_layer"] = rec["probe"]["pruned"].mean(-1).mean(0).tolist()
-      entry["claim"] = claim_verdicts(rec, seeds, H)
+      entry["claim"] = claim_verdicts(rec, seeds, H, entry["off_plateau"])
       entry["seeds_showing_claim"] = sum(v["claim_holds"] for v in entry["claim"])
     models[model_tag(sigma, L, H)] = entry
   return {"preset": p.name, "preset_doc": p.doc.strip(), "backend": jax.default_backend(), "elapsed_s": elapsed,
@@ -837,7 +842,8 @@ def summary_tables(summary: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
       row[label] = m[key]["mean"] if key in m else None
     row["eff. heads by layer"] = " ".join("n/a" if e is None else f"{e:.2f}"
                                           for e in m.get("effective_heads", {}).get("mean", []))
-    row["claim per seed"] = " ".join("yes" if v["claim_holds"] else "no" for v in m.get("claim", []))
+    row["claim per seed"] = " ".join("yes" if v["claim_holds"] else "no" if v["off_plateau"] else "plateau"
+                                     for v in m.get("claim", []))
     models.append(row)
   baselines = [{"σ": sigma, **{k: v["mean_risk"] for k, v in base.items()}} for sigma, base in summary["baselines"].items()]
   return {"Models (excess risk averaged over n = 0..N-1)": models, "Baselines (same held-out prompts)": baselines}
