@@ -346,7 +346,7 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
     else:
       bar = None
     metrics_file = stack.enter_context(open(os.path.join(workdir, "metrics.jsonl"), "a")) if workdir else None
-    board = _tensorboard(workdir)
+    board = _tensorboard(workdir) if step < total else None  # a finished run read back writes no empty event file
     if board is not None:
       stack.callback(board.close)
     log_every = cfg.train.log_every

@@ -323,6 +323,10 @@ def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
   for r in records:
     for run, loss in enumerate(r["loss"]):
       assert scalars[(f"loss/run{run}", r["step"])] == pytest.approx(loss, rel=1e-6)
+  # reading the finished run back (as a study's re-run does) trains nothing and writes no second event file
+  again = train.train(_tiny("train.steps=20", "train.log_every=10", "train.seeds=0,1"), str(tmp_path))
+  assert [r["step"] for r in again.history] == [10, 20]
+  assert glob.glob(str(tmp_path / "tensorboard" / "events.*")) == [path]
 
 
 def test_compilation_cache_location_is_documented_and_overridable(tmp_path):
