@@ -108,8 +108,8 @@ class Checkpointer:
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps()) if self.manager is not None else []
 
-  def _candidates(self) -> list[int]:
-    """Every step-named entry (finished or not, folder or not), newest first."""
+  def candidates(self) -> list[int]:
+    """Every step-named entry (finished or not, folder or not), newest first: what ``restore_latest`` looks at."""
     names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
     return sorted({int(n) for n in names if n.isdigit()} | set(self.steps()), reverse=True)
 
@@ -123,7 +123,7 @@ class Checkpointer:
 
   def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
     """(step, state, meta) of the newest checkpoint that restores and validates, or None if there is none."""
-    candidates = self._candidates()
+    candidates = self.candidates()
     skipped = False
     for step in candidates:
       path = os.path.join(self.directory, str(step))

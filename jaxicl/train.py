@@ -328,7 +328,7 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
       _check_or_write_config(cfg, workdir)
       ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_ckpts)
       stack.callback(ckpt.close)
-      if resume:
+      if resume and ckpt.candidates():  # the abstract state costs a trace of init: only when there is something to read
         restored = ckpt.restore_latest(engine.abstract_state())
         if restored is not None:
           state = TrainState(*restored[1])
