@@ -227,8 +227,8 @@ def cpu():
                          train=configs.TrainConfig(steps=40000, batch_size=32, seeds=(0, 1, 2), log_every=500,
                                                    ckpt_every=2000, eval_prompts=1024)),
           StudySettings(noise_stds=(0.1, 0.5), layers=(3,), heads=4, probe_prompts=512, tune_prompts=512,
-                        # one η lower than the defaults: at d = 10 PtO and GD won at the smallest η for many n
-                        pto_lrs=(0.0003,) + StudySettings.pto_lrs, gd_lrs=(0.001,) + StudySettings.gd_lrs))
+                        # smaller η than the defaults: at d = 10 PtO and GD won at the smallest default η for many n
+                        pto_lrs=(3e-5, 1e-4, 3e-4) + StudySettings.pto_lrs, gd_lrs=(3e-4, 0.001) + StudySettings.gd_lrs))
 
 
 @_preset
