@@ -32,6 +32,17 @@ def preset_registrar(registry: dict[str, Callable[[], Any]], preset: Callable[..
   return register
 
 
+def lazy_exports(package: str, modules: dict[str, str]) -> Callable[[str], Any]:
+  """A study package's module ``__getattr__`` (PEP 562): name -> that attribute of submodule ``modules[name]``,
+  imported on first use. A package that imported its ``run`` module itself would make
+  ``python -m <package>.run`` execute a module already in ``sys.modules`` (runpy's RuntimeWarning)."""
+  def __getattr__(name: str) -> Any:
+    if name in modules:
+      return getattr(importlib.import_module(f"{package}.{modules[name]}"), name)
+    raise AttributeError(f"module {package!r} has no attribute {name!r}")
+  return __getattr__
+
+
 def split_overrides(overrides: list[str] | tuple[str, ...], settings: type, grid_fields: dict[str, str], study: str,
                     parse: Callable[[str, str, Any, str], Any] | None = None) -> tuple[list[str], dict[str, Any]]:
   """``--set`` overrides of a study -> (the ``section.field=value`` strings for its base config, {name: value} for

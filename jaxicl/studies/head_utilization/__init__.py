@@ -9,15 +9,7 @@ each (L, H) model trains as one ``jaxicl.train`` program with every σ and seed 
     summary = main("quick", "results/hu", overrides=["study.noise_stds=0.1,0.5"])  # or: jaxicl reproduce ...
 """
 
-import importlib
-from typing import Any
+from jaxicl.studies import lazy_exports
 
 __all__ = ["PRESETS", "Preset", "StudySettings", "configure", "main"]
-
-
-def __getattr__(name: str) -> Any:
-  # Imported on first use, not here: `python -m jaxicl.studies.head_utilization.run` would otherwise run a module
-  # the package had already imported (runpy's RuntimeWarning).
-  if name in __all__:
-    return getattr(importlib.import_module(f"{__name__}.run"), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, dict.fromkeys(__all__, "run"))

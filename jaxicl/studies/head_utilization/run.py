@@ -766,10 +766,11 @@ def claim_verdicts(rec: dict[str, Any], seeds: tuple[int, ...], heads: int,
     a = bool(np.isfinite(eff1) and eff1 >= heads / 2)
     b = bool(pruned - full <= PRUNE_TOLERANCE * full)
     c = bool(mirror - full > pruned - full)
+    d = bool(off_plateau[r])
     out.append({"seed": seed, "layer1_effective_heads": eff1, "layer1_all_heads_matter": a,
                 "pruned_risk_increase": (pruned - full) / full, "later_layers_one_head_suffices": b,
                 "mirror_risk_increase": (mirror - full) / full, "mirror_costs_more": c,
-                "off_plateau": bool(off_plateau[r]), "claim_holds": a and b and c and bool(off_plateau[r])})
+                "off_plateau": d, "claim_holds": a and b and c and d})
   return out
 
 

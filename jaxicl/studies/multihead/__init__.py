@@ -12,16 +12,7 @@ Modules: ``presets`` (tiny / quick / full), ``run`` (``main``: training, evaluat
 ``heads`` (per-head kernel parameters of a trained model), ``analysis`` (theory lines), ``plots`` (figures).
 """
 
-import importlib
-from typing import Any
+from jaxicl.studies import lazy_exports
 
 __all__ = ["PRESETS", "Preset", "StudySettings", "configure", "main"]
-_MODULE = {"main": "run"}  # the others live in presets
-
-
-def __getattr__(name: str) -> Any:
-  # Imported on first use, not here: `python -m jaxicl.studies.multihead.run` would otherwise run a module the
-  # package had already imported (runpy's RuntimeWarning).
-  if name in __all__:
-    return getattr(importlib.import_module(f"{__name__}.{_MODULE.get(name, 'presets')}"), name)
-  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, {**dict.fromkeys(__all__, "presets"), "main": "run"})
