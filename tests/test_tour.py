@@ -8,7 +8,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import run_notebook_in_venv
+from conftest import DEFAULT_XLA, run_notebook_in_venv
 
 from jaxicl import theory
 
@@ -16,7 +16,9 @@ from jaxicl import theory
 @pytest.fixture(scope="module")
 def tour_text(venv) -> str:
   """What the tour printed, executed in the fresh venv holding the wheel (``conftest.venv``), outside the checkout."""
-  return run_notebook_in_venv(venv, "tour.ipynb")
+  # conftest.DEFAULT_XLA, not FAST_XLA: the tour's 1000 training steps run longer than they compile (its training
+  # cell: 27 s at XLA's default level, 54 s at FAST_XLA's)
+  return run_notebook_in_venv(venv, "tour.ipynb", XLA_FLAGS=DEFAULT_XLA)
 
 
 def _floats(pattern: str, text: str) -> list[float]:
