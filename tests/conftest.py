@@ -54,8 +54,10 @@ def reproduce(study: str, out: str, cache: str, *extra: str) -> subprocess.Compl
 
 
 @pytest.fixture(scope="session")
-def xla_cache(tmp_path_factory) -> str:
-  return str(tmp_path_factory.mktemp("xla_cache"))
+def xla_cache() -> str:
+  """The session's compilation cache for subprocesses: the one this process uses, shared by the xdist workers, so
+  a tiny study pipeline compiled for one worker's test is read back by another's (FAST_XLA is part of the key)."""
+  return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 # ------------------------------------------------------------------------------- the wheel in a fresh venv
