@@ -217,8 +217,9 @@ def cpu():
 
   `jaxicl reproduce head-utilization --preset cpu --out runs/head_utilization_cpu` — 60 min measured on the 2-core
   CPU with its 6 runs sharded 3 per CPU device (2026-11-26: training 49 min at 11-16 steps/s, model analyses 1 min,
-  baselines 10 min; 16 min with 8 iterated-PtO rounds, the default since). It does not reach the study's regime: the models end at mean excess risk 1.3-2.9 against
-  tuned ridge's 0.87 (σ = 0.1) and 1.18 (σ = 0.5), 3 of the 6 runs on the plateau (README "Study 2").
+  baselines 10 min; 16 min with 8 iterated-PtO rounds, the default since). It does not reach the study's regime:
+  the models end at mean excess risk 1.3-2.9 against tuned ridge's 0.87 (σ = 0.1) and 1.18 (σ = 0.5), 3 of the 6
+  runs on the plateau (README "Study 2").
   """
   task, model = _sparse_gpt2(d=10, sparsity=3, n_points=20, width=32)
   return (configs.Config(task=task, model=model,
