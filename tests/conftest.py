@@ -98,10 +98,9 @@ def venv(wheel, tmp_path_factory, xla_cache) -> dict:
   ours = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
   with open(os.path.join(purelib, "_running_env.pth"), "w") as f:  # plain paths: their own .pth files are not run
     f.write("\n".join(sorted(ours)) + "\n")
-  env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-  env.update(PATH=bindir + os.pathsep + env.get("PATH", ""), JAX_COMPILATION_CACHE_DIR=xla_cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-             XLA_FLAGS=FAST_XLA, JAX_PLATFORMS="cpu", JAXICL_SOURCE=REPO)
+  # subprocess_env's cache and XLA settings, without the checkout on PYTHONPATH: the wheel must be what is imported
+  env = {k: v for k, v in subprocess_env(xla_cache).items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+  env.update(PATH=bindir + os.pathsep + env.get("PATH", ""), JAXICL_SOURCE=REPO)
   cwd = str(tmp_path_factory.mktemp("elsewhere"))
   run_checked([python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", "--no-index", wheel], env, cwd)
   return {"python": python, "bin": bindir, "env": env, "cwd": cwd, "root": str(root)}
