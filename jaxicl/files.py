@@ -27,11 +27,16 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
 
 
 def write_text(path: str, text: str) -> str:
-  """Atomically writes ``text`` (flushed to disk before the rename)."""
+  """Atomically writes ``text`` as UTF-8 (flushed to disk before the rename)."""
+  return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: str, data: bytes) -> str:
+  """Atomically writes ``data`` (flushed to disk before the rename)."""
 
   def write(tmp: str) -> None:
-    with open(tmp, "w") as f:
-      f.write(text)
+    with open(tmp, "wb") as f:
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
 

@@ -30,7 +30,7 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxicl import configs, files, layouts, tasks
+from jaxicl import configs, files, layouts, programs, tasks
 from jaxicl import progress as progress_lib
 from jaxicl.checkpoint import Checkpointer
 from jaxicl.models import ICLModel, build_model
@@ -96,7 +96,8 @@ def frozen_labels(params: Any, freeze: tuple[str, ...], field: str = "optim.free
 
 
 def make_optimizer(cfg: configs.Config, params: Any) -> optax.GradientTransformation:
-  """AdamW direction × schedule (peak 1); the per-run lr is applied by the step. Frozen leaves get zero updates."""
+  """AdamW direction × schedule (peak 1); the per-run lr is applied by the step. Frozen leaves get zero updates
+  (``params``, a parameter tree or its shapes, labels them; unused without ``optim.freeze``)."""
   o = cfg.optim
   parts = []
   if o.grad_clip is not None:
@@ -230,8 +231,10 @@ class Engine:
     replicated = NamedSharding(self.mesh, PartitionSpec())
     runs_sharded = NamedSharding(self.mesh, PartitionSpec("data"))
     self.state_sharding = runs_sharded if self.mode == "runs" else replicated
-    example = jax.eval_shape(self.model.init, jax.random.PRNGKey(0))
-    self.tx = make_optimizer(cfg, example)
+    # the parameter tree (a trace of the model's init) only labels frozen leaves: a process that reads its
+    # programs back (jaxicl.programs) does not trace it otherwise
+    example = functools.cache(lambda: jax.eval_shape(self.model.init, jax.random.PRNGKey(0)))
+    self.tx = make_optimizer(cfg, example() if cfg.optim.freeze else None)
 
     def constrain(prompts):
       if self.mode != "batch" or len(devices) == 1:
@@ -254,7 +257,7 @@ class Engine:
       freezes = configs.variant_freeze(cfg)
       if any(freezes):
         masks = [jax.tree.map(lambda label: np.float32(label == "train"),
-                              frozen_labels(example, f, f"train.task_variants[{v}].freeze"))
+                              frozen_labels(example(), f, f"train.task_variants[{v}].freeze"))
                  for v, f in enumerate(freezes)]
         stacked = jax.tree.map(lambda *m: np.stack(m), *[masks[v] for v in cfg.run_variants])
         self.train_mask = jax.device_put(stacked, self.state_sharding)
@@ -268,18 +271,40 @@ class Engine:
       return jax.vmap(one)(seeds, lrs)
 
     self._init = jax.jit(init, out_shardings=self.state_sharding)
+    self._programs: dict[int | None, Callable] = {}  # chunk length (None: init) -> program
+
+  def _runs(self) -> tuple[jax.Array, jax.Array]:
+    seeds, lrs = zip(*self.cfg.runs)
+    return jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, jnp.float32)
+
+  def _program(self, length: int | None, args: tuple) -> Callable:
+    """The init program (``length`` None) or the chunk of ``length`` steps, as a ``programs.program``: traced once
+    per key and kept beside the compilation cache, so a later process skips tracing and lowering."""
+    if length not in self._programs:
+      if length is None:
+        fn, out, donate = self._init, self.state_sharding, ()
+      else:
+        fn = lambda state, task_params, train_mask: self._chunk(state, task_params, train_mask, length)
+        out, donate = (self.state_sharding, NamedSharding(self.mesh, PartitionSpec())), (0,)
+      key = repr((self.cfg, length, self.mode, [d.id for d in self.devices]))
+      self._programs[length] = programs.program("init" if length is None else "chunk", fn, args, key=key,
+                                                out_shardings=out, donate_argnums=donate)
+    return self._programs[length]
 
   def init(self) -> TrainState:
-    seeds, lrs = zip(*self.cfg.runs)
-    return self._init(jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, jnp.float32))
+    args = self._runs()
+    return self._program(None, args)(*args)
 
   def abstract_state(self) -> TrainState:
-    seeds, lrs = zip(*self.cfg.runs)
-    shapes = jax.eval_shape(self._init, jnp.asarray(seeds, jnp.int32), jnp.asarray(lrs, jnp.float32))
+    init = self._program(None, self._runs())
+    if isinstance(init, programs.Program):
+      return init.out_avals
+    shapes = jax.eval_shape(self._init, *self._runs())
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=self.state_sharding), shapes)
 
   def run_chunk(self, state: TrainState, length: int) -> tuple[TrainState, jax.Array]:
-    return self._chunk(state, self.task_params, self.train_mask, length)
+    args = (state, self.task_params, self.train_mask)
+    return self._program(length, args)(*args)
 
   def lower(self, state: TrainState, length: int) -> jax.stages.Lowered:
     """The chunk program of ``length`` steps lowered for ``state`` (for XLA's cost analysis and compile timing)."""
@@ -532,9 +557,17 @@ def _tensorboard(workdir: str | None):
   """A TensorBoard writer on ``workdir/tensorboard`` when tensorboardX is installed (else None)."""
   if workdir is None:
     return None
+  # tensorboardX imports torch, when installed, only to recognise torch tensors (never passed here): 2-3 s of every
+  # process's start. A None entry in sys.modules makes that optional import fail fast; removed right after.
+  block_torch = "torch" not in sys.modules
+  if block_torch:
+    sys.modules["torch"] = None
   try:
     from tensorboardX import SummaryWriter
   except ImportError:
     return None
+  finally:
+    if block_torch:
+      del sys.modules["torch"]
   return SummaryWriter(os.path.join(workdir, "tensorboard"))
 

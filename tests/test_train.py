@@ -96,7 +96,8 @@ def test_curriculum_schedule_and_no_recompilation():
   for _ in range(6):
     state, losses = engine.run_chunk(state, 10)
     assert np.all(np.isfinite(np.asarray(losses)))
-  assert engine._chunk._cache_size() == 1
+  chunks = [p for length, p in engine._programs.items() if length is not None]
+  assert len(chunks) == 1 and chunks[0]._cache_size() == 1
 
 
 def test_prediction_loss_ignores_points_beyond_the_active_count():
@@ -327,6 +328,30 @@ def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
   again = train.train(_tiny("train.steps=20", "train.log_every=10", "train.seeds=0,1"), str(tmp_path))
   assert [r["step"] for r in again.history] == [10, 20]
   assert glob.glob(str(tmp_path / "tensorboard" / "events.*")) == [path]
+
+
+def test_the_tensorboard_writer_is_made_without_importing_torch(tmp_path):
+  """tensorboardX imports torch, when installed, at its own import (seconds); the writer is made without it and
+  torch stays importable afterwards. A stand-in torch package, first on the path, records whether it was run."""
+  pytest.importorskip("tensorboardX")
+  fake = tmp_path / "site" / "torch"
+  fake.mkdir(parents=True)
+  mark = tmp_path / "torch_was_imported"
+  (fake / "__init__.py").write_text(f"open({str(mark)!r}, 'w').close()\n")
+  code = textwrap.dedent(f"""
+      import os, sys
+      from jaxicl import train
+      board = train._tensorboard({str(tmp_path / 'w')!r})
+      board.add_scalar("x", 1.0, 1)
+      board.close()
+      assert "torch" not in sys.modules and not os.path.exists({str(mark)!r})
+      import torch
+      assert os.path.exists({str(mark)!r})
+      """)
+  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), REPO]), "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert os.listdir(tmp_path / "w" / "tensorboard")
 
 
 def test_compilation_cache_location_is_documented_and_overridable(tmp_path):
