@@ -14,7 +14,8 @@ ones that read back run the same deserialized program, so they compute the same 
 
 Off (``fn`` is returned as it is) without a compilation cache folder (``jax_compilation_cache_dir``), with
 several processes, or when the export cannot be made or serialized (e.g. a custom call ``jax.export`` refuses, or
-no ``flatbuffers``). An unreadable stored program is a cache miss: it is exported again and replaced atomically.
+no ``flatbuffers``). An unreadable stored program is a cache miss: it is exported again and replaced atomically;
+an unwritable folder is a warning, and the program runs from memory.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import importlib.metadata
 import os
 import pickle
 import sys
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -162,8 +164,11 @@ def program(name: str, fn: Callable, args: tuple, *, key: str, out_shardings: An
     made = _export(name, fn, in_tree, specs)
     if made is None:
       return fn
-    os.makedirs(folder, exist_ok=True)
-    files.write_bytes(path, pickle.dumps(made))
+    try:
+      os.makedirs(folder, exist_ok=True)
+      files.write_bytes(path, pickle.dumps(made))
+    except OSError as e:  # an unwritable cache costs later processes the trace, not this one its run
+      warnings.warn(f"jaxicl: cannot store a traced program in {folder!r} ({e.strerror})", stacklevel=2)
     stored = jax.export.deserialize(bytearray(made[0])), made[1]  # run what a later process will read
   exported, out_tree = stored
   return Program(exported, in_tree, out_tree, out_shardings, donate_argnums)

@@ -80,6 +80,15 @@ def test_a_torn_stored_program_is_a_miss_and_is_replaced(store):
   assert len(traces) == 2  # the replaced file reads back
 
 
+def test_an_unwritable_folder_is_a_warning_and_the_program_still_runs(tmp_path, monkeypatch):
+  blocked = tmp_path / "file"
+  blocked.write_text("a file where the folder should be")
+  monkeypatch.setattr(programs, "directory", lambda: str(blocked / "programs"))
+  with pytest.warns(UserWarning, match="cannot store a traced program"):
+    program = _program([])
+  assert _same(program(*_args()), _counting_fn([])(*_args()))
+
+
 def test_a_function_export_refuses_runs_as_it_is(store):
   @jax.jit
   def with_callback(x):

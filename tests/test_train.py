@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import FAST_XLA
 from jaxicl import configs, tasks, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -204,7 +205,8 @@ _SHARDED = textwrap.dedent("""
 
 
 def test_sharded_over_four_cpu_devices_equals_single_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  # FAST_XLA: 20 steps compile far longer than they run; both sides of the comparison share the flags
+  env = dict(os.environ, XLA_FLAGS=FAST_XLA + " --xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
   res = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
   assert res.returncode == 0, res.stderr
@@ -234,8 +236,7 @@ def test_cli_program_trains_on_one_cpu_device_per_core(tmp_path):
   assert cli.cpu_device_count({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}) is None
   assert cli.cpu_device_count({cli.CPU_DEVICES_ENV: "3"}) == 3
   assert cli.cpu_device_count({}) == min(len(os.sched_getaffinity(0)), cli.MAX_CPU_DEVICES)
-  env = dict(os.environ, JAX_PLATFORMS="cpu")
-  env.pop("XLA_FLAGS", None)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_XLA)  # no device count in XLA_FLAGS: the CLI sets it
   cmd = [sys.executable, "-m", "jaxicl.cli", "train", "--config", "tiny", "--quiet", "--set", "train.steps=2",
          "--set", "train.log_every=1", "--set", "train.seeds=0,1,2"]
   for n, want in (("2", 2), ("3", 3)):  # 3 runs, batch 32: the batch over 2 devices, the runs over 3
