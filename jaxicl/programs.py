@@ -79,6 +79,9 @@ def _key(name: str, key: str, in_tree: Any, specs: list[jax.ShapeDtypeStruct]) -
 
 
 def _spec(x: Any) -> jax.ShapeDtypeStruct:
+  """An argument's shape, dtype and sharding (None for an uncommitted array: placed where the program runs)."""
+  if isinstance(x, jax.ShapeDtypeStruct):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
   sharding = x.sharding if isinstance(x, jax.Array) and x.committed else None
   return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding)
 
@@ -110,27 +113,31 @@ def _export(name: str, fn: Callable, in_tree: Any, specs: list[jax.ShapeDtypeStr
 
 
 class Program:
-  """``fn`` at fixed argument shapes, run from its stored export: ``program(*args) -> out`` (same pytrees).
+  """``fn`` at fixed argument shapes, run from its stored export: ``program(*args) -> out`` (same pytrees), and
+  ``lower(*args)`` as ``jax.jit``'s (for XLA's analyses; its ``compile()`` is called with the same pytrees).
 
   ``out_avals``: the outputs' abstract values (``jax.ShapeDtypeStruct``, with the requested shardings) in the
   output tree, known without tracing."""
 
-  def __init__(self, exported: jax.export.Exported, in_tree: Any, out_tree: Any, out_shardings: Any,
+  def __init__(self, name: str, exported: jax.export.Exported, in_tree: Any, out_tree: Any, out_shardings: Any,
                donate_argnums: tuple[int, ...]):
-    self._in_tree, self._out_tree = in_tree, out_tree
-    per_leaf = _per_leaf(out_shardings, out_tree)
-    n_leaves = [len(jax.tree.leaves(sub)) for sub in in_tree.children()]
-    starts = np.cumsum([0] + n_leaves)
-    donate = tuple(i for a in donate_argnums for i in range(starts[a], starts[a + 1]))
-    self._run = jax.jit(exported.call, donate_argnums=donate, out_shardings=per_leaf)
-    self.out_avals = jax.tree.unflatten(out_tree, [jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
-                                                   for a, s in zip(exported.out_avals, per_leaf)])
+    def run(*args):
+      leaves, tree = jax.tree.flatten(args)
+      if tree != in_tree:  # checked when traced, i.e. once per argument structure
+        raise ValueError(f"program {name!r} called with arguments {tree}, exported for {in_tree}")
+      return jax.tree.unflatten(out_tree, exported.call(*leaves))
+
+    run.__name__ = f"stored_{name}"
+    self._run = jax.jit(run, donate_argnums=donate_argnums, out_shardings=out_shardings)
+    self.out_avals = jax.tree.unflatten(out_tree, [
+        jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s)
+        for a, s in zip(exported.out_avals, _per_leaf(out_shardings, out_tree))])
 
   def __call__(self, *args: Any) -> Any:
-    leaves, tree = jax.tree.flatten(args)
-    if tree != self._in_tree:
-      raise ValueError(f"program called with arguments {tree}, exported for {self._in_tree}")
-    return jax.tree.unflatten(self._out_tree, self._run(*leaves))
+    return self._run(*args)
+
+  def lower(self, *args: Any) -> jax.stages.Lowered:
+    return self._run.lower(*args)
 
   def _cache_size(self) -> int:
     """Executables compiled for this program (as ``jax.jit``'s ``_cache_size``)."""
@@ -171,4 +178,4 @@ def program(name: str, fn: Callable, args: tuple, *, key: str, out_shardings: An
       warnings.warn(f"jaxicl: cannot store a traced program in {folder!r} ({e.strerror})", stacklevel=2)
     stored = jax.export.deserialize(bytearray(made[0])), made[1]  # run what a later process will read
   exported, out_tree = stored
-  return Program(exported, in_tree, out_tree, out_shardings, donate_argnums)
+  return Program(name, exported, in_tree, out_tree, out_shardings, donate_argnums)

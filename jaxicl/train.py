@@ -246,8 +246,7 @@ class Engine:
     def chunk(state: TrainState, task_params: tasks.TaskParams | None, train_mask: Any, length: int):
       return jax.lax.scan(lambda s, _: step(s, task_params, train_mask), state, None, length=length)
 
-    self._chunk = jax.jit(chunk, static_argnums=3, donate_argnums=0,
-                          out_shardings=(self.state_sharding, replicated))
+    self._chunk = chunk  # jitted per chunk length in _program
     self.task_params = None  # [R] per-run task values (with train.task_variants)
     self.train_mask = None  # [R] per-run 0/1 per parameter leaf (with a variant that freezes)
     if cfg.train.task_variants:
@@ -284,8 +283,8 @@ class Engine:
       if length is None:
         fn, out, donate = self._init, self.state_sharding, ()
       else:
-        fn = lambda state, task_params, train_mask: self._chunk(state, task_params, train_mask, length)
         out, donate = (self.state_sharding, NamedSharding(self.mesh, PartitionSpec())), (0,)
+        fn = jax.jit(functools.partial(self._chunk, length=length), donate_argnums=donate, out_shardings=out)
       key = repr((self.cfg, length, self.mode, [d.id for d in self.devices]))
       self._programs[length] = programs.program("init" if length is None else "chunk", fn, args, key=key,
                                                 out_shardings=out, donate_argnums=donate)
@@ -307,8 +306,10 @@ class Engine:
     return self._program(length, args)(*args)
 
   def lower(self, state: TrainState, length: int) -> jax.stages.Lowered:
-    """The chunk program of ``length`` steps lowered for ``state`` (for XLA's cost analysis and compile timing)."""
-    return self._chunk.lower(state, self.task_params, self.train_mask, length)
+    """The chunk program of ``length`` steps (the one ``run_chunk`` runs) lowered for ``state`` (arrays or
+    ``jax.ShapeDtypeStruct``s), for XLA's cost and memory analyses and compile timing."""
+    args = (state, self.task_params, self.train_mask)
+    return self._program(length, args).lower(*args)
 
   def bind(self, compiled: jax.stages.Compiled) -> Callable[[TrainState], tuple[TrainState, jax.Array]]:
     """``state -> (state, losses)`` running ``compiled`` (from ``lower(...).compile()``) with this engine's per-run

@@ -125,6 +125,12 @@ def test_the_engines_stored_programs_equal_its_traced_ones(store, monkeypatch, c
   for _ in range(2):
     s_state, s_loss = stored.run_chunk(s_state, 10)
   assert _same((s_state, s_loss), (t_state, t_loss))
+  # lowered for the abstract state (as the sweep's memory analysis does), it is the same program and runs the same
+  bound = stored.bind(stored.lower(stored.abstract_state(), 10).compile())
+  b_state = stored.init()
+  for _ in range(2):
+    b_state, b_loss = bound(b_state)
+  assert _same((b_state, b_loss), (s_state, s_loss)) and len(stored._programs) == 2
   assert all(isinstance(p, programs.Program) for p in stored._programs.values())
   assert not any(isinstance(p, programs.Program) for p in traced._programs.values())
 
