@@ -13,9 +13,9 @@ numpy, every ``jax.config`` value, and a digest of jaxicl's own source files. Bo
 ones that read back run the same deserialized program, so they compute the same bits (tested against ``fn``).
 
 Off (``fn`` is returned as it is) without a compilation cache folder (``jax_compilation_cache_dir``), with
-several processes, or when the export cannot be made or serialized (e.g. a custom call ``jax.export`` refuses, or
-no ``flatbuffers``). An unreadable stored program is a cache miss: it is exported again and replaced atomically;
-an unwritable folder is a warning, and the program runs from memory.
+several processes (``jax.distributed``), or when the export cannot be made or serialized (e.g. a custom call
+``jax.export`` refuses, or no ``flatbuffers``). An unreadable stored program is a cache miss: it is exported again
+and replaced atomically; an unwritable folder is a warning, and the program runs from memory.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ SUBDIR = "jaxicl_programs"
 def directory() -> str | None:
   """Where exports are kept: ``<jax_compilation_cache_dir>/jaxicl_programs`` (None: the cache is off)."""
   base = jax.config.jax_compilation_cache_dir
-  if not base or jax.process_count() > 1:
-    return None
+  if not base or jax.process_count() > 1 or not isinstance(getattr(jax.config, "values", None), dict):
+    return None  # (without jax.config.values the key could not hold every flag)
   return os.path.join(base, SUBDIR)
 
 
