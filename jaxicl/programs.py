@@ -71,7 +71,8 @@ def _key(name: str, key: str, in_tree: Any, specs: list[jax.ShapeDtypeStruct]) -
   h = hashlib.sha256()
   config = sorted((k, repr(v)) for k, v in jax.config.values.items())
   devices = [(d.platform, d.device_kind, d.id) for d in jax.devices()]
-  for part in (name, key, str(in_tree), repr([(s.shape, str(s.dtype), repr(s.sharding)) for s in specs]),
+  shardings = [(repr(s.sharding), getattr(getattr(s.sharding, "mesh", None), "device_ids", None)) for s in specs]
+  for part in (name, key, str(in_tree), repr([(s.shape, str(s.dtype)) for s in specs]), repr(shardings),
                repr(devices), repr(config), _environment_digest()):
     h.update(part.encode())
     h.update(b"\0")
@@ -91,9 +92,7 @@ def _read(path: str) -> tuple[jax.export.Exported, Any] | None:
     with open(path, "rb") as f:
       blob, out_tree = pickle.load(f)
     return jax.export.deserialize(bytearray(blob)), out_tree
-  except FileNotFoundError:
-    return None
-  except Exception:  # a torn or foreign file is a miss; it is replaced below
+  except Exception:  # missing, torn or foreign: a miss (the caller exports and replaces it)
     return None
 
 
@@ -157,7 +156,7 @@ def program(name: str, fn: Callable, args: tuple, *, key: str, out_shardings: An
   """``fn`` (a jitted function of pytrees) as a ``Program`` for ``args``' shapes, traced at most once per key.
 
   ``key``: what ``fn``'s trace depends on beyond the arguments and the environment (module docstring), e.g. the
-  config's JSON and static arguments; ``out_shardings``: the outputs' shardings (a prefix of the output tree);
+  config's repr and static arguments; ``out_shardings``: the outputs' shardings (a prefix of the output tree);
   ``donate_argnums``: arguments whose buffers the program may reuse. Returns ``fn`` itself when exports are off.
   """
   folder = directory()
