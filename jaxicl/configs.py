@@ -316,9 +316,12 @@ def _coerce(value: Any, annotation: Any, field: str, nested: bool = False) -> An
     elif isinstance(value, bool) or not isinstance(value, (int, float)):
       raise ValueError(f"{field}={value!r}: expected a number, got {type(value).__name__}")
     try:
-      value = float(value)
+      number = float(value)
     except OverflowError:
       raise ValueError(f"{field}={value!r}: not a finite number") from None
+    if isinstance(value, int) and number != value:  # e.g. 2**53 + 1: no silent rounding of an integer
+      raise ValueError(f"{field}={value!r}: not exactly representable as a float (write it as a decimal number)")
+    value = number
     if not math.isfinite(value):
       raise ValueError(f"{field}={value!r}: must be a finite number")
     return value

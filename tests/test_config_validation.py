@@ -123,6 +123,15 @@ def jax_free_leaves(value):
     yield value
 
 
+@pytest.mark.parametrize("section,name,value", [("optim", "eps", 2**53 + 1), ("train", "lrs", [1e-3, 2**60 + 1])])
+def test_an_integer_a_float_field_cannot_hold_exactly_is_refused(section, name, value):
+  """(Found by the property test above: 2**53 + 1 in a float field was stored as 2**53.)"""
+  with pytest.raises(ValueError, match=rf"^{section}\.{name}(\[1\])?=\d+: not exactly representable as a float"):
+    configs.from_dict({section: {name: value}})
+  exact = getattr(getattr(configs.from_dict({section: {name: 2**53}}), section), name)  # representable: kept
+  assert exact in (2.0**53, (2.0**53,))
+
+
 @pytest.mark.parametrize("section,cls,name,hint", FIELDS, ids=IDS)
 def test_override_strings_must_parse_exactly(section, cls, name, hint):
   base, _ = _unwrap(hint)
