@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import types
 import typing
 
@@ -17,7 +18,9 @@ from hypothesis import strategies as st
 from jaxicl import cli, configs
 from jaxicl.theory import cli as theory_cli
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 40 examples per property in CI; JAXICL_HYPOTHESIS_EXAMPLES=N searches longer (e.g. 1500 before a release)
+SETTINGS = settings(max_examples=int(os.environ.get("JAXICL_HYPOTHESIS_EXAMPLES", 40)), deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 def _fields() -> list[tuple[str, type, str, typing.Any]]:
