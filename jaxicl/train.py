@@ -569,6 +569,6 @@ def _tensorboard(workdir: str | None):
     return None
   finally:
     if block_torch:
-      del sys.modules["torch"]
+      sys.modules.pop("torch", None)
   return SummaryWriter(os.path.join(workdir, "tensorboard"))
 
