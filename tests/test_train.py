@@ -14,10 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import FAST_XLA
+from conftest import REPO, subprocess_env
 from jaxicl import configs, tasks, train
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(*overrides):
@@ -204,9 +202,10 @@ _SHARDED = textwrap.dedent("""
 """)
 
 
-def test_sharded_over_four_cpu_devices_equals_single_device():
-  # FAST_XLA: 20 steps compile far longer than they run; both sides of the comparison share the flags
-  env = dict(os.environ, XLA_FLAGS=FAST_XLA + " --xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+def test_sharded_over_four_cpu_devices_equals_single_device(xla_cache):
+  # FAST_XLA (subprocess_env): 20 steps compile far longer than they run; both sides of the comparison share it
+  env = subprocess_env(xla_cache)
+  env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
   res = subprocess.run([sys.executable, "-c", _SHARDED], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
   assert res.returncode == 0, res.stderr
@@ -230,13 +229,13 @@ def test_fit_devices_uses_the_most_devices_an_axis_divides(seeds, batch, shard, 
   assert train.shard_mode(cfg, len(fitted)) == want[1]
 
 
-def test_cli_program_trains_on_one_cpu_device_per_core(tmp_path):
+def test_cli_program_trains_on_one_cpu_device_per_core(tmp_path, xla_cache):
   """``python -m jaxicl.cli`` asks JAX for JAXICL_CPU_DEVICES CPU devices and the engine shards over them."""
   from jaxicl import cli
   assert cli.cpu_device_count({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}) is None
   assert cli.cpu_device_count({cli.CPU_DEVICES_ENV: "3"}) == 3
   assert cli.cpu_device_count({}) == min(len(os.sched_getaffinity(0)), cli.MAX_CPU_DEVICES)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=FAST_XLA)  # no device count in XLA_FLAGS: the CLI sets it
+  env = subprocess_env(xla_cache)  # no device count in its XLA_FLAGS: the CLI sets it
   cmd = [sys.executable, "-m", "jaxicl.cli", "train", "--config", "tiny", "--quiet", "--set", "train.steps=2",
          "--set", "train.log_every=1", "--set", "train.seeds=0,1,2"]
   for n, want in (("2", 2), ("3", 3)):  # 3 runs, batch 32: the batch over 2 devices, the runs over 3
@@ -331,7 +330,7 @@ def test_metrics_go_to_jsonl_and_tensorboard(tmp_path):
   assert glob.glob(str(tmp_path / "tensorboard" / "events.*")) == [path]
 
 
-def test_the_tensorboard_writer_is_made_without_importing_torch(tmp_path):
+def test_the_tensorboard_writer_is_made_without_importing_torch(tmp_path, xla_cache):
   """tensorboardX imports torch, when installed, at its own import (seconds); the writer is made without it and
   torch stays importable afterwards. A stand-in torch package, first on the path, records whether it was run."""
   pytest.importorskip("tensorboardX")
@@ -349,7 +348,8 @@ def test_the_tensorboard_writer_is_made_without_importing_torch(tmp_path):
       import torch
       assert os.path.exists({str(mark)!r})
       """)
-  env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), REPO]), "JAX_PLATFORMS": "cpu"}
+  env = subprocess_env(xla_cache)
+  env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
   proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert os.listdir(tmp_path / "w" / "tensorboard")
