@@ -7,8 +7,8 @@
 #   bash benchmarks/accelerator_run.sh              # on a GPU/TPU machine; repeat until it prints "all done"
 #   bash benchmarks/accelerator_run.sh --dry-run    # the same steps at tiny sizes on any machine (CI)
 #
-# Budget on one H100 (estimated from the presets' docstrings): benchmarks ~8 min, study 1 full and study 2 full
-# within ~30 min together.
+# Budget on one H100: the benchmarks and the study-2 step costs ~12 min (measured pieces, below); study 1 full ~10 min
+# (derived, not measured) and study 2 full ~10 min of training (its measured step costs) + its analysis.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0
@@ -38,13 +38,20 @@ step() {  # step NAME COMMAND...: run COMMAND within what is left of this piece,
 if [ $DRY = 1 ]; then
   step bench $PY benchmarks/bench_train.py --models small --batch 4 --chunk 2 --repeats 1 --no-torch-compile \
     --no-time-to-result --md "$OUT/bench.md" --json "$OUT/bench.json"
+  step step_cost $PY benchmarks/step_cost.py --study head-utilization --preset tiny --chunk 10 --repeats 1 \
+    --max-programs 1 --json "$OUT/step_cost.json"  # chunk = the tiny preset's log_every: its program is reused
   step multihead $PY -m jaxicl.cli reproduce multihead --preset tiny --out "$OUT/multihead_tiny"
   step head_utilization $PY -m jaxicl.cli reproduce head-utilization --preset tiny --out "$OUT/head_utilization_tiny"
 else
-  step bench $PY benchmarks/bench_train.py --models small,standard --batch 64 --md "$OUT/bench_b64.md" \
-    --json "$OUT/bench_b64.json"
-  step bench_bf16 $PY benchmarks/bench_train.py --models standard --batch 1024 --dtype bfloat16 \
-    --no-time-to-result --md "$OUT/bench_b1024_bf16.md" --json "$OUT/bench_b1024_bf16.json"
+  # Measured on one H100 (2026-11-26, results/accelerator_NVIDIA_H100_80GB_HBM3): 70 s, 128 s, 124 s (torch.compile
+  # left out at batch 1024), 110 s for 4 of the 6 study-2 programs; the sweep's 1- and 8-seed rows 137 s.
+  step bench_small $PY benchmarks/bench_train.py --models small --batch 64 --md "$OUT/bench_small_b64.md" \
+    --json "$OUT/bench_small_b64.json"
+  step bench_standard $PY benchmarks/bench_train.py --models standard --batch 64 --no-time-to-result \
+    --md "$OUT/bench_standard_b64.md" --json "$OUT/bench_standard_b64.json"
+  step bench_bf16 $PY benchmarks/bench_train.py --models standard --batch 1024 --dtype bfloat16 --no-torch-compile \
+    --no-time-to-result --repeats 5 --md "$OUT/bench_b1024_bf16.md" --json "$OUT/bench_b1024_bf16.json"
+  step step_cost $PY benchmarks/step_cost.py --study head-utilization --preset full --json "$OUT/step_cost_hu_full.json"
   step bench_sweep $PY benchmarks/bench_sweep.py --seeds 1,8,64 --steps 1000 --md "$OUT/bench_sweep.md" \
     --json "$OUT/bench_sweep.json"
   step multihead $PY -m jaxicl.cli reproduce multihead --preset full --out "$OUT/multihead_full"

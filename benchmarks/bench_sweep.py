@@ -26,9 +26,15 @@ import sys
 import tempfile
 import time
 
-import jax
+# The measured sweeps run in subprocesses on the same accelerator: this process must not hold JAX's preallocated
+# share of its memory (75 % by default) while they run; theirs is as the user's environment says.
+_MEMORY_VARS = ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION")
+_USER_MEMORY = {k: os.environ[k] for k in _MEMORY_VARS if k in os.environ}
+os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
-import bench_train
+import jax  # noqa: E402
+
+import bench_train  # noqa: E402
 
 
 def sweep_runs_per_s(n_seeds: int, steps: int, batch: int, runs_per_program: str, cpu_devices: str | None = None
@@ -44,7 +50,8 @@ def sweep_runs_per_s(n_seeds: int, steps: int, batch: int, runs_per_program: str
     out = os.path.join(tmp, "out")
     cmd = [sys.executable, "-m", "jaxicl.cli", "sweep", "--config", "tiny", "--seeds", str(n_seeds), "--out", out,
            "--runs-per-program", runs_per_program, "--quiet"] + sum((["--set", x] for x in sets), [])
-    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_COMPILATION_CACHE_DIR",) + _MEMORY_VARS}
+    env.update(_USER_MEMORY)
     env["JAXICL_COMPILATION_CACHE"] = os.path.join(tmp, "xla")
     if cpu_devices is not None:
       env["JAXICL_CPU_DEVICES"] = cpu_devices

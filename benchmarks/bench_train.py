@@ -11,7 +11,8 @@ For each model (``small``: d=5, N=11, GPT-2 2 layers × 4 heads × 64, the learn
     torch.compile, in turn) so that load changes hit all three alike; torch uses the best thread count of
     1..nproc (searched first, stated in the table);
   * achieved FLOP/s ÷ the machine's matmul peak measured here in the same dtype (a jitted square matmul),
-    with the FLOPs of one step from XLA's cost analysis (the same count is used for the reference);
+    with the FLOPs of one step from XLA's cost analysis of the lowered step (the same count is used for the
+    reference); float32 matmuls as JAX computes them on this device (TF32 on an NVIDIA GPU: torch is set to match);
   * time to result (``small`` only): median steps to a windowed training loss < 3.0 over ≥ 3 seeds
     (benchmarks/learning_speed.py, run here or read from ``--learning-speed-json``) × the median time per
     step, + compile time.
@@ -21,6 +22,8 @@ For each model (``small``: d=5, N=11, GPT-2 2 layers × 4 heads × 64, the learn
   python benchmarks/bench_train.py --models standard --batch 1024 --dtype bfloat16   # accelerator MFU
 
 Needs the [bench] extra (torch, transformers) for the reference columns; without it, jaxicl alone.
+On a GPU, JAX and torch share its memory in this process: JAX takes at most ``XLA_PYTHON_CLIENT_MEM_FRACTION``
+(0.45 unless set; its default of 0.75 left torch too little at batch 1024 on an H100).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import statistics
 import sys
 import time
 
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.45")  # before JAX's backend starts: torch shares the GPU
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,17 +50,30 @@ MODELS = {
 }
 
 
-def matmul_peak(dtype: str, n: int = 2048, repeats: int = 5) -> float:
-  """Measured FLOP/s of a jitted n×n matmul in ``dtype`` on the default device (best of ``repeats``)."""
-  a = jnp.ones((n, n), dtype)
+def matmul_peak(dtype: str, repeats: int = 5) -> float:
+  """Measured FLOP/s of a jitted n×n matmul in ``dtype`` on the default device (best of ``repeats`` timings of
+  ``calls`` back-to-back products; n = 2048 on a CPU, 8192 on an accelerator, where a smaller product is too short
+  to time past its dispatch). f32 products run at JAX's default precision, as the models do (TF32 on NVIDIA GPUs)."""
+  cpu = jax.default_backend() == "cpu"
+  n, calls = (2048, 1) if cpu else (8192, 10)
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n)), dtype)
   f = jax.jit(lambda x: x @ x)
   f(a).block_until_ready()
   best = math.inf
   for _ in range(repeats):
     t0 = time.perf_counter()
-    f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
+    outs = [f(a) for _ in range(calls)]
+    jax.block_until_ready(outs)
+    best = min(best, (time.perf_counter() - t0) / calls)
   return 2 * n**3 / best
+
+
+def jax_f32_matmul() -> str:
+  """How JAX computes float32 matmuls here: 'tf32' on an NVIDIA GPU at JAX's default precision, else 'f32'."""
+  precision = jax.config.jax_default_matmul_precision
+  if jax.default_backend() == "gpu" and precision in (None, "default", "tensorfloat32", "TF32_TF32_F32"):
+    return "tf32"
+  return "f32"
 
 
 def jaxicl_bench(spec: dict, batch: int, dtype: str, chunk: int, devices: list | None = None):
@@ -73,7 +91,9 @@ def jaxicl_bench(spec: dict, batch: int, dtype: str, chunk: int, devices: list |
   compiled = engine.bind(engine.lower(holder["state"], chunk).compile())
   compile_s = time.perf_counter() - t0
   one = engine if len(engine.devices) == 1 else train.Engine(cfg, engine.devices[:1])  # sharded: per-device flops
-  cost = one.lower(one.abstract_state(), 1).compile().cost_analysis()
+  # The HLO before XLA's passes: on a GPU the compiled program's count leaves out the cuBLAS matmuls (an H100 run
+  # counted 127 of the standard model's 316 GFLOP per step).
+  cost = one.lower(one.abstract_state(), 1).cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = float(cost.get("flops", math.nan)) if cost else math.nan
 
@@ -93,6 +113,8 @@ def torch_bench(spec: dict, batch: int, dtype: str, compile_model: bool):
   except ImportError:
     return None
   device = "cuda" if torch.cuda.is_available() else "cpu"
+  if device == "cuda":  # the reference's f32 matmuls as JAX's (torch's own default is full f32, JAX's TF32)
+    torch.set_float32_matmul_precision("high" if jax_f32_matmul() == "tf32" else "highest")
   torch.manual_seed(0)
   model = reference.Reference(spec["d"], spec["n_points"], spec["width"], spec["layers"], spec["heads"]).to(device)
   opt = torch.optim.Adam(model.parameters(), lr=spec["lr"])
@@ -149,6 +171,8 @@ def bench_model(name: str, batch: int, dtype: str, chunk: int, repeats: int, com
   have_torch = importlib.util.find_spec("torch") is not None
   if have_torch:
     threads = best_torch_threads(spec, batch, dtype, max(3, chunk // 10))
+    import torch
+    threads = None if torch.cuda.is_available() else threads  # on a GPU the thread count is not what it runs on
     eager, _ = torch_bench(spec, batch, dtype, False)
     impls["torch eager"] = (eager, 1, 0.0)
     if compile_torch:
@@ -238,7 +262,8 @@ def main() -> None:
 
   device = jax.devices()[0]
   header = (f"device: {device.device_kind} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores) × "
-            f"{len(jax.devices())}, jax {jax.__version__}; measured {args.dtype} matmul peak "
+            f"{len(jax.devices())}, jax {jax.__version__}; float32 matmuls: {jax_f32_matmul()} in both; "
+            f"measured {args.dtype} matmul peak "
             f"{peak / 1e9:.1f} GFLOP/s; batch {args.batch}; median of {args.repeats} interleaved timings")
   lines = [header, "",
            "| model | implementation | compile (s) | steps/s | prompts/s | × torch eager | × torch.compile | "
@@ -253,7 +278,9 @@ def main() -> None:
                  f"{ratio('torch eager')} | {ratio('torch.compile')} | {100 * r['fraction_of_matmul_peak']:.1f}% | "
                  f"{result} |")
   report(lines, args.md, args.json, {"device": device.device_kind, "jax": jax.__version__,
-                                      "matmul_peak_flop_per_s": peak, "rows": rows})
+                                      "torch": sys.modules["torch"].__version__ if "torch" in sys.modules else None,
+                                      "float32_matmul": jax_f32_matmul(), "matmul_peak_flop_per_s": peak,
+                                      "rows": rows})
 
 
 def report(lines: list[str], md: str | None, json_path: str | None, payload: dict) -> None:

@@ -237,12 +237,13 @@ def full():
   """The study: d=20, s=3, N=40, σ ∈ {0, 0.1, 0.5}; L ∈ {2, 3, 4} layers × 8 heads (width 256, MLP) and the
   single-head model of each depth; 3 seeds vmapped; 8000 Adam steps (lr 1e-3, 400 warmup, cosine, batch 64, clip 1).
 
-  `jaxicl reproduce head-utilization --preset full --out runs/head_utilization` — sized for <= 30 minutes on one
-  H100, derived, not measured: XLA's cost analysis (``jax.jit(vmapped step).lower(...).cost_analysis()``) gives
-  1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4 (the single-head models cost the same), so
-  the 18 trainings (6 programs of 3 σ × 3 seeds) × 8000 steps are 3.3e16 flops: 22 minutes at an assumed
-  25 TFLOP/s sustained (TF32 matmuls at this width), plus ~1 ms/step of launch overhead (~2.5 minutes) and the
-  analysis. On CPU the same arithmetic (3.8e10 flop/s measured on the 2-core CPU) gives ~10 days. Every program is
+  `jaxicl reproduce head-utilization --preset full --out runs/head_utilization` — training measured per step on one
+  H100 (``python benchmarks/step_cost.py --study head-utilization --preset full``, 2026-11-26, TF32): 7.75 / 11.58 ms
+  per step for the 8-head L = 2 / 3 programs, 6.37 / 9.35 ms for the single-head ones (9 runs each), compile 9-18 s;
+  L = 4 (not reached in that lease) ~15.4 / ~12.3 ms by the per-layer increment. × 8000 steps: ~8.4 minutes of
+  training + ~1 minute of compiles; the analyses and baselines were not timed there. XLA's cost analysis gives
+  1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4, 3.3e16 in all; on the 2-core CPU
+  (3.8e10 flop/s measured) that is ~10 days. Every program is
   checkpointed under out/runs, so an interrupted run resumes.
   """
   task, model = _sparse_gpt2(d=20, sparsity=3, n_points=40, width=256)
