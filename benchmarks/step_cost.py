@@ -76,9 +76,9 @@ def main() -> None:
   ap.add_argument("--max-programs", type=int, default=None, help="measure only the first K programs")
   ap.add_argument("--json", default=None)
   args = ap.parse_args()
-  for flag in ("chunk", "repeats"):
-    if getattr(args, flag) < 1:
-      ap.error(f"--{flag}={getattr(args, flag)}: must be >= 1")
+  for flag in ("chunk", "repeats", "max_programs"):
+    if getattr(args, flag) is not None and getattr(args, flag) < 1:
+      ap.error(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be >= 1")
   try:
     programs = study_programs(args.study, args.preset)
   except ValueError as e:
