@@ -8,7 +8,7 @@
 #   bash benchmarks/accelerator_run.sh --dry-run    # the same steps at tiny sizes on any machine (CI)
 #
 # Budget on one H100: the benchmarks and the study-2 step costs ~12 min (measured pieces, below); study 1 full ~10 min
-# (derived, not measured) and study 2 full ~10 min of training (its measured step costs) + its analysis.
+# (derived, not measured) and study 2 full ~14 min of training (its measured step costs) + its analysis.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0

@@ -235,21 +235,26 @@ def cpu():
 @_preset
 def full():
   """The study: d=20, s=3, N=40, σ ∈ {0, 0.1, 0.5}; L ∈ {2, 3, 4} layers × 8 heads (width 256, MLP) and the
-  single-head model of each depth; 3 seeds vmapped; 8000 Adam steps (lr 1e-3, 400 warmup, cosine, batch 64, clip 1).
+  single-head model of each depth; 3 seeds vmapped; 12000 Adam steps (lr 1e-3, 400 warmup, cosine, batch 64, clip 1)
+  with the dims curriculum 3 → 20 (one more active dim every 250 steps, all 20 from step 4250; the support drawn
+  among the active dims) — the lever that took the CPU presets' models off the plateau (README "Study 2").
 
-  `jaxicl reproduce head-utilization --preset full --out runs/head_utilization` — training measured per step on one
-  H100 (``python benchmarks/step_cost.py --study head-utilization --preset full``, 2026-11-26, TF32): 7.75 / 11.58 ms
-  per step for the 8-head L = 2 / 3 programs, 6.37 / 9.35 ms for the single-head ones (9 runs each), compile 9-18 s;
-  L = 4 (not reached in that lease) ~15.4 / ~12.3 ms by the per-layer increment. × 8000 steps: ~8.4 minutes of
-  training + ~1 minute of compiles; the analyses and baselines were not timed there. XLA's cost analysis gives
-  1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4, 3.3e16 in all; on the 2-core CPU
-  (3.8e10 flop/s measured) that is ~10 days. Every program is
-  checkpointed under out/runs, so an interrupted run resumes.
+  `jaxicl reproduce head-utilization --preset full --out runs/head_utilization` — not run yet. Its length comes from
+  the training cost measured per step on one H100 (``python benchmarks/step_cost.py --study head-utilization
+  --preset full``, 2026-11-26, TF32, results/accelerator_NVIDIA_H100_80GB_HBM3): 7.75 / 11.58 ms per step for the
+  8-head L = 2 / 3 programs, 6.37 / 9.35 ms for the single-head ones (9 runs each: 3 σ × 3 seeds), compile 9-18 s;
+  L = 4 (not reached in that lease) ~15.4 / ~12.3 ms by the per-layer increment: 62.8 ms per step over the 6
+  programs, so 12000 steps are ~12.6 minutes of training + ~1 minute of compiles, leaving ~16 of the 30-minute budget
+  to the analyses and baselines (not timed on a GPU). The curriculum masks inputs and does not change the step's
+  cost. XLA's cost analysis: 1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4; on the 2-core CPU
+  (3.8e10 flop/s measured) the preset is ~2 weeks. Every program is checkpointed under out/runs, so an interrupted
+  run resumes.
   """
   task, model = _sparse_gpt2(d=20, sparsity=3, n_points=40, width=256)
   return (configs.Config(task=task, model=model,
                          optim=configs.OptimConfig(lr=1e-3, warmup_steps=400, schedule="cosine", grad_clip=1.0),
-                         train=configs.TrainConfig(steps=8000, batch_size=64, seeds=(0, 1, 2), log_every=1000,
+                         curriculum=configs.CurriculumConfig(dims_start=3, every=250),
+                         train=configs.TrainConfig(steps=12000, batch_size=64, seeds=(0, 1, 2), log_every=1000,
                                                    ckpt_every=2000, eval_prompts=2048)),
           StudySettings(noise_stds=(0.0, 0.1, 0.5), layers=(2, 3, 4), heads=8, single_head=True, probe_prompts=2048,
                         tune_prompts=1024, importance_batch=4))
