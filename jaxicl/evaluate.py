@@ -92,16 +92,29 @@ def run_risks(model: ICLModel, run_params: Any, prompts: tasks.Prompt, head_mask
   n_runs = jax.tree.leaves(run_params)[0].shape[0]
   if head_masks is None:
     head_masks = np.ones((n_runs, len(model.n_heads), max(model.n_heads)), np.float32)
+  masks = jnp.asarray(head_masks, jnp.float32)
+  sq_err = _runs_sq_err(model)
+  return chunked_prompt_mean(lambda *chunk_args: sq_err(run_params, masks, *chunk_args), prompts, chunk)
+
+
+def chunked_prompt_mean(sq_err_sum: Any, prompts: tasks.Prompt, chunk: int) -> Any:
+  """Σ over prompt chunks of ``sq_err_sum(xs, ys, targets, valid)`` ÷ B, in float64 (a pytree of arrays).
+
+  The prompts go in fixed-size chunks of ``min(chunk, B)`` (the last zero-padded; ``valid`` counts its real
+  prompts, which ``sq_err_sum`` must alone sum over), so one compiled program serves every chunk and memory is
+  bounded by the chunk, not by B."""
+  if chunk < 1:
+    raise ValueError(f"chunk={chunk!r}: must be >= 1")
   n_prompts = prompts.xs.shape[0]
   chunk = min(chunk, n_prompts)
-  sq_err = _runs_sq_err(model)
-  total = 0.0
+  total = None
   for start in range(0, n_prompts, chunk):
     parts = [np.asarray(a[start:start + chunk]) for a in (prompts.xs, prompts.ys, prompts.targets)]
     valid = parts[0].shape[0]
     parts = [np.pad(a, [(0, chunk - valid)] + [(0, 0)] * (a.ndim - 1)) for a in parts]
-    total = total + np.asarray(sq_err(run_params, jnp.asarray(head_masks, jnp.float32), *parts, valid), np.float64)
-  return total / n_prompts
+    out = jax.tree.map(lambda a: np.asarray(a, np.float64), sq_err_sum(*parts, valid))
+    total = out if total is None else jax.tree.map(np.add, total, out)
+  return jax.tree.map(lambda a: a / n_prompts, total)
 
 
 def variant_prompts(cfg: configs.Config, n_prompts: int, seed: int = EVAL_SEED) -> tuple[tasks.Prompt, np.ndarray]:

@@ -74,11 +74,12 @@ def masked_risk(model: ICLModel, params: Params, prompts: tasks.Prompt, head_mas
   return evaluate.pointwise_risk(model, params, prompts, head_mask)
 
 
-def _reduce(risks: jax.Array, points: Sequence[int] | np.ndarray | None) -> jax.Array:
-  """Mean over the last axis [..., P] -> [...], over all points or the given point indices."""
+def _reduce(risks: jax.Array | np.ndarray, points: Sequence[int] | np.ndarray | None) -> np.ndarray:
+  """Mean over the last axis [..., P] -> [...] in float64, over all points or the given point indices."""
+  risks = np.asarray(risks, np.float64)
   if points is None:
-    return jnp.mean(risks, axis=-1)
-  return jnp.mean(risks[..., np.asarray(points)], axis=-1)
+    return risks.mean(axis=-1)
+  return risks[..., np.asarray(points)].mean(axis=-1)
 
 
 def mask_risks(model: ICLModel, params: Params, prompts: tasks.Prompt, masks: jax.Array,
@@ -100,12 +101,27 @@ def _importance_risks(model: ICLModel, params: Params, prompts: tasks.Prompt, ma
   return mask_risks(model, params, prompts, masks, batch_size), masked_risk(model, params, prompts, None)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _importance_risks_runs(model: ICLModel, run_params: Params, prompts: tasks.Prompt, masks: jax.Array,
-                           batch_size: int | None) -> tuple[jax.Array, jax.Array]:
-  """``_importance_risks`` vmapped over the leading run axis: ([R, M, P], [R, P])."""
-  return jax.vmap(lambda p: (mask_risks(model, p, prompts, masks, batch_size),
-                             masked_risk(model, p, prompts, None)))(run_params)
+@functools.lru_cache(maxsize=32)
+def _importance_sq_err_runs(model: ICLModel, batch_size: int | None):
+  """Compiled once per (model, mask batch): summed squared errors of every run under every single-head mask and
+  unmasked, ([R, M, P], [R, P]), over the first ``valid`` prompts of a zero-padded chunk."""
+
+  @jax.jit
+  def sq_err(run_params, masks, xs, ys, targets, valid):
+    index = layouts.get_layout(model.layout).target_index(xs.shape[1])
+    keep = (jnp.arange(xs.shape[0]) < valid).astype(jnp.float32)[:, None]
+
+    def err(p, m):
+      return jnp.sum(keep * jnp.square(model.apply(p, xs, ys, head_mask=m) - targets[:, index]), axis=0)
+
+    def run(p):
+      masked = (jax.vmap(lambda m: err(p, m))(masks) if batch_size is None
+                else jax.lax.map(lambda m: err(p, m), masks, batch_size=batch_size))
+      return masked, err(p, None)
+
+    return jax.vmap(run)(run_params)
+
+  return sq_err
 
 
 def _importance_from(risks_masked: jax.Array, risk_full: jax.Array, n_heads: Sequence[int],
@@ -130,13 +146,16 @@ def head_importance(model: ICLModel, params: Params, prompts: tasks.Prompt, *, p
 
 
 def head_importance_runs(model: ICLModel, run_params: Params, prompts: tasks.Prompt, *, points=None,
-                         batch_size: int | None = None) -> np.ndarray:
+                         batch_size: int | None = None, prompt_chunk: int = 256) -> np.ndarray:
   """``head_importance`` for every run of a stacked parameter tree (leading R axis): [R, L, H].
 
-  vmapped over runs and over masks in one program.
+  One program, vmapped over runs and over masks (``batch_size`` masks at a time), run over the prompts in chunks
+  of ``prompt_chunk``: memory grows with R × batch_size × prompt_chunk, not with the number of prompts (study 2's
+  full preset, 3 runs × 2048 prompts × 80 tokens × width 256 in one piece, asked for 62 GB).
   """
   masks = jnp.asarray(single_head_masks(model.n_heads))
-  risks, full = _importance_risks_runs(model, run_params, prompts, masks, batch_size)
+  sq_err = _importance_sq_err_runs(model, batch_size)
+  risks, full = evaluate.chunked_prompt_mean(lambda *chunk: sq_err(run_params, masks, *chunk), prompts, prompt_chunk)
   return _importance_from(risks, full, model.n_heads, points)
 
 

@@ -92,6 +92,11 @@ def test_vmapped_importance_equals_python_loop_over_masks():
   np.testing.assert_allclose(runs[1], interpret.head_importance(model, other, prompts), rtol=1e-4, atol=1e-6)
   at_points = interpret.head_importance_runs(model, stacked, prompts, points=[2, 5])  # no recompile
   assert not np.allclose(at_points[0], runs[0])
+  # prompts in chunks (the last one padded: its padding must not count) and masks in batches: the same numbers
+  n = prompts.xs.shape[0]
+  assert n % 3 != 0
+  chunked = interpret.head_importance_runs(model, stacked, prompts, batch_size=3, prompt_chunk=3)
+  np.testing.assert_allclose(chunked, runs, rtol=1e-4, atol=1e-6)
 
 
 def test_pruning_mask_policies():
