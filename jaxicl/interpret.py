@@ -94,13 +94,6 @@ def mask_risks(model: ICLModel, params: Params, prompts: tasks.Prompt, masks: ja
   return jax.lax.map(fn, masks, batch_size=batch_size)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 4))
-def _importance_risks(model: ICLModel, params: Params, prompts: tasks.Prompt, masks: jax.Array,
-                      batch_size: int | None) -> tuple[jax.Array, jax.Array]:
-  """(risks under each single-head mask [M, P], full-model risk [P]); compiled once per model and shapes."""
-  return mask_risks(model, params, prompts, masks, batch_size), masked_risk(model, params, prompts, None)
-
-
 @functools.lru_cache(maxsize=32)
 def _importance_sq_err_runs(model: ICLModel, batch_size: int | None):
   """Compiled once per (model, mask batch): summed squared errors of every run under every single-head mask and
@@ -134,15 +127,16 @@ def _importance_from(risks_masked: jax.Array, risk_full: jax.Array, n_heads: Seq
 
 
 def head_importance(model: ICLModel, params: Params, prompts: tasks.Prompt, *, points=None,
-                    batch_size: int | None = None) -> np.ndarray:
+                    batch_size: int | None = None, prompt_chunk: int = 256) -> np.ndarray:
   """I [L, H]: excess-risk increase when each single head is masked (NaN for non-existent heads).
 
-  ``points``: prediction indices the risk is averaged over (None: all P). One jitted vmap over the
-  L·H single-head masks (compiled once per model object and prompt shape).
+  ``points``: prediction indices the risk is averaged over (None: all P). ``head_importance_runs`` for one run:
+  one program over the L·H single-head masks (``batch_size`` at a time) and the prompts in chunks of
+  ``prompt_chunk``, compiled once per model object and chunk shape.
   """
-  masks = jnp.asarray(single_head_masks(model.n_heads))
-  risks, full = _importance_risks(model, params, prompts, masks, batch_size)
-  return _importance_from(risks, full, model.n_heads, points)
+  stacked = jax.tree.map(lambda a: jnp.asarray(a)[None], params)
+  return head_importance_runs(model, stacked, prompts, points=points, batch_size=batch_size,
+                              prompt_chunk=prompt_chunk)[0]
 
 
 def head_importance_runs(model: ICLModel, run_params: Params, prompts: tasks.Prompt, *, points=None,
