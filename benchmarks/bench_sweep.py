@@ -125,7 +125,8 @@ def main() -> None:
     lines.append(f"| {r['seeds']} | {r['split']} | {r['programs']} | {r['wall_s']:.1f} | {r['runs_per_s']:.3f} | "
                  f"{r['run_steps_per_s']:.0f} | {vs} |")
   if ref:
-    lines.append(f"| any | torch eager, one run after another ({ref['threads']} thr) | - | - | {ref['runs_per_s']:.3f} | "
+    threads = f" ({ref['threads']} thr)" if ref["threads"] else ""
+    lines.append(f"| any | torch eager, one run after another{threads} | - | - | {ref['runs_per_s']:.3f} | "
                  f"{ref['steps_per_s']:.0f} | 1.00 |")
   bench_train.report(lines, args.md, args.json, {"device": device.device_kind, "devices": len(jax.devices()),
                                                  "jax": jax.__version__, "steps": args.steps, "batch": args.batch,

@@ -140,11 +140,11 @@ def torch_bench(spec: dict, batch: int, dtype: str, compile_model: bool):
   return step, (time.perf_counter() - t0) if compile_model else 0.0
 
 
-def best_torch_threads(spec: dict, batch: int, dtype: str, steps: int) -> int:
-  """The torch thread count in 1..nproc with the most eager steps/s (CPU only)."""
+def best_torch_threads(spec: dict, batch: int, dtype: str, steps: int) -> int | None:
+  """The torch thread count in 1..nproc with the most eager steps/s (None on a GPU: not what it runs on)."""
   import torch
   if torch.cuda.is_available():
-    return torch.get_num_threads()
+    return None
   best, best_rate = 1, 0.0
   for threads in range(1, (os.cpu_count() or 1) + 1):
     torch.set_num_threads(threads)
@@ -171,8 +171,6 @@ def bench_model(name: str, batch: int, dtype: str, chunk: int, repeats: int, com
   have_torch = importlib.util.find_spec("torch") is not None
   if have_torch:
     threads = best_torch_threads(spec, batch, dtype, max(3, chunk // 10))
-    import torch
-    threads = None if torch.cuda.is_available() else threads  # on a GPU the thread count is not what it runs on
     eager, _ = torch_bench(spec, batch, dtype, False)
     impls["torch eager"] = (eager, 1, 0.0)
     if compile_torch:

@@ -66,21 +66,23 @@ def pointwise_risk(model: ICLModel, params: Any, prompts: tasks.Prompt,
   return jnp.mean(jnp.square(preds - prompts.targets[:, index]), axis=0)
 
 
+def chunk_sq_err(model: ICLModel, params: Any, head_mask: jax.Array | None, xs: jax.Array, ys: jax.Array,
+                 targets: jax.Array, valid: jax.Array | int) -> jax.Array:
+  """Σ_b (ŷ_bt − wᵀx_{b, idx(t)})² over the first ``valid`` prompts of a zero-padded chunk, at each prediction
+  point [P] (pure; jit/vmap-safe)."""
+  index = layouts.get_layout(model.layout).target_index(xs.shape[1])
+  keep = (jnp.arange(xs.shape[0]) < valid).astype(jnp.float32)[:, None]
+  return jnp.sum(keep * jnp.square(model.apply(params, xs, ys, head_mask=head_mask) - targets[:, index]), axis=0)
+
+
 @functools.lru_cache(maxsize=32)
 def _runs_sq_err(model: ICLModel):
-  """Compiled once per model: summed squared errors [R, P] of every run (its own head mask) on a prompt chunk,
-  counting only the first ``valid`` prompts (the chunk is zero-padded to a fixed size)."""
+  """Compiled once per model: summed squared errors [R, P] of every run (its own head mask) on a prompt chunk
+  (``chunk_sq_err``)."""
 
   @jax.jit
   def sq_err(run_params, masks, xs, ys, targets, valid):
-    index = layouts.get_layout(model.layout).target_index(xs.shape[1])
-    keep = (jnp.arange(xs.shape[0]) < valid).astype(jnp.float32)[:, None]
-
-    def one(p, m):
-      preds = model.apply(p, xs, ys, head_mask=m)
-      return jnp.sum(keep * jnp.square(preds - targets[:, index]), axis=0)
-
-    return jax.vmap(one)(run_params, masks)
+    return jax.vmap(lambda p, m: chunk_sq_err(model, p, m, xs, ys, targets, valid))(run_params, masks)
 
   return sq_err
 

@@ -82,30 +82,15 @@ def _reduce(risks: jax.Array | np.ndarray, points: Sequence[int] | np.ndarray | 
   return risks[..., np.asarray(points)].mean(axis=-1)
 
 
-def mask_risks(model: ICLModel, params: Params, prompts: tasks.Prompt, masks: jax.Array,
-               batch_size: int | None = None) -> jax.Array:
-  """Risk curves of one parameter set under each of a stack of masks: [M, L, H] -> [M, P].
-
-  vmapped over the masks; ``batch_size`` bounds how many are vmapped at once (``jax.lax.map``) to cap memory.
-  """
-  fn = lambda m: masked_risk(model, params, prompts, m)
-  if batch_size is None:
-    return jax.vmap(fn)(masks)
-  return jax.lax.map(fn, masks, batch_size=batch_size)
-
-
 @functools.lru_cache(maxsize=32)
 def _importance_sq_err_runs(model: ICLModel, batch_size: int | None):
   """Compiled once per (model, mask batch): summed squared errors of every run under every single-head mask and
-  unmasked, ([R, M, P], [R, P]), over the first ``valid`` prompts of a zero-padded chunk."""
+  unmasked, ([R, M, P], [R, P]), over the first ``valid`` prompts of a zero-padded chunk (``evaluate.chunk_sq_err``)."""
 
   @jax.jit
   def sq_err(run_params, masks, xs, ys, targets, valid):
-    index = layouts.get_layout(model.layout).target_index(xs.shape[1])
-    keep = (jnp.arange(xs.shape[0]) < valid).astype(jnp.float32)[:, None]
-
     def err(p, m):
-      return jnp.sum(keep * jnp.square(model.apply(p, xs, ys, head_mask=m) - targets[:, index]), axis=0)
+      return evaluate.chunk_sq_err(model, p, m, xs, ys, targets, valid)
 
     def run(p):
       masked = (jax.vmap(lambda m: err(p, m))(masks) if batch_size is None
