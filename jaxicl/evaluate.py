@@ -360,11 +360,14 @@ def query_predictions(name: str, xs: np.ndarray, ys: np.ndarray, query: np.ndarr
     k, b, n, d = xs.shape
     preds = np.asarray(estimators.predict(name, xs.reshape(k * b, n, d), ys.reshape(k * b, n), task_cfg, **hparams))
     return np.take_along_axis(preds.reshape(k, b, n), query[:, None, None], axis=2)[..., 0]
+  if name == "lasso":  # one path per prompt, coordinate descent only where needed (estimators.lasso_grid_predictions)
+    rest = {k: v for k, v in bound.items() if k != "alpha"}
+    preds = [estimators.lasso_grid_predictions(xs[k], ys[k], [bound["alpha"]], [int(t)], **rest)[:, 0, 0]
+             for k, t in enumerate(query)]
+    return np.stack(preds).astype(np.asarray(xs).dtype)
   static = tuple(sorted((k, v) for k, v in bound.items() if k in _STATIC))
   numeric = {k: jnp.asarray(v) for k, v in bound.items() if k not in _STATIC}
   run = _query_fn(name, static)
-  if name == "lasso":
-    run = estimators.in_float64(run)
   return np.asarray(run(jnp.asarray(xs), jnp.asarray(ys), jnp.asarray(query), numeric))
 
 

@@ -100,6 +100,61 @@ def test_lasso_matches_sklearn():
   np.testing.assert_allclose(w32, _sklearn_lasso(X, y, 0.05), atol=1e-4)
 
 
+def test_lasso_path_equals_sklearn_at_every_alpha():
+  """One homotopy path through an unsorted α grid (a duplicate, one above α_max) gives sklearn's fit at each α,
+  also with masked rows (a prefix)."""
+  rng = np.random.default_rng(5)
+  n, d, rows = 25, 12, 30
+  X = rng.standard_normal((rows, d))
+  y = X @ (rng.standard_normal(d) * (rng.random(d) < 0.3)) + 0.1 * rng.standard_normal(rows)
+  mask = (np.arange(rows) < n).astype(np.float64)
+  alpha_max = np.abs(X[:n].T @ y[:n]).max() / n
+  alphas = np.array([0.01, 2 * alpha_max, 0.3, 1e-4, 0.03, 0.01, 0.1])
+  w = np.asarray(E.in_float64(jax.jit(E.lasso_path_weights))(X, y, alphas, mask))
+  assert w.shape == (len(alphas), d)
+  for k, alpha in enumerate(alphas):
+    np.testing.assert_allclose(w[k], _sklearn_lasso(X[:n], y[:n], alpha), atol=1e-6, err_msg=f"alpha={alpha}")
+  assert np.all(w[1] == 0.0) and np.array_equal(w[0], w[5])
+
+
+def test_lasso_grid_on_one_path_equals_separate_fits():
+  """grid_risks and tune solve the lasso α grid on one path; the risks equal separate per-α fits."""
+  prompts = tasks.sample_batch(jax.random.PRNGKey(4), tasks.TaskConfig(family="sparse", d=6, sparsity=2,
+                                                                      n_points=9, noise_var=0.01), 12)
+  grid = {"alpha": (0.3, 0.001, 0.03)}
+  risks, points = E.grid_risks("lasso", grid, prompts)
+  lasso64 = E.in_float64(jax.jit(jax.vmap(E.lasso, in_axes=(0, 0, None))))  # the pure path, one α at a time
+  for g, point in enumerate(points):
+    preds = np.asarray(lasso64(prompts.xs, prompts.ys, np.float64(point["alpha"])), np.float64)
+    separate = np.mean((preds - np.asarray(prompts.targets, np.float64)) ** 2, axis=0)
+    np.testing.assert_allclose(risks[g], separate, rtol=1e-6, atol=1e-9)
+  best, tune_risks = E.tune("lasso", grid, prompts.xs, prompts.ys, prompts.targets, n_context=5)
+  np.testing.assert_allclose(tune_risks, risks[:, 5], rtol=1e-6, atol=1e-9)
+  assert best == {"alpha": grid["alpha"][int(np.argmin(risks[:, 5]))]}
+
+
+def test_lasso_grid_predictions_equal_the_prefixwise_lasso_at_every_alpha():
+  """The host driver (one path per prompt and prefix, coordinate descent only where the Newton check failed)
+  equals the pure prefix-wise lasso (every problem through the whole vmapped solve) at each α; the case has
+  problems that need the coordinate-descent refinement, so both stages are compared."""
+  prompts = tasks.sample_batch(jax.random.PRNGKey(3), tasks.TaskConfig(family="sparse", d=6, sparsity=2,
+                                                                      n_points=10, noise_var=0.01), 16)
+  alphas = (1e-4, 0.1, 1e-5, 1e-3)
+  with jax.enable_x64(True):
+    masks = E.prefix_masks(10, np.float64)
+    _, solved = E._lasso_start_all(np.asarray(prompts.xs, np.float64), np.asarray(prompts.ys, np.float64),
+                                   np.asarray(alphas), masks)
+  assert not np.all(solved)  # some problems go to the second stage
+  preds = E.lasso_grid_predictions(prompts.xs, prompts.ys, alphas, range(10))  # [B, N, K]
+  assert preds.shape == (16, 10, 4) and preds.dtype == np.float64
+  lasso64 = E.in_float64(jax.jit(jax.vmap(E.lasso, in_axes=(0, 0, None))))
+  for k, alpha in enumerate(alphas):
+    reference = np.asarray(lasso64(prompts.xs, prompts.ys, np.float64(alpha)), np.float64)
+    np.testing.assert_allclose(preds[..., k], reference, rtol=1e-6, atol=1e-7, err_msg=f"alpha={alpha}")
+  only_7 = E.lasso_grid_predictions(prompts.xs, prompts.ys, alphas, [7])
+  np.testing.assert_allclose(only_7[:, 0], preds[:, 7], rtol=1e-9, atol=1e-12)
+
+
 def test_gd_matches_a_numpy_loop_and_approaches_ols():
   xs, ys = _problem(n_points=20, d=4, seed=3)
   X, y = xs.astype(np.float64), ys.astype(np.float64)
