@@ -205,7 +205,13 @@ def quick():
                          curriculum=configs.CurriculumConfig(dims_start=2, every=1000),
                          train=configs.TrainConfig(steps=24000, batch_size=32, seeds=(0, 1, 2), log_every=500,
                                                    ckpt_every=2000, eval_prompts=1024)),
-          StudySettings(noise_stds=(0.1,), layers=(4,), heads=4, probe_prompts=512, tune_prompts=512))
+          StudySettings(noise_stds=(0.1,), layers=(4,), heads=4, probe_prompts=512, tune_prompts=512,
+                        # wider than the defaults: with them PtO's and GD's η, ridge's λ and Lasso's α won at a grid
+                        # edge for some n (the means moved by <= 0.0005 when widened; README "Study 2")
+                        pto_lrs=(1e-5, 3e-5, 1e-4, 3e-4) + StudySettings.pto_lrs,
+                        gd_lrs=(1e-4, 3e-4, 0.001) + StudySettings.gd_lrs,
+                        ridge_lams=(1e-4, 1e-3, 0.003, 0.01, 0.02, 0.03, 0.05, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0),
+                        lasso_alphas=(1e-5,) + StudySettings.lasso_alphas + (3.0,)))
 
 
 @_preset
