@@ -193,7 +193,8 @@ def quick():
 
   `jaxicl reproduce head-utilization --preset quick --out runs/head_utilization_quick` — 13 min 51 s measured on the
   2-core CPU with the batch split over its 2 CPU devices (2026-11-26; training 724 s at 46-60 steps/s when alone, a
-  test run shared the CPU for about 8 of those minutes; model analysis 28 s; baselines 65 s).
+  test run shared the CPU for about 8 of those minutes; model analysis 28 s; baselines 65 s, 52 s since with the
+  wider grids below and Lasso's one-path solve).
 
   Chosen by a schedule search (3 seeds, 2-core CPU, README "Study 2"): without the dims curriculum the same model
   stays on the plateau (mean risk 0.9-1.6); with it, 2 layers end at 0.87, 3 layers at 0.71 (24000 steps), 4 layers
