@@ -423,6 +423,9 @@ def lasso_grid_predictions(xs: jax.Array, ys: jax.Array, alphas: Sequence[float]
   (``lasso_path_weights``); coordinate descent (step 3 of ``lasso_weights``) then runs only on the problems
   whose Newton check failed (at d = 20 about 3 % of them, near n ≈ d and the smallest α), gathered into a batch of
   their own, instead of holding every lane of a vmapped loop until the slowest converges."""
+  if any(isinstance(a, jax.core.Tracer) for a in (xs, ys, *alphas)):
+    raise ValueError("lasso_grid_predictions: arguments are traced; call it outside jit/vmap (it runs two "
+                     "compiled stages with a host step between them)")
   check_hparams("lasso", tol=tol, max_sweeps=max_sweeps)
   for alpha in alphas:
     check_hparams("lasso", alpha=alpha)

@@ -321,6 +321,9 @@ _EMPTY = (np.zeros((2, 3, 2)), np.zeros((2, 3)), np.zeros((2, 3)))  # xs, ys, ta
         (lambda: E.tune("ridge", {"lam": [1.0]}, *_EMPTY, 3), "n_context"),
         (lambda: E.tune("gd", {"lr": [0.1, -1.0]}, *_EMPTY, 1, steps=2), "lr"),
         (lambda: jax.jit(E.in_float64(E.ols_weights))(np.zeros((3, 2)), np.zeros(3)), "in_float64"),
+        (lambda: jax.jit(lambda x, y: E.lasso_grid_predictions(x, y, [0.1], [1]))(np.zeros((1, 3, 2)), np.zeros((1, 3))),
+         "lasso_grid_predictions"),
+        (lambda: E.lasso_grid_predictions(np.zeros((1, 3, 2)), np.zeros((1, 3)), [0.1, -1.0], [1]), "alpha"),
     ],
 )
 def test_bad_input_raises_value_error_naming_the_field(call, field):
