@@ -34,7 +34,9 @@ choice on a tuning set with the stability rule and grid-edge flags: ``tune_per_n
     after an active-set Newton polish, and falls back to coordinate descent (tol = 1e-10 relative
     change, at most 1000 sweeps) if the check fails; see ``lasso_weights``. It computes in the inputs'
     dtype; ``predict`` and ``tune`` run it in float64 inside a local ``jax.enable_x64`` context
-    (``in_float64``; x64 is never switched on globally).
+    (``in_float64``; x64 is never switched on globally). A grid of α shares one homotopy path
+    (``lasso_path_weights``); ``grid_risks``, ``tune`` and ``predict`` go through the host driver
+    ``lasso_grid_predictions``, which runs the coordinate-descent fallback only on the problems that need it.
 """
 
 from __future__ import annotations
@@ -398,6 +400,7 @@ def _lasso_refine(gram: jax.Array, b: jax.Array, threshold: jax.Array, w: jax.Ar
 
 @functools.partial(jax.jit, static_argnames=("tol", "max_sweeps"))
 def _lasso_refine_batch(xs, ys, masks, thresholds, w, tol: float, max_sweeps: int):
+  """``_lasso_refine`` of P gathered problems: [P, N, d], [P, N], masks [P, N], λ [P], start w [P, d] -> [P, d]."""
   def one(x, y, m, t, w0):
     x, y, _ = _masked(x, y, m)
     return _lasso_refine(x.T @ x, x.T @ y, t, w0, jnp.asarray(False), tol, max_sweeps)
@@ -407,6 +410,8 @@ def _lasso_refine_batch(xs, ys, masks, thresholds, w, tol: float, max_sweeps: in
 
 @jax.jit
 def _lasso_start_all(xs, ys, alphas, masks):
+  """``_lasso_start`` of every prompt × context mask: [B, N, d], [B, N], α [K], masks [T, N] ->
+  (w [B, T, K, d], accepted [B, T, K])."""
   def one(x, y, m):
     x, y, n = _masked(x, y, m)
     return _lasso_start(x.T @ x, x.T @ y, n * alphas)
