@@ -399,13 +399,13 @@ def _lasso_refine(gram: jax.Array, b: jax.Array, threshold: jax.Array, w: jax.Ar
 
 
 @functools.partial(jax.jit, static_argnames=("tol", "max_sweeps"))
-def _lasso_refine_batch(xs, ys, masks, thresholds, w, tol: float, max_sweeps: int):
-  """``_lasso_refine`` of P gathered problems: [P, N, d], [P, N], masks [P, N], λ [P], start w [P, d] -> [P, d]."""
-  def one(x, y, m, t, w0):
-    x, y, _ = _masked(x, y, m)
-    return _lasso_refine(x.T @ x, x.T @ y, t, w0, jnp.asarray(False), tol, max_sweeps)
+def _lasso_refine_batch(xs, ys, masks, alphas, w, tol: float, max_sweeps: int):
+  """``_lasso_refine`` of P gathered problems: [P, N, d], [P, N], masks [P, N], α [P], start w [P, d] -> [P, d]."""
+  def one(x, y, m, alpha, w0):
+    x, y, n = _masked(x, y, m)
+    return _lasso_refine(x.T @ x, x.T @ y, n * alpha, w0, jnp.asarray(False), tol, max_sweeps)
 
-  return jax.vmap(one)(xs, ys, masks, thresholds, w)
+  return jax.vmap(one)(xs, ys, masks, alphas, w)
 
 
 @jax.jit
@@ -446,8 +446,7 @@ def lasso_grid_predictions(xs: jax.Array, ys: jax.Array, alphas: Sequence[float]
       size = max(8, 1 << int(len(todo) - 1).bit_length())  # padded to a power of 2: few compiled sizes
       pick = np.concatenate([todo, np.repeat(todo[:1], size - len(todo), axis=0)])
       bi, ti, ki = pick.T
-      n_context = jnp.asarray(queries[ti], jnp.float64)
-      refined = _lasso_refine_batch(xs64[bi], ys64[bi], masks[ti], n_context * alphas64[ki], jnp.asarray(w[bi, ti, ki]),
+      refined = _lasso_refine_batch(xs64[bi], ys64[bi], masks[ti], alphas64[ki], jnp.asarray(w[bi, ti, ki]),
                                     tol=float(tol), max_sweeps=int(max_sweeps))
       w[bi[:len(todo)], ti[:len(todo)], ki[:len(todo)]] = np.asarray(refined)[:len(todo)]
     x_query = np.asarray(xs64)[:, queries]  # [B, T, d]
@@ -835,7 +834,7 @@ def predict(
   bound = _bind(name, task_cfg, hparams)
   static = tuple(sorted((k, v) for k, v in bound.items() if _is_static(k, v)))
   numeric = {k: v for k, v in bound.items() if not _is_static(k, v)}
-  if name == "lasso" and fn is _BUILTIN["lasso"] and _use_float64(name, float64) and np.ndim(bound["alpha"]) == 0:
+  if _on_lasso_path(name, list(numeric)) and _use_float64(name, float64) and np.ndim(bound["alpha"]) == 0:
     preds = lasso_grid_predictions(xs, ys, [bound["alpha"]], range(np.shape(xs)[1]),
                                    **{k: v for k, v in bound.items() if k != "alpha"})[..., 0]
     return jnp.asarray(preds, jax.dtypes.canonicalize_dtype(jnp.asarray(xs).dtype))
@@ -940,7 +939,7 @@ def tune(
   risks = np.empty([len(grid[k]) for k in keys], np.float64)
   for static_index in itertools.product(*(range(len(grid[k])) for k in static_keys)):
     static = {k: grid[k][i] for k, i in zip(static_keys, static_index)}
-    if _on_lasso_path(name, numeric) and _use_float64(name, float64):  # the α grid on one path per prompt
+    if _on_lasso_path(name, list(numeric)) and _use_float64(name, float64):  # the α grid on one path per prompt
       preds = lasso_grid_predictions(xs, ys, np.asarray(numeric["alpha"]), [int(n_context)],
                                      **{**bound, **static})[:, 0]  # [B, G]
       flat = np.mean((preds - np.asarray(target, np.float64)[:, None]) ** 2, axis=0)
@@ -1109,9 +1108,10 @@ def _iterated_pto_path_risks(xs, ys, targets, lrs, steps, rounds: int):
   return (jnp.transpose(risks, (1, 2, 0)).reshape(shape), jnp.transpose(ratio, (1, 2, 0)).reshape(shape))
 
 
-def _on_lasso_path(name: str, numeric: dict[str, Any]) -> bool:
-  """Whether a grid over ``numeric`` is the built-in lasso's α alone (solved on one homotopy path)."""
-  return name == "lasso" and ESTIMATORS["lasso"] is _BUILTIN["lasso"] and list(numeric) == ["alpha"]
+def _on_lasso_path(name: str, keys: Sequence[str]) -> bool:
+  """Whether values of the hyper-parameters ``keys`` of ``name`` are the built-in lasso's α alone (solved on one
+  homotopy path per problem by ``lasso_grid_predictions``)."""
+  return name == "lasso" and ESTIMATORS["lasso"] is _BUILTIN["lasso"] and list(keys) == ["alpha"]
 
 
 def grid_risks(name: str, grid: dict[str, Sequence[Any]], prompts: tasks.Prompt, *,
@@ -1125,6 +1125,11 @@ def grid_risks(name: str, grid: dict[str, Sequence[Any]], prompts: tasks.Prompt,
   for point in points:
     check_hparams(name, **point)
   bound = {k: v for k, v in _bind(name, None, fixed, free=tuple(keys)).items() if k not in keys}
+  if _on_lasso_path(name, keys) and _use_float64(name, float64):  # the whole α grid on one path per prefix
+    preds = lasso_grid_predictions(prompts.xs, prompts.ys, [p["alpha"] for p in points],
+                                   range(prompts.xs.shape[1]), **bound)  # [B, N, G]
+    targets = np.asarray(prompts.targets, np.float64)
+    return np.mean((preds - targets[..., None]) ** 2, axis=0).T, points
   arrays = {k: jnp.asarray([p[k] for p in points], jnp.int32 if all(_is_int(p[k]) for p in points)
                            else jnp.float32) for k in keys}
 
@@ -1133,11 +1138,6 @@ def grid_risks(name: str, grid: dict[str, Sequence[Any]], prompts: tasks.Prompt,
       return excess_risk(jax.vmap(lambda x, y: fn(x, y, **bound, **hp))(xs, ys), targets)
     return jax.vmap(risk)(arrays)
 
-  if _on_lasso_path(name, grid) and _use_float64(name, float64):  # the whole α grid on one path per prefix
-    preds = lasso_grid_predictions(prompts.xs, prompts.ys, [p["alpha"] for p in points],
-                                   range(prompts.xs.shape[1]), **bound)  # [B, N, G]
-    targets = np.asarray(prompts.targets, np.float64)
-    return np.mean((preds - targets[..., None]) ** 2, axis=0).T, points
   run = jax.jit(run)
   if _use_float64(name, float64):
     run = in_float64(run)
