@@ -7,8 +7,9 @@
 #   bash benchmarks/accelerator_run.sh              # on a GPU/TPU machine; repeat until it prints "all done"
 #   bash benchmarks/accelerator_run.sh --dry-run    # the same steps at tiny sizes on any machine (CI)
 #
-# Budget on one H100: the benchmarks and the study-2 step costs ~12 min (measured pieces, below); study 1 full ~10 min
-# (derived, not measured) and study 2 full ~14 min of training (its measured step costs) + its analysis.
+# Budget on one H100: the benchmarks and the study-2 step costs ~12 min (measured pieces, below); study 1 full ~16-17
+# min (9 of its 24 programs measured: 535 s) and study 2 full ~14 min of training (its measured step costs) + its
+# analysis: ~45 min in all, in pieces.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DRY=0

@@ -133,36 +133,54 @@ def run_steps_per_s(cfg: configs.Config, steps: int = 10, repeats: int = 2) -> f
 def choose_runs_per_program(cfg: configs.Config, devices: list | None = None, memory_fraction: float = 0.5,
                             min_gain: float = 1.1, measure: bool | None = None) -> dict[str, Any]:
   """How many runs of the group ``cfg`` to vmap per program: {"runs_per_program", "bytes", "measured":
-  {runs: run-steps/s}}.
+  {runs: run-steps/s}, "compile_s", "why"}.
 
   Memory: all seeds, or as many as fit in ``memory_budget(devices, memory_fraction)`` at XLA's bytes for the
   group's program ÷ seeds. Throughput (``measure``; default: on accelerators): programs of c, c/2, c/4, … seeds
   (not fewer than the n devices) are timed in turn while each halving gains ≥ ``min_gain``× run-steps/s; the
   last one that gained wins. Every program costs a trace, an evaluation and checkpoints, so the largest program is
-  kept unless a smaller one is measurably faster per run-step. On a CPU it is not timed: with one device per core,
-  a bigger vmap neither gains nor loses there (``benchmarks/bench_sweep.py``), while the timing costs two compiles.
+  kept unless a smaller one is measurably faster per run-step. A halving is timed only when the least gain it would
+  be kept for could pay for its compile: when the group's training at the best rate so far, T = steps × runs ÷
+  rate, satisfies T·(1 − 1/``min_gain``) > the compile time of the group's program (``compile_s``, measured with
+  its memory analysis). Short groups (64 seeds × 1000 steps of a small model: T ≈ 3 s on an H100 against a ~10 s
+  compile) thus stay one program without timing a second. On a CPU nothing is timed: with one device per core, a
+  bigger vmap neither gains nor loses there (``benchmarks/bench_sweep.py``), while the timing costs two compiles.
   A group of fewer than 4n seeds stays one program.
   """
   devices = devices or jax.devices()
   n_seeds = len(cfg.train.seeds)
   per_seed = len(cfg.runs) // n_seeds
   if n_seeds < 4 * len(devices):
-    return {"runs_per_program": len(cfg.runs), "bytes": None, "measured": {}}
+    return {"runs_per_program": len(cfg.runs), "bytes": None, "measured": {}, "why": "fewer than 4 seeds per device"}
   if measure is None:
     measure = jax.default_backend() != "cpu"
   first = lambda c: _with_seeds(cfg, cfg.train.seeds[:c])  # a program of the group's first c seeds
+  t0 = time.perf_counter()
   total = program_bytes(cfg)
+  compile_s = time.perf_counter() - t0
   best = int(min(n_seeds, max(1, memory_budget(devices, memory_fraction) * n_seeds // max(total, 1))))
   measured: dict[int, float] = {}
-  if measure:
+  why = "memory" if best < n_seeds else "all seeds fit in memory"
+  if not measure:
+    why += "; not timed"
+  elif best // 2 < len(devices):
+    why += "; no smaller program to time"
+  else:
     measured[best * per_seed] = run_steps_per_s(first(best))
     while best // 2 >= len(devices):
+      train_s = cfg.train.steps * len(cfg.runs) / measured[best * per_seed]
+      if train_s * (1 - 1 / min_gain) <= compile_s:
+        why += f"; training ~{train_s:.3g} s at {best * per_seed} runs per program: a smaller program cannot repay " \
+               f"its compile (~{compile_s:.3g} s)"
+        break
       c = best // 2
       measured[c * per_seed] = run_steps_per_s(first(c))
       if measured[c * per_seed] < min_gain * measured[best * per_seed]:
+        why += f"; {c * per_seed} runs per program gained < {min_gain}x"
         break
       best = c
-  return {"runs_per_program": best * per_seed, "bytes": total, "measured": measured}
+  return {"runs_per_program": best * per_seed, "bytes": total, "measured": measured, "compile_s": compile_s,
+          "why": why}
 
 
 def run_group(cfg: configs.Config, workdir: str, progress: bool | Bar | None = False) -> list[dict[str, Any]]:

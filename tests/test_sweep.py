@@ -2,6 +2,7 @@
 
 import json
 import os
+import types
 
 import jax
 import numpy as np
@@ -93,7 +94,7 @@ def test_split_seeds_balances_programs_and_keeps_a_seeds_runs_together():
     (8, {8: 100.0, 4: 150.0, 2: 200.0, 1: 210.0}, 99, 2, [8, 4, 2, 1]),  # gains down to 2 seeds
     (8, {8: 100.0, 4: 150.0, 2: 200.0, 1: 300.0}, 99, 1, [8, 4, 2, 1]),
     (5, {2: 100.0, 1: 100.0}, 2, 2, [2, 1]),  # memory for 2 seeds only
-    (5, {1: 100.0}, 1, 1, [1]),
+    (5, {}, 1, 1, []),  # memory for 1 seed: no smaller program, nothing timed
     (3, {}, 99, 3, []),  # fewer than 4 seeds per device: one program, nothing measured
     (8, None, 3, 3, []),  # not timed (a CPU's default): as many seeds as memory holds
 ])
@@ -110,6 +111,32 @@ def test_runs_per_program_follows_memory_and_measured_throughput(monkeypatch, se
   monkeypatch.setattr(sweep, "memory_budget", lambda devices, fraction: 1000 * budget_seeds)
   chosen = sweep.choose_runs_per_program(cfg, devices=jax.devices()[:1], measure=rates is not None)
   assert chosen["runs_per_program"] == want and timed_runs == timed
+
+
+@pytest.mark.parametrize("steps,timed", [(100_000, [8, 4, 2]), (1000, [8])])
+def test_a_halving_is_timed_only_when_its_least_kept_gain_repays_its_compile(monkeypatch, steps, timed):
+  # 8 seeds (8 runs) at 100 run-steps/s train in steps × 8 / 100 s; the group's compile takes 30 s (a fake clock
+  # advanced by program_bytes). A 4-seed program kept at ≥ 1.1× would save ≥ T·(1 − 1/1.1): 7273 s × 0.09 = 661 s
+  # > 30 s at 100 000 steps (timed, and kept: 2× faster; then 2 seeds, timed, gain nothing), 73 s × 0.09 = 6.6 s
+  # < 30 s at 1000 steps (not timed).
+  cfg = configs.get_config("tiny", ["train.seeds=" + ",".join(map(str, range(8))), f"train.steps={steps}"])
+  clock = types.SimpleNamespace(t=0.0)
+  monkeypatch.setattr(sweep, "time", types.SimpleNamespace(perf_counter=lambda: clock.t))
+
+  def fake_bytes(c):
+    clock.t += 30.0
+    return 1000 * len(c.train.seeds)
+  timed_runs = []
+
+  def fake_rate(c):
+    timed_runs.append(len(c.runs))
+    return {8: 100.0, 4: 200.0, 2: 200.0}[len(c.runs)]
+  monkeypatch.setattr(sweep, "program_bytes", fake_bytes)
+  monkeypatch.setattr(sweep, "run_steps_per_s", fake_rate)
+  monkeypatch.setattr(sweep, "memory_budget", lambda devices, fraction: 10 ** 9)
+  chosen = sweep.choose_runs_per_program(cfg, devices=jax.devices()[:1], measure=True)
+  assert timed_runs == timed and chosen["compile_s"] == 30.0
+  assert chosen["runs_per_program"] == (4 if steps == 100_000 else 8)
 
 
 def test_split_sweep_equals_one_program_and_resumes_with_the_same_split(tmp_path, monkeypatch):

@@ -218,13 +218,15 @@ def full():
   local r ∈ {1, 3}, weak and strong prior) at d=5, D ∈ {20, 50, 100, 200}, h ∈ {1, 4}; no-read-in and lazy
   ablations at d=5, D ∈ {20, 50, 100, 200}, h ∈ {1, 4}.
 
-  `jaxicl reproduce multihead --preset full --out results/multihead_full` — estimated ~10 minutes on one H100,
-  derived, not measured (no GPU run yet): 154 groups in 24 compiled programs (one per (d, h, p, read-in), every D,
-  scenario and lazy group of a program padded to its largest D, up to 500). ``python benchmarks/estimate_full.py
-  --preset full`` (results/estimates/multihead_full_cost.json): XLA's cost analysis of one step of one run of
-  every program × runs × 6000 steps = 1.6 PFLOP, 1.3 minutes at an assumed sustained 20 TFLOP/s; 1.4e13 normal
-  draws for the padded prompts, ~2.5 minutes at an assumed 1e11 draws/s; 144 000 program-steps at ~1 ms of
-  launch overhead each, ~2.5 minutes; plus compiling 24 programs. Impractical on a CPU (days). Each program
+  `jaxicl reproduce multihead --preset full --out results/multihead_full` — ~16–17 minutes on one H100 plus the
+  analysis, measured in part (2026-11-26: the first 9 of its 24 compiled programs, 118 of the 154 groups, in 8 min
+  55 s with the process start; the 15 programs left derived from their cost at ~7 min;
+  results/accelerator_NVIDIA_H100_80GB_HBM3/multihead_full_partial/). One program per (d, h, p, read-in), every D,
+  scenario and lazy group of a program padded to its largest D, up to 500. The two d = 5 programs (380 runs each,
+  the main grid with the scenarios and the lazy runs) take 86 and 134 s of it; every program ~10 s of compile and
+  start. XLA's cost analysis (``python benchmarks/estimate_full.py --preset full``,
+  results/estimates/multihead_full_cost.json) counts 1.6 PFLOP in all, so the programs run at 1–4 TFLOP/s, far from the
+  matmul peak (not profiled; a step is mostly sampling padded prompts and elementwise work over 501 tokens). Impractical on a CPU (days). Each program
   trains in its own workdir under --out/programs, checkpointed every 1500 steps, so an interrupted run resumes
   mid-program.
   """
