@@ -10,6 +10,7 @@ import csv
 import json
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -205,6 +206,40 @@ def test_resumed_reproduction_equals_the_uninterrupted_one(tiny_out, xla_cache, 
   for name, rec in straight.items():
     np.testing.assert_allclose([r["risk"] for r in resumed[name]["runs"]], [r["risk"] for r in rec["runs"]],
                                rtol=1e-6, err_msg=name)
+
+
+def test_groups_alone_resume_the_study_without_training(tiny_out, tmp_path, monkeypatch):
+  """``groups/`` carried to another machine without ``programs/``: every program is read from its records (the head
+  analysis from the parameters files of the groups it reads), nothing trains, and the tables equal the original
+  run's; records written by another program config are not taken."""
+  spec = presets.configure("tiny")
+  planned = run.plan(spec)
+  want_params = {g.name + ".params.npz" for g, e in planned.items() if run.reads_params(g, e["sections"], spec)}
+  assert want_params and {f for f in os.listdir(os.path.join(tiny_out, "groups")) if f.endswith(".npz")} == want_params
+  out = str(tmp_path / "carried")
+  shutil.copytree(os.path.join(tiny_out, "groups"), os.path.join(out, "groups"))
+  monkeypatch.setattr(run.train, "train", lambda *a, **k: pytest.fail("a program with records trained again"))
+  monkeypatch.setattr(run.train, "load_run", lambda *a, **k: pytest.fail("a program read from its workdir"))
+  summary = run.main("tiny", out, verbose=False)
+  assert not os.path.exists(os.path.join(out, "programs"))
+  with open(os.path.join(tiny_out, "summary.json")) as f:
+    want = json.load(f)
+  assert [(r["D"], r["h"], r["dl_mean"]) for r in summary["main_table"]] == \
+      [(r["D"], r["h"], r["dl_mean"]) for r in want["main_table"]]
+  rows = [list(csv.DictReader(open(os.path.join(o, "heads.csv")))) for o in (out, tiny_out)]
+  assert len(rows[0]) == len(rows[1]) == 2 * (1 + 2)
+  for a, b in zip(*rows):
+    for k in ("w", "c", "anisotropy", "b_norm", "u_norm"):
+      assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-6, abs=1e-9), k
+
+  class Trained(Exception):
+    pass
+
+  def trained(*a, **k):
+    raise Trained
+  monkeypatch.setattr(run.train, "train", trained)
+  with pytest.raises(Trained):  # 31 steps: another program config, so the 30-step records are not its results
+    run.main("tiny", out, verbose=False, overrides=["train.steps=31"])
 
 
 def test_reproduce_overrides_reach_every_program(tmp_path):

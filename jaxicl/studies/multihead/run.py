@@ -22,7 +22,11 @@ Outputs in ``out``:
     metrics.jsonl, Orbax checkpoints): the groups that differ only in D and task scenario train together as
     ``train.task_variants`` (padded to the largest D, masked), so an interrupted run resumes mid-program from
     its last checkpoint and a finished program is read back instead of retrained;
-    ``groups/<group>.json`` — the record of that group (its runs' indices in the program's workdir);
+    ``groups/<group>.json`` — the record of that group (its runs' indices in the program's workdir), and for the
+    groups whose parameters the analysis reads (the head analysis: ``reads_params``) ``groups/<group>.params.npz``.
+    A program whose groups all have records written by the same program config (and those parameters) is not
+    trained, evaluated or even read again: ``groups/`` alone, carried to another machine without ``programs/``,
+    resumes a study where it stopped (``finished_program``);
   * figures ``fig1_dl_vs_D.png``, ``fig2_heads_vs_embedding.png``, ``fig3_scenarios.png``,
     ``fig4_ablations.png``, ``fig5_head_parameters.png``, ``fig0_loss_curves.png``.
 
@@ -35,14 +39,17 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import os
 import time
+import zipfile
 from typing import Any, Iterable
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from jaxicl.studies.multihead import analysis, heads as heads_lib, plots
 from jaxicl.studies.multihead.presets import VARIANTS, Preset, configure
@@ -200,14 +207,60 @@ def group_runs(cfg: configs.Config, variant: int, seeds: tuple[int, ...]) -> lis
   return [r for r, ((s, _), v) in enumerate(zip(cfg.runs, cfg.run_variants)) if v == variant and s in seeds]
 
 
+def reads_params(group: Group, sections: Iterable[str], spec: Preset) -> bool:
+  """Whether the analysis reads this group's parameters: the head analysis of the main groups at d = ``head_d`` and
+  the largest D (``build_tables``)."""
+  return "main" in sections and group.d == spec.study.head_d and group.D == max(spec.study.Ds)
+
+
+def _params_path(out: str, name: str) -> str:
+  return os.path.join(out, "groups", name + ".params.npz")
+
+
+def _write_params(path: str, params: dict) -> None:
+  buf = io.BytesIO()
+  np.savez(buf, **traverse_util.flatten_dict(jax.tree.map(np.asarray, params), sep="/"))
+  files.write_bytes(path, buf.getvalue())
+
+
+def _read_params(path: str) -> dict:
+  with np.load(path) as z:
+    return traverse_util.unflatten_dict({k: z[k] for k in z.files}, sep="/")
+
+
 def load_group(out: str, name: str) -> tuple[dict, dict]:
-  """(record, its runs' params [R, ...]) of a finished group written by ``main`` (params from the program's
-  train workdir)."""
+  """(record, its runs' params [R, ...]) of a finished group written by ``main``: params from
+  ``groups/<name>.params.npz`` where the record names one, else from the program's train workdir."""
   with open(os.path.join(out, "groups", name + ".json")) as f:
     record = json.load(f)
+  if "params" in record:
+    return record, _read_params(os.path.join(out, record["params"]))
   result = train.load_run(os.path.join(out, record["program"]["workdir"]))
   runs = np.asarray(record["program"]["runs"])
   return record, jax.tree.map(lambda a: np.asarray(a)[runs], result.state.params)
+
+
+def finished_program(spec: Preset, groups: list[Group], planned: dict[Group, dict[str, Any]], out: str
+                     ) -> dict[Group, tuple[dict, dict | None]] | None:
+  """{group: (record, params or None)} when every group of the program has a record written by this program config
+  (same workdir name, which holds the config's hash) and, where ``reads_params``, its parameters file; else None
+  (the program is trained, resumed or read back by ``run_program``). An unreadable record or parameters file
+  counts as missing: the program is run again and rewrites them."""
+  workdir = os.path.relpath(program_dir(out, program_config(spec, groups, planned)), out)
+  done = {}
+  for group in groups:
+    try:
+      with open(os.path.join(out, "groups", group.name + ".json")) as f:
+        record = json.load(f)
+      if record["program"]["workdir"] != workdir:
+        return None
+      params = None
+      if reads_params(group, planned[group]["sections"], spec):
+        params = _read_params(os.path.join(out, record["params"]))
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile):
+      return None
+    done[group] = (record, params)
+  return done
 
 
 def group_model(record: dict) -> tuple[configs.Config, ICLModel]:
@@ -273,6 +326,9 @@ def run_program(spec: Preset, groups: list[Group], planned: dict[Group, dict[str
         "program": {"workdir": os.path.relpath(workdir, out), "runs": runs, "variant": v, "n_groups": len(groups)},
     }
     os.makedirs(os.path.join(out, "groups"), exist_ok=True)
+    if reads_params(group, planned[group]["sections"], spec):  # before the record that names it
+      _write_params(_params_path(out, group.name), params)
+      record["params"] = os.path.relpath(_params_path(out, group.name), out)
     files.write_json(os.path.join(out, "groups", group.name + ".json"), record)
     log(f"  {group.name}: D·L = {dl_mean:.3f} ± {dl_se:.3f} (seeds) ± {dl_prompt_se:.3f} (prompts)")
     out_records[group] = (record, params)
@@ -375,10 +431,9 @@ def build_tables(spec: Preset, records: dict[Group, dict], params: dict[Group, d
                           "C_multi": th["C_multi"]})
 
   head_rows, head_groups = [], []
-  head_D = max(st.Ds)
   optima = {}
   for g, rec in sorted(records.items()):
-    if not ("main" in rec["sections"] and g.d == st.head_d and g.D == head_D):
+    if not reads_params(g, rec["sections"], spec):
       continue
     cfg = configs.from_dict(rec["config"])
     noise = cfg.task.noise_var
@@ -577,7 +632,12 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
         f"programs ({total} steps in all) on {jax.default_backend()}")
     for i, groups in enumerate(grouped.values()):
       job.stage(f"program {i + 1}/{len(grouped)}")
-      done = run_program(spec, groups, planned, out, log, stop_after, progress=job.bar)
+      done = finished_program(spec, groups, planned, out)
+      if done is not None:
+        job.skip(spec.config.train.steps if stop_after is None else min(spec.config.train.steps, stop_after))
+        log(f"  program {i + 1}: {len(groups)} groups read from their records")
+      else:
+        done = run_program(spec, groups, planned, out, log, stop_after, progress=job.bar)
       if done is None:
         stopped = True
         continue
