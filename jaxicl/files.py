@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one, never a part."""
+"""Atomic file writes: a reader (or a run killed mid-write) sees the old file or the new one, never a part; and the
+one reader of the JSON files jaxicl writes, whose errors name the file."""
 
 from __future__ import annotations
 
@@ -46,3 +47,17 @@ def write_bytes(path: str, data: bytes) -> str:
 def write_json(path: str, obj: Any, indent: int | None = 1) -> str:
   """Atomically writes ``obj`` as JSON."""
   return write_text(path, json.dumps(obj, indent=indent))
+
+
+def read_json(path: str) -> Any:
+  """The JSON value in ``path``; ``ValueError`` naming the file if it cannot be read or is not JSON (a missing file
+  stays ``FileNotFoundError``, for callers that treat it as not written yet)."""
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except FileNotFoundError:
+    raise
+  except OSError as e:
+    raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from None

@@ -187,9 +187,11 @@ def run_group(cfg: configs.Config, workdir: str, progress: bool | Bar | None = F
   """Trains (or resumes, or just reads) one group; one result row per run. ``progress``: as ``train.train``'s
   (a job's bar is advanced by the group's steps, also when the finished group is only read)."""
   done_path = os.path.join(workdir, "results.json")
-  if os.path.exists(done_path):
-    with open(done_path) as f:
-      rows = json.load(f)
+  try:
+    rows = files.read_json(done_path)
+  except (FileNotFoundError, ValueError):  # not written yet, or damaged: evaluated again from the workdir
+    rows = None
+  if isinstance(rows, list) and len(rows) == len(cfg.runs):
     if progress is not None and not isinstance(progress, bool):
       progress.update(cfg.train.steps)
     return rows
@@ -221,8 +223,11 @@ def group_split(cfg: configs.Config, out: str, choice: int | str | None = "auto"
     return {"runs_per_program": choice}
   path = os.path.join(out, "plans", os.path.basename(_group_dir(out, cfg)) + ".json")
   if os.path.exists(path):
-    with open(path) as f:
-      return json.load(f)
+    chosen = files.read_json(path)
+    if not (isinstance(chosen, dict) and isinstance(chosen.get("runs_per_program"), int)
+            and chosen["runs_per_program"] >= 1):
+      raise ValueError(f"{path}: not a split (no runs_per_program >= 1); delete it to choose the split again")
+    return chosen
   chosen = choose_runs_per_program(cfg)
   os.makedirs(os.path.dirname(path), exist_ok=True)
   files.write_json(path, chosen)

@@ -242,6 +242,26 @@ def test_groups_alone_resume_the_study_without_training(tiny_out, tmp_path, monk
     run.main("tiny", out, verbose=False, overrides=["train.steps=31"])
 
 
+def test_damaged_records_send_only_their_program_back_to_training(tiny_out, tmp_path):
+  spec = presets.configure("tiny")
+  planned = run.plan(spec)
+  grouped = list(run.programs(planned).values())
+  out = str(tmp_path / "damaged")
+  shutil.copytree(os.path.join(tiny_out, "groups"), os.path.join(out, "groups"))
+  assert all(run.finished_program(spec, groups, planned, out) is not None for groups in grouped)
+  head = next(g for g, e in planned.items() if run.reads_params(g, e["sections"], spec))
+  other = next(g for g in planned if run.program_key(g) != run.program_key(head))
+  with open(os.path.join(out, "groups", other.name + ".json"), "w") as f:
+    f.write('{"name": ')
+  with open(os.path.join(out, "groups", head.name + ".params.npz"), "wb") as f:
+    f.write(b"PK\x03\x04 torn")
+  for groups in grouped:
+    damaged = other in groups or head in groups
+    assert (run.finished_program(spec, groups, planned, out) is None) == damaged, groups
+  with pytest.raises(ValueError, match=other.name + ".json: not valid JSON"):
+    run.load_group(out, other.name)
+
+
 def test_reproduce_overrides_reach_every_program(tmp_path):
   from jaxicl import cli
   assert cli.main(["reproduce", "multihead", "--preset", "tiny", "--out", str(tmp_path), "--set",

@@ -157,3 +157,26 @@ def test_split_sweep_equals_one_program_and_resumes_with_the_same_split(tmp_path
   assert sweep.run_sweep(*args, str(tmp_path / "split"), BASE, progress=False) == split
   (plan_file,) = os.listdir(tmp_path / "split" / "plans")
   assert json.load(open(tmp_path / "split" / "plans" / plan_file))["runs_per_program"] == 4  # 2 seeds × 2 lrs
+
+
+def test_damaged_sweep_files_are_evaluated_again_or_named(tmp_path, capsys):
+  """A finished group's damaged results.json is rebuilt from its finished workdir (the same rows); a damaged split
+  plan is a one-line error naming it (exit 2), since choosing again could split the group differently."""
+  out = tmp_path / "sweep"
+  args = ("tiny", ["optim.lr=0.001,0.003"], 4, str(out), BASE)
+  rows = sweep.run_sweep(*args, progress=False, runs_per_program=4)
+  results = [out / "groups" / g / "results.json" for g in sorted(os.listdir(out / "groups"))]
+  results[0].write_text('[{"seed": 0, ')
+  results[1].write_text("[]")
+  assert sweep.run_sweep(*args, progress=False, runs_per_program=4) == rows
+  for path in results:  # rewritten: its program's 4 runs (2 seeds × 2 lrs), rows of the sweep's table
+    rewritten = json.loads(path.read_text())
+    assert len(rewritten) == 4 and all(r in rows for r in rewritten)
+  sweep.run_sweep(*args, progress=False, runs_per_program="auto")  # writes out/plans/
+  (plan,) = (out / "plans").iterdir()
+  for garbage in ('{"runs_per_program": ', '{"runs_per_program": 0}'):
+    plan.write_text(garbage)
+    cmd = ["sweep", "--config", "tiny", "--grid", "optim.lr=0.001,0.003", "--seeds", "4", "--out", str(out), "--quiet"]
+    assert cli.main(cmd + sum((["--set", x] for x in BASE), [])) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(plan) in err, err

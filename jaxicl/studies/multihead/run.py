@@ -231,8 +231,7 @@ def _read_params(path: str) -> dict:
 def load_group(out: str, name: str) -> tuple[dict, dict]:
   """(record, its runs' params [R, ...]) of a finished group written by ``main``: params from
   ``groups/<name>.params.npz`` where the record names one, else from the program's train workdir."""
-  with open(os.path.join(out, "groups", name + ".json")) as f:
-    record = json.load(f)
+  record = files.read_json(os.path.join(out, "groups", name + ".json"))
   if "params" in record:
     return record, _read_params(os.path.join(out, record["params"]))
   result = train.load_run(os.path.join(out, record["program"]["workdir"]))
@@ -250,8 +249,7 @@ def finished_program(spec: Preset, groups: list[Group], planned: dict[Group, dic
   done = {}
   for group in groups:
     try:
-      with open(os.path.join(out, "groups", group.name + ".json")) as f:
-        record = json.load(f)
+      record = files.read_json(os.path.join(out, "groups", group.name + ".json"))
       if record["program"]["workdir"] != workdir:
         return None
       params = None
