@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -161,6 +162,40 @@ def test_interrupted_reproduction_resumes_to_the_uninterrupted_results(tiny_out,
     a, b = train.load_run(os.path.join(out, m["workdir"])), train.load_run(os.path.join(tiny_out, m["workdir"]))
     jax.tree.map(np.testing.assert_array_equal, a.state.params, b.state.params)
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+
+
+def test_records_alone_resume_the_study_without_training(tiny_out, tmp_path, monkeypatch):
+  """``records/`` copied into a fresh folder (another machine, no workdirs): no program is trained or read back, the
+  models' numbers equal the original run's and the attention maps are drawn again; a record of another analysis
+  setting is not taken, and a damaged one only sends its program back to training."""
+  out = str(tmp_path / "carried")
+  shutil.copytree(os.path.join(tiny_out, "records"), os.path.join(out, "records"))
+  monkeypatch.setattr(run.train, "train", lambda *a, **k: pytest.fail("a program with a record trained again"))
+  monkeypatch.setattr(run.train, "load_run", lambda *a, **k: pytest.fail("a program read from its workdir"))
+  run.main("tiny", out, progress=False)
+  resumed, reference = (json.load(open(os.path.join(o, "summary.json"))) for o in (out, tiny_out))
+  assert not os.path.exists(os.path.join(out, "runs")) and resumed["models"].keys() == reference["models"].keys()
+  # every number of every model (risks, importance, pruning, probes, effective heads, claim), from the records alone
+  np.testing.assert_array_equal(_numbers(resumed["models"]), _numbers(reference["models"]))
+  assert {os.path.basename(f) for f in resumed["files"] if "attention_" in f} == \
+      {os.path.basename(f) for f in reference["files"] if "attention_" in f} != set()
+
+  class Trained(Exception):
+    pass
+
+  def trained(*a, **k):
+    raise Trained
+  monkeypatch.setattr(run.train, "train", trained)
+  with pytest.raises(Trained):
+    run.main("tiny", out, overrides=["study.probe_lam=1e-5"], progress=False)
+  p = run.configure("tiny")
+  first = run.record_path(out, run.model_config(p, p.study.layers[0], p.study.model_heads[0]))
+  with open(first, "w") as f:
+    f.write('{"key": ')
+  assert run.read_record(p, run.model_config(p, p.study.layers[0], p.study.model_heads[0]), out) is None
+  assert run.read_record(p, run.model_config(p, p.study.layers[0], p.study.model_heads[-1]), out) is not None
+  with pytest.raises(Trained):
+    run.main("tiny", out, progress=False)
 
 
 _FUSED_SCRIPT = """

@@ -10,8 +10,9 @@ A preset is a base ``configs.Config`` (task / model / optim / curriculum / train
 single-head models) and its analysis settings (prompt sets, baseline grids, probe penalty); no setting is
 both. Each (L, H) of the grid is ONE ``jaxicl.train.train`` program in its workdir ``out/runs/L<L>_H<H>_<hash>``
 (``model_config``): every σ is a per-run ``train.task_variants`` entry (``noise_var=σ²``) and every seed is
-vmapped, so an interrupted reproduction resumes from the last checkpoint of each program. The eval set,
-``train.eval_prompts`` prompts, is drawn per σ from the base task.
+vmapped, so an interrupted reproduction resumes from the last checkpoint of each program; a finished program's
+analysis is kept in ``out/records/`` (``read_record``), which alone resumes the study on another machine. The
+eval set, ``train.eval_prompts`` prompts, is drawn per σ from the base task.
 
 Shape legend: R runs (seeds), L layers, H heads, N points per prompt (n = 0..N-1 in-context examples
 before prediction n), P = N predictions, G hyper-parameter grid points.
@@ -68,7 +69,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import configs, estimators, evaluate, interpret, plotting, report, tasks, train
+from jaxicl import configs, estimators, evaluate, files, interpret, plotting, report, tasks, train
 from jaxicl.files import write_json, write_text
 from jaxicl.models import ModelConfig
 from jaxicl.progress import JobProgress
@@ -348,6 +349,60 @@ def run_dir(out: str, cfg: configs.Config) -> str:
   return os.path.join(out, "runs", f"L{cfg.model.n_layers}_H{cfg.model.heads[0]}_{digest}")
 
 
+RECORD_VERSION = 1  # bump when analyze_model's record changes: older records are then analysed again
+
+
+def record_key(p: Preset, cfg: configs.Config) -> str:
+  """What a program's analysis record depends on: its training config (which holds the task, hence the prompt
+  sets' tasks, and ``train.eval_prompts``) and the analysis settings ``analyze_model`` reads."""
+  st = p.study
+  key = {"program": configs.to_dict(cfg), "probe_prompts": st.probe_prompts, "probe_lam": st.probe_lam,
+         "eval_seed": EVAL_SEED, "version": RECORD_VERSION}
+  return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()
+
+
+def record_path(out: str, cfg: configs.Config) -> str:
+  """``out/records/<the program's workdir name>.json``: the analysis of every σ of one (L, H) program."""
+  return os.path.join(out, "records", os.path.basename(run_dir(out, cfg)) + ".json")
+
+
+def _encode(tree):
+  """JSON-ready copy of a record: arrays as {"array": nested lists, "dtype"} (``_decode`` restores them exactly)."""
+  if isinstance(tree, dict):
+    return {k: _encode(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_encode(v) for v in tree]
+  if isinstance(tree, (np.ndarray, jax.Array)):
+    a = np.asarray(tree)
+    return {"array": a.tolist(), "dtype": str(a.dtype)}
+  if isinstance(tree, np.generic):
+    return tree.item()
+  return tree
+
+
+def _decode(tree):
+  if isinstance(tree, dict):
+    if set(tree) == {"array", "dtype"}:
+      return np.asarray(tree["array"], dtype=tree["dtype"])
+    return {k: _decode(v) for k, v in tree.items()}
+  if isinstance(tree, list):
+    return [_decode(v) for v in tree]
+  return tree
+
+
+def read_record(p: Preset, cfg: configs.Config, out: str) -> dict[str, Any] | None:
+  """The program's analysis record written by ``main`` ({"key", "per_sigma": [{"record", "final_loss",
+  "workdir", "attention"}]}), or None when it is missing, unreadable or of another key (another config, analysis
+  setting or record version): the program is then trained (or read back from its workdir) and analysed again."""
+  try:
+    saved = files.read_json(record_path(out, cfg))
+    if saved["key"] != record_key(p, cfg) or len(saved["per_sigma"]) != len(p.study.noise_stds):
+      return None
+    return _decode(saved)
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
 class PromptSets(NamedTuple):
   eval: tasks.Prompt  # held-out: risks, importance, pruning, probe evaluation, baseline evaluation
   probe: tasks.Prompt  # probe fitting
@@ -613,15 +668,23 @@ def _finite_mean(a) -> float:
 # Main
 
 
+def _plot_attention(maps: list[np.ndarray], out: str, tag: str, seed: int) -> str:
+  return interpret.plot_attention(maps, os.path.join(out, f"attention_{tag}.png"),
+                                  title=f"attention, {tag}, seed {seed}")
+
+
 def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides: list[str] | tuple[str, ...] = (),
          stop_after: int | None = None, progress: bool = True) -> dict[str, Any] | None:
   """Runs the study with preset ``tiny`` | ``quick`` | ``cpu`` | ``full`` and ``overrides`` (``configure``); writes
   figures, tables and summary.json in ``out`` and returns the summary dict.
 
   Each (L, H) program trains in its workdir under ``out/runs`` (``run_dir``): a finished one is read back, an
-  interrupted one resumes from its last checkpoint. ``stop_after``: stop every program at that step (checkpointed)
-  and return None; a later call resumes, and its outputs equal those of an uninterrupted run. ``progress``: one
-  bar over every program's steps (``jaxicl.progress.JobProgress``) and the log lines; False prints only the summary.
+  interrupted one resumes from its last checkpoint. A program's analysis is kept in ``out/records`` (``read_record``):
+  a program with a record of the same key is neither trained nor read again, so ``records/`` alone, copied into a
+  fresh ``out`` on another machine, goes on where a run stopped (the baselines are recomputed). ``stop_after``: stop
+  every program at that step (checkpointed) and return None; a later call resumes, and its outputs equal those of
+  an uninterrupted run. ``progress``: one bar over every program's steps (``jaxicl.progress.JobProgress``) and the
+  log lines; False prints only the summary.
   Tables and figure links also go to ``out/summary.md``.
   """
   p = configure(preset, overrides)
@@ -649,8 +712,19 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
       cfg = model_config(p, n_layers, heads)
       workdir = run_dir(out, cfg)
       program = f"L{n_layers}_H{heads}"
-      t0 = time.perf_counter()
       job.stage(program)
+      saved = read_record(p, cfg, out)
+      if saved is not None:  # trained and analysed before: no checkpoint is read (carried records suffice)
+        job.skip(min(c.train.steps, stop_after or c.train.steps))
+        for v, sigma in enumerate(st.noise_stds):
+          entry = saved["per_sigma"][v]
+          key = (sigma, n_layers, heads)
+          records[key], final_loss[key], workdirs[key] = entry["record"], entry["final_loss"], entry["workdir"]
+          if entry["attention"] is not None:
+            attention_files.append(_plot_attention(entry["attention"], out, model_tag(*key), c.train.seeds[0]))
+        log(f"{program}: read from {os.path.relpath(record_path(out, cfg), out)}")
+        continue
+      t0 = time.perf_counter()
       result = train.train(cfg, workdir, stop_after=stop_after, progress=job.bar)
       timings[f"train {program}"] = time.perf_counter() - t0
       step = int(np.asarray(result.state.step)[0])
@@ -660,6 +734,7 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
         stopped = True
         continue
       params = jax.tree.map(np.asarray, result.state.params)
+      per_sigma = []
       for v, sigma in enumerate(st.noise_stds):
         tag = model_tag(sigma, n_layers, heads)
         runs = variant_runs(cfg, v)
@@ -672,11 +747,16 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
         records[(sigma, n_layers, heads)] = analyze_model(result.model, run_params, sets[sigma], st)
         timings[f"analyse {tag}"] = time.perf_counter() - t0
         log(f"analysed {tag} in {timings[f'analyse {tag}']:.0f}s")
+        maps = None
         if heads > 1 and n_layers == max(st.layers):
           maps = interpret.attention_maps(result.model, jax.tree.map(lambda a: a[runs[0]], params),
                                           sets[sigma].eval.xs[:1], sets[sigma].eval.ys[:1])
-          attention_files.append(interpret.plot_attention(maps, os.path.join(out, f"attention_{tag}.png"),
-                                                title=f"attention, {tag}, seed {c.train.seeds[0]}"))
+          attention_files.append(_plot_attention(maps, out, tag, c.train.seeds[0]))
+        key = (sigma, n_layers, heads)
+        per_sigma.append({"record": records[key], "final_loss": final_loss[key], "workdir": workdirs[key],
+                          "attention": maps})
+      os.makedirs(os.path.dirname(record_path(out, cfg)), exist_ok=True)
+      files.write_json(record_path(out, cfg), {"key": record_key(p, cfg), "per_sigma": _encode(per_sigma)}, indent=None)
   if stopped:
     log(f"stopped at step {stop_after}; run the same command again to resume")
     job.close()
@@ -692,9 +772,8 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
     for line in edge_warnings(baselines[sigma], sigma):
       log(f"WARNING: {line}")
 
-  files = write_outputs(p, records, baselines, out)
-  files += attention_files
-  summary = summarize(p, records, baselines, final_loss, workdirs, files, time.perf_counter() - t_start)
+  outputs = write_outputs(p, records, baselines, out) + attention_files
+  summary = summarize(p, records, baselines, final_loss, workdirs, outputs, time.perf_counter() - t_start)
   summary["timings_s"] = timings
   job.close()
   write_json(os.path.join(out, "summary.json"), _json_clean(summary))
