@@ -7,6 +7,9 @@
 #   bash benchmarks/accelerator_run.sh              # on a GPU/TPU machine; repeat until it prints "all done"
 #   bash benchmarks/accelerator_run.sh --dry-run    # the same steps at tiny sizes on any machine (CI)
 #
+# Across leases: a lease's finished study programs are kept as small records, $OUT/multihead_full/groups/ and
+# $OUT/head_utilization_full/records/ (their checkpoints stay behind, ignored by git); bring those folders back and
+# commit them, and the next lease's run takes them and trains only the rest (jaxicl.studies: resume from records).
 # Budget on one H100: the benchmarks and the study-2 step costs ~12 min (measured pieces, below); study 1 full ~16-17
 # min (9 of its 24 programs measured: 535 s) and study 2 full ~14 min of training (its measured step costs) + its
 # analysis: ~45 min in all, in pieces.
