@@ -166,8 +166,9 @@ def test_interrupted_reproduction_resumes_to_the_uninterrupted_results(tiny_out,
 
 def test_records_alone_resume_the_study_without_training(tiny_out, tmp_path, monkeypatch):
   """``records/`` copied into a fresh folder (another machine, no workdirs): no program is trained or read back, the
-  models' numbers equal the original run's and the attention maps are drawn again; a record of another analysis
-  setting is not taken, and a damaged one only sends its program back to training."""
+  models' numbers equal the original run's and the attention maps are drawn again; the baselines kept in
+  ``baselines/`` are read back by a later run; a record of another analysis setting is not taken, and a damaged
+  one only sends its program back to training."""
   out = str(tmp_path / "carried")
   shutil.copytree(os.path.join(tiny_out, "records"), os.path.join(out, "records"))
   monkeypatch.setattr(run.train, "train", lambda *a, **k: pytest.fail("a program with a record trained again"))
@@ -180,11 +181,22 @@ def test_records_alone_resume_the_study_without_training(tiny_out, tmp_path, mon
   assert {os.path.basename(f) for f in resumed["files"] if "attention_" in f} == \
       {os.path.basename(f) for f in reference["files"] if "attention_" in f} != set()
 
+  # the baselines that run computed are read back by the next, to the bit; another grid computes them again (and,
+  # the models' records not depending on the baseline grids, still trains nothing)
+  csv_text = open(os.path.join(out, "baselines.csv")).read()
+  monkeypatch.setattr(run, "baseline_curves", lambda *a, **k: pytest.fail("baselines computed again"))
+  run.main("tiny", out, progress=False)
+  again = json.load(open(os.path.join(out, "summary.json")))
+  assert again["baselines"] == resumed["baselines"] and open(os.path.join(out, "baselines.csv")).read() == csv_text
+
   class Trained(Exception):
     pass
 
   def trained(*a, **k):
     raise Trained
+  monkeypatch.setattr(run, "baseline_curves", trained)
+  with pytest.raises(Trained):
+    run.main("tiny", out, overrides=["study.ridge_lams=0.1,3"], progress=False)
   monkeypatch.setattr(run.train, "train", trained)
   with pytest.raises(Trained):
     run.main("tiny", out, overrides=["study.probe_lam=1e-5"], progress=False)

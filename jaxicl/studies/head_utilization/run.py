@@ -11,8 +11,9 @@ single-head models) and its analysis settings (prompt sets, baseline grids, prob
 both. Each (L, H) of the grid is ONE ``jaxicl.train.train`` program in its workdir ``out/runs/L<L>_H<H>_<hash>``
 (``model_config``): every σ is a per-run ``train.task_variants`` entry (``noise_var=σ²``) and every seed is
 vmapped, so an interrupted reproduction resumes from the last checkpoint of each program; a finished program's
-analysis is kept in ``out/records/`` (``read_record``), which alone resumes the study on another machine. The
-eval set, ``train.eval_prompts`` prompts, is drawn per σ from the base task.
+analysis is kept in ``out/records/`` (``read_record``), which alone resumes the study on another machine, and
+each σ's tuned baselines in ``out/baselines/`` (``read_baselines``). The eval set, ``train.eval_prompts`` prompts,
+is drawn per σ from the base task.
 
 Shape legend: R runs (seeds), L layers, H heads, N points per prompt (n = 0..N-1 in-context examples
 before prediction n), P = N predictions, G hyper-parameter grid points.
@@ -57,7 +58,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
+import inspect
 import io
 import json
 import math
@@ -483,6 +486,43 @@ def baseline_curves(st: StudySettings, sets: PromptSets, task: tasks.TaskConfig)
   return out
 
 
+_BASELINE_CODE = (estimators, tasks, evaluate, baseline_curves, _path_tuned, _path_points)
+
+
+@functools.lru_cache(maxsize=1)
+def _baselines_code_digest() -> str:
+  code = hashlib.sha1()
+  for obj in _BASELINE_CODE:
+    code.update(inspect.getsource(obj).encode())
+  return code.hexdigest()
+
+
+def baselines_key(p: Preset, sigma: float) -> str:
+  """What σ's baselines depend on: the task, the tuning and held-out prompt sets, every grid, and the code that
+  computes them (the source of ``estimators``, ``tasks`` and ``evaluate``, and of the tuners here), so that a change
+  to an estimator computes them again."""
+  st = p.study
+  key = {"task": dataclasses.asdict(task_config(p, sigma)), "eval_prompts": p.config.train.eval_prompts,
+         "tune_prompts": st.tune_prompts, "eval_seed": EVAL_SEED, "code": _baselines_code_digest(),
+         "grids": {f: getattr(st, f) for f in ("pto_lrs", "pto_steps", "gd_lrs", "gd_steps", "ipto_steps",
+                                               "ipto_rounds", "ridge_lams", "lasso_alphas")}}
+  return hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def baselines_path(out: str, p: Preset, sigma: float) -> str:
+  """``out/baselines/sigma<σ>_<key>.json``: σ's tuned baselines (``baseline_curves``) under ``baselines_key``."""
+  return os.path.join(out, "baselines", f"sigma{sigma:g}_{baselines_key(p, sigma)[:12]}.json")
+
+
+def read_baselines(out: str, p: Preset, sigma: float) -> dict[str, dict[str, Any]] | None:
+  """σ's baselines kept by an earlier run with the same key, or None (missing, unreadable or another key)."""
+  try:
+    saved = files.read_json(baselines_path(out, p, sigma))
+    return saved["baselines"] if saved["key"] == baselines_key(p, sigma) else None
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+
+
 def edge_warnings(baselines: dict[str, dict[str, Any]], sigma: float) -> list[str]:
   """One line per baseline whose per-n winner sits at a grid edge for some n (see ``estimators.grid_edges``)."""
   lines = []
@@ -681,10 +721,12 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
   Each (L, H) program trains in its workdir under ``out/runs`` (``run_dir``): a finished one is read back, an
   interrupted one resumes from its last checkpoint. A program's analysis is kept in ``out/records`` (``read_record``):
   a program with a record of the same key is neither trained nor read again, so ``records/`` alone, copied into a
-  fresh ``out`` on another machine, goes on where a run stopped (the baselines are recomputed). ``stop_after``: stop
-  every program at that step (checkpointed) and return None; a later call resumes, and its outputs equal those of
-  an uninterrupted run. ``progress``: one bar over every program's steps (``jaxicl.progress.JobProgress``) and the
-  log lines; False prints only the summary.
+  fresh ``out`` on another machine, goes on where a run stopped. Each σ's tuned baselines are kept in
+  ``out/baselines`` (``read_baselines``, keyed by the task, the prompt sets, the grids and the estimators' code), so
+  a re-analysis, or a run whose baselines were computed elsewhere (copy the folder), does not tune them again.
+  ``stop_after``: stop every program at that step (checkpointed) and return None; a later call resumes, and its
+  outputs equal those of an uninterrupted run. ``progress``: one bar over every program's steps
+  (``jaxicl.progress.JobProgress``) and the log lines; False prints only the summary.
   Tables and figure links also go to ``out/summary.md``.
   """
   p = configure(preset, overrides)
@@ -766,9 +808,16 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
   baselines: dict[float, dict[str, Any]] = {}
   for sigma in st.noise_stds:
     t0 = time.perf_counter()
-    baselines[sigma] = baseline_curves(st, sets[sigma], task_config(p, sigma))
-    timings[f"baselines sigma{sigma:g}"] = time.perf_counter() - t0
-    log(f"baselines for σ={sigma:g} in {timings[f'baselines sigma{sigma:g}']:.0f}s")
+    baselines[sigma] = read_baselines(out, p, sigma)
+    if baselines[sigma] is None:
+      baselines[sigma] = baseline_curves(st, sets[sigma], task_config(p, sigma))
+      os.makedirs(os.path.join(out, "baselines"), exist_ok=True)
+      files.write_json(baselines_path(out, p, sigma), {"key": baselines_key(p, sigma), "baselines": baselines[sigma]},
+                       indent=None)
+      timings[f"baselines sigma{sigma:g}"] = time.perf_counter() - t0
+      log(f"baselines for σ={sigma:g} in {timings[f'baselines sigma{sigma:g}']:.0f}s")
+    else:
+      log(f"baselines for σ={sigma:g} read from {os.path.relpath(baselines_path(out, p, sigma), out)}")
     for line in edge_warnings(baselines[sigma], sigma):
       log(f"WARNING: {line}")
 
