@@ -152,8 +152,13 @@ def _reproduce(args) -> int:
     from jaxicl.studies.multihead import run as study
   else:
     from jaxicl.studies.head_utilization import run as study
+  extra = {}
+  if args.baselines_only:
+    if args.study != "head-utilization":
+      raise ValueError(f"--baselines-only: applies to head-utilization only, not {args.study}")
+    extra["baselines_only"] = True
   study.main(preset=args.preset, out=args.out, overrides=args.set, stop_after=args.stop_after,
-             progress=not args.quiet)
+             progress=not args.quiet, **extra)
   return 0
 
 
@@ -219,6 +224,8 @@ def parser() -> argparse.ArgumentParser:
                       "takes its grid and analysis settings, e.g. study.noise_stds=0.1,0.5")
   r.add_argument("--stop-after", type=_int_at_least(1), default=None,
                  help="stop every program at this step (checkpointed); run again to resume")
+  r.add_argument("--baselines-only", action="store_true",
+                 help="head-utilization: tune the baselines into OUT/baselines/ (read by the full run), train nothing")
   r.set_defaults(fn=_reproduce)
 
   s = sub.add_parser("sweep", help="grid × seeds, grouped into vmapped programs")

@@ -210,6 +210,24 @@ def test_records_alone_resume_the_study_without_training(tiny_out, tmp_path, mon
     run.main("tiny", out, progress=False)
 
 
+def test_baselines_only_tunes_and_keeps_the_baselines_and_trains_nothing(tmp_path, capsys):
+  out = str(tmp_path / "baselines")
+  cmd = ["reproduce", "head-utilization", "--preset", "tiny", "--out", out, "--quiet", "--baselines-only"]
+  assert cli.main(cmd) == 0
+  assert not os.path.exists(os.path.join(out, "runs")) and not os.path.exists(os.path.join(out, "summary.json"))
+  p = run.configure("tiny")
+  for sigma in p.study.noise_stds:
+    kept = run.read_baselines(out, p, sigma)
+    assert kept is not None and set(kept) == {"PtO", "GD", "iterated PtO", "ridge", "Lasso", "OLS", "Bayes"}
+  capsys.readouterr()
+  for bad, needle in ((["--stop-after", "5"], "stop_after=5"), (["--set", "study.noise_stds=-1"], "study.noise_stds")):
+    assert cli.main(cmd + bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and needle in err, err
+  assert cli.main(["reproduce", "multihead", "--preset", "tiny", "--out", out, "--baselines-only"]) == 2
+  assert "--baselines-only" in capsys.readouterr().err
+
+
 _FUSED_SCRIPT = """
 import sys
 import numpy as np

@@ -708,13 +708,40 @@ def _finite_mean(a) -> float:
 # Main
 
 
+def tuned_baselines(p: Preset, out: str, sets: dict[float, PromptSets] | None = None, log: Callable = print,
+                    timings: dict[str, float] | None = None) -> dict[float, dict[str, dict[str, Any]]]:
+  """Every σ's tuned baselines: read from ``out/baselines`` (``read_baselines``) or tuned (``baseline_curves``) and
+  kept there; grid-edge warnings logged. ``jaxicl reproduce head-utilization --baselines-only`` runs just this (a
+  CPU can tune a preset's baselines while a GPU trains its models)."""
+  baselines = {}
+  for sigma in p.study.noise_stds:
+    t0 = time.perf_counter()
+    baselines[sigma] = read_baselines(out, p, sigma)
+    path = baselines_path(out, p, sigma)
+    if baselines[sigma] is None:
+      task = task_config(p, sigma)
+      baselines[sigma] = baseline_curves(p.study, sets[sigma] if sets else prompt_sets(p, task), task)
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      files.write_json(path, {"key": baselines_key(p, sigma), "baselines": baselines[sigma]}, indent=None)
+      elapsed = time.perf_counter() - t0
+      if timings is not None:
+        timings[f"baselines sigma{sigma:g}"] = elapsed
+      log(f"baselines for σ={sigma:g} in {elapsed:.0f}s -> {os.path.relpath(path, out)}")
+    else:
+      log(f"baselines for σ={sigma:g} read from {os.path.relpath(path, out)}")
+    for line in edge_warnings(baselines[sigma], sigma):
+      log(f"WARNING: {line}")
+  return baselines
+
+
 def _plot_attention(maps: list[np.ndarray], out: str, tag: str, seed: int) -> str:
   return interpret.plot_attention(maps, os.path.join(out, f"attention_{tag}.png"),
                                   title=f"attention, {tag}, seed {seed}")
 
 
 def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides: list[str] | tuple[str, ...] = (),
-         stop_after: int | None = None, progress: bool = True) -> dict[str, Any] | None:
+         stop_after: int | None = None, progress: bool = True, baselines_only: bool = False
+         ) -> dict[str, Any] | None:
   """Runs the study with preset ``tiny`` | ``quick`` | ``cpu`` | ``full`` and ``overrides`` (``configure``); writes
   figures, tables and summary.json in ``out`` and returns the summary dict.
 
@@ -726,19 +753,28 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
   a re-analysis, or a run whose baselines were computed elsewhere (copy the folder), does not tune them again.
   ``stop_after``: stop every program at that step (checkpointed) and return None; a later call resumes, and its
   outputs equal those of an uninterrupted run. ``progress``: one bar over every program's steps
-  (``jaxicl.progress.JobProgress``) and the log lines; False prints only the summary.
+  (``jaxicl.progress.JobProgress``) and the log lines; False prints only the summary. ``baselines_only``: tune and
+  keep the baselines (``tuned_baselines``), train nothing, and return None.
   Tables and figure links also go to ``out/summary.md``.
   """
   p = configure(preset, overrides)
+  if baselines_only and stop_after is not None:
+    raise ValueError(f"stop_after={stop_after}: does not apply with baselines_only (nothing is trained)")
   st, c = p.study, p.config
   os.makedirs(out, exist_ok=True)
   t_start = time.perf_counter()
 
-  total = len(st.layers) * len(st.model_heads) * min(c.train.steps, stop_after or c.train.steps)
+  steps = 0 if baselines_only else min(c.train.steps, stop_after or c.train.steps)
+  total = len(st.layers) * len(st.model_heads) * steps
   job = JobProgress(total, f"study 2 ({preset})", enabled=progress)
 
   def log(msg: str):
     job.line(f"[head-utilization {time.perf_counter() - t_start:7.1f}s] {msg}")
+
+  if baselines_only:
+    tuned_baselines(p, out, log=log)
+    job.close()
+    return None
 
   log(f"preset {preset} on {jax.default_backend()}: d={c.task.d}, s={c.task.sparsity}, N={c.task.n_points}, "
       f"σ={st.noise_stds}, layers={st.layers}, heads={st.model_heads}, seeds={c.train.seeds}, steps={c.train.steps}")
@@ -805,21 +841,7 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
     return None
   order = [(s, L, H) for s in st.noise_stds for L in st.layers for H in st.model_heads]
   records = {k: records[k] for k in order}
-  baselines: dict[float, dict[str, Any]] = {}
-  for sigma in st.noise_stds:
-    t0 = time.perf_counter()
-    baselines[sigma] = read_baselines(out, p, sigma)
-    if baselines[sigma] is None:
-      baselines[sigma] = baseline_curves(st, sets[sigma], task_config(p, sigma))
-      os.makedirs(os.path.join(out, "baselines"), exist_ok=True)
-      files.write_json(baselines_path(out, p, sigma), {"key": baselines_key(p, sigma), "baselines": baselines[sigma]},
-                       indent=None)
-      timings[f"baselines sigma{sigma:g}"] = time.perf_counter() - t0
-      log(f"baselines for σ={sigma:g} in {timings[f'baselines sigma{sigma:g}']:.0f}s")
-    else:
-      log(f"baselines for σ={sigma:g} read from {os.path.relpath(baselines_path(out, p, sigma), out)}")
-    for line in edge_warnings(baselines[sigma], sigma):
-      log(f"WARNING: {line}")
+  baselines = tuned_baselines(p, out, sets, log, timings)
 
   outputs = write_outputs(p, records, baselines, out) + attention_files
   summary = summarize(p, records, baselines, final_loss, workdirs, outputs, time.perf_counter() - t_start)
