@@ -72,8 +72,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import configs, estimators, evaluate, files, interpret, plotting, report, tasks, train
-from jaxicl.files import write_json, write_text
+from jaxicl import configs, estimators, evaluate, interpret, plotting, report, tasks, train
+from jaxicl.files import read_json, write_json, write_text
 from jaxicl.models import ModelConfig
 from jaxicl.progress import JobProgress
 from jaxicl.studies import preset_registrar, split_overrides
@@ -398,7 +398,7 @@ def read_record(p: Preset, cfg: configs.Config, out: str) -> dict[str, Any] | No
   "workdir", "attention"}]}), or None when it is missing, unreadable or of another key (another config, analysis
   setting or record version): the program is then trained (or read back from its workdir) and analysed again."""
   try:
-    saved = files.read_json(record_path(out, cfg))
+    saved = read_json(record_path(out, cfg))
     if saved["key"] != record_key(p, cfg) or len(saved["per_sigma"]) != len(p.study.noise_stds):
       return None
     return _decode(saved)
@@ -517,7 +517,7 @@ def baselines_path(out: str, p: Preset, sigma: float) -> str:
 def read_baselines(out: str, p: Preset, sigma: float) -> dict[str, dict[str, Any]] | None:
   """σ's baselines kept by an earlier run with the same key, or None (missing, unreadable or another key)."""
   try:
-    saved = files.read_json(baselines_path(out, p, sigma))
+    saved = read_json(baselines_path(out, p, sigma))
     return saved["baselines"] if saved["key"] == baselines_key(p, sigma) else None
   except (OSError, ValueError, KeyError, TypeError):
     return None
@@ -722,7 +722,7 @@ def tuned_baselines(p: Preset, out: str, sets: dict[float, PromptSets] | None = 
       task = task_config(p, sigma)
       baselines[sigma] = baseline_curves(p.study, sets[sigma] if sets else prompt_sets(p, task), task)
       os.makedirs(os.path.dirname(path), exist_ok=True)
-      files.write_json(path, {"key": baselines_key(p, sigma), "baselines": baselines[sigma]}, indent=None)
+      write_json(path, {"key": baselines_key(p, sigma), "baselines": baselines[sigma]}, indent=None)
       elapsed = time.perf_counter() - t0
       if timings is not None:
         timings[f"baselines sigma{sigma:g}"] = elapsed
@@ -834,7 +834,8 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
         per_sigma.append({"record": records[key], "final_loss": final_loss[key], "workdir": workdirs[key],
                           "attention": maps})
       os.makedirs(os.path.dirname(record_path(out, cfg)), exist_ok=True)
-      files.write_json(record_path(out, cfg), {"key": record_key(p, cfg), "per_sigma": _encode(per_sigma)}, indent=None)
+      write_json(record_path(out, cfg), {"key": record_key(p, cfg), "per_sigma": _encode(per_sigma)},
+                 indent=None)
   if stopped:
     log(f"stopped at step {stop_after}; run the same command again to resume")
     job.close()

@@ -225,10 +225,11 @@ def full():
   scenario and lazy group of a program padded to its largest D, up to 500. The two d = 5 programs (380 runs each,
   the main grid with the scenarios and the lazy runs) take 86 and 134 s of it; every program ~10 s of compile and
   start. XLA's cost analysis (``python benchmarks/estimate_full.py --preset full``,
-  results/estimates/multihead_full_cost.json) counts 1.6 PFLOP in all, so the programs run at 1–4 TFLOP/s, far from the
-  matmul peak (not profiled; a step is mostly sampling padded prompts and elementwise work over 501 tokens). Impractical on a CPU (days). Each program
-  trains in its own workdir under --out/programs, checkpointed every 1500 steps, so an interrupted run resumes
-  mid-program.
+  results/estimates/multihead_full_cost.json) counts 1.6 PFLOP in all, so the programs run at 1–4 TFLOP/s, far
+  from the matmul peak (not profiled; a step is mostly sampling padded prompts and elementwise work over 501
+  tokens). Impractical on a CPU (days). Each program trains in its own workdir under --out/programs, checkpointed
+  every 1500 steps, so an interrupted run resumes mid-program; finished programs' records (--out/groups) carry a
+  run to another machine (``run.finished_program``).
   """
   return (_base(64, lr=1e-3, lrs=(1e-3, 3e-3), steps=6000, batch_size=512, seeds=(0, 1, 2, 3, 4), log_every=500,
                 eval_prompts=32768, warmup_steps=200, ckpt_every=1500),
