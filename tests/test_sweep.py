@@ -139,7 +139,7 @@ def test_a_halving_is_timed_only_when_its_least_kept_gain_repays_its_compile(mon
   assert chosen["runs_per_program"] == (4 if steps == 100_000 else 8)
 
 
-def test_split_sweep_equals_one_program_and_resumes_with_the_same_split(tmp_path, monkeypatch):
+def test_split_sweep_equals_one_program_and_resumes_with_the_same_split(tmp_path, monkeypatch, capsys):
   args = ("tiny", ["optim.lr=0.001,0.003"], 4)
   whole = sweep.run_sweep(*args, str(tmp_path / "whole"), BASE, progress=False, runs_per_program="all")
   split = sweep.run_sweep(*args, str(tmp_path / "split"), BASE, progress=False, runs_per_program=4)  # 2 seeds each
@@ -157,23 +157,19 @@ def test_split_sweep_equals_one_program_and_resumes_with_the_same_split(tmp_path
   assert sweep.run_sweep(*args, str(tmp_path / "split"), BASE, progress=False) == split
   (plan_file,) = os.listdir(tmp_path / "split" / "plans")
   assert json.load(open(tmp_path / "split" / "plans" / plan_file))["runs_per_program"] == 4  # 2 seeds × 2 lrs
-
-
-def test_damaged_sweep_files_are_evaluated_again_or_named(tmp_path, capsys):
-  """A finished group's damaged results.json is rebuilt from its finished workdir (the same rows); a damaged split
-  plan is a one-line error naming it (exit 2), since choosing again could split the group differently."""
-  out = tmp_path / "sweep"
-  args = ("tiny", ["optim.lr=0.001,0.003"], 4, str(out), BASE)
-  rows = sweep.run_sweep(*args, progress=False, runs_per_program=4)
+  # damaged files: a finished program's results.json is rebuilt from its workdir (the same rows); a damaged split
+  # plan is a one-line error naming it (exit 2), since choosing again could split the group differently
+  monkeypatch.undo()
+  out = tmp_path / "split"
   results = [out / "groups" / g / "results.json" for g in sorted(os.listdir(out / "groups"))]
   results[0].write_text('[{"seed": 0, ')
   results[1].write_text("[]")
-  assert sweep.run_sweep(*args, progress=False, runs_per_program=4) == rows
+  assert sweep.run_sweep(*args, str(out), BASE, progress=False) == split
   for path in results:  # rewritten: its program's 4 runs (2 seeds × 2 lrs), rows of the sweep's table
     rewritten = json.loads(path.read_text())
-    assert len(rewritten) == 4 and all(r in rows for r in rewritten)
-  sweep.run_sweep(*args, progress=False, runs_per_program="auto")  # writes out/plans/
-  (plan,) = (out / "plans").iterdir()
+    assert len(rewritten) == 4 and all(r in split for r in rewritten)
+  plan = out / "plans" / plan_file
+  capsys.readouterr()
   for garbage in ('{"runs_per_program": ', '{"runs_per_program": 0}'):
     plan.write_text(garbage)
     cmd = ["sweep", "--config", "tiny", "--grid", "optim.lr=0.001,0.003", "--seeds", "4", "--out", str(out), "--quiet"]
