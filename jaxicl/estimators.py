@@ -1018,26 +1018,55 @@ def _path_setup(prompts: tasks.Prompt, lrs, steps):
   return prompts.xs, prompts.ys, prompts.targets, lrs, np.asarray(steps, np.float64)
 
 
+PATH_CHUNK = 64  # prompts per call of a path program: its memory is O(chunk · N² · grid · d), not O(B · ...)
+
+
+def _over_prompt_chunks(fn: Callable, xs, ys, targets, chunk: int, float64: bool) -> tuple[np.ndarray, np.ndarray]:
+  """``fn(xs, ys, targets, weights) -> (Σ_b weights_b·sq_err_b [...], max over weighted prompts [...])`` over
+  fixed-size chunks of the prompts (the last padded with copies of its first prompt at weight 0, so one program
+  serves every chunk): (mean squared error [...], max) over all B prompts, accumulated in float64. ``float64``:
+  traced and run with float64 inputs under a local ``jax.enable_x64`` (as ``in_float64``, but the partial sums
+  stay float64)."""
+  if not isinstance(chunk, (int, np.integer)) or chunk < 1:
+    raise ValueError(f"chunk={chunk!r}: must be an integer >= 1")
+  if float64:
+    with jax.enable_x64(True):
+      return _over_prompt_chunks(fn, *(np.asarray(a, np.float64) for a in (xs, ys, targets)), chunk, False)
+  n_prompts = xs.shape[0]
+  chunk = min(int(chunk), n_prompts)
+  total, worst = None, None
+  for start in range(0, n_prompts, chunk):
+    parts = [np.asarray(a[start:start + chunk]) for a in (xs, ys, targets)]
+    valid = parts[0].shape[0]
+    parts = [np.concatenate([a, np.repeat(a[:1], chunk - valid, axis=0)]) for a in parts]
+    weights = (np.arange(chunk) < valid).astype(parts[0].dtype)
+    sq, mx = (np.asarray(a, np.float64) for a in fn(*parts, weights))
+    total = sq if total is None else total + sq
+    worst = mx if worst is None else np.maximum(worst, mx)
+  return total / n_prompts, worst
+
+
 def gd_path_risks(prompts: tasks.Prompt, lrs: Sequence[float], steps: Sequence[float], preprocess: bool = False,
-                  float64: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                  float64: bool = True, chunk: int = PATH_CHUNK) -> tuple[np.ndarray, np.ndarray]:
   """Excess risk of GD (or PtO with ``preprocess``) at every step size, step count and n, and the step ratios.
 
   Returns (risks [n_lr, C, N], ratio [n_lr, N]): risks[i, j, n] = mean_b (ŷ_bn − target_bn)² for η = lrs[i],
   T = steps[j] (a non-negative integer, or inf for the limit), fitted on the n points before point n; ratio =
   max_b η·λ_max(G_bn), the stability statistic (divergence iff > 2). Equal to ``gd`` / ``pto`` at every (η, T)
   (closed form of the same iterates; one eigendecomposition per prompt and prefix, so T = 1e5 costs what T = 1
-  does). Runs in float64 by default (``in_float64``). prompts.xs [B, N, d].
+  does). Runs in float64 by default (``in_float64``), ``chunk`` prompts per call (memory bound). prompts.xs
+  [B, N, d].
   """
   xs, ys, targets, lrs, steps = _path_setup(prompts, lrs, steps)
   fn = functools.partial(_gd_path_risks, preprocess=bool(preprocess))
-  risks, lam_max = (in_float64(fn) if float64 else fn)(xs, ys, targets, lrs, steps)
-  lam_max = np.asarray(lam_max, np.float64)
-  return np.asarray(risks, np.float64), lrs[:, None] * lam_max.max(axis=0)[None, :]
+  risks, lam_max = _over_prompt_chunks(lambda *a: fn(*a, lrs, steps), xs, ys, targets, chunk, float64)
+  return risks, lrs[:, None] * lam_max[None, :]
 
 
 @functools.partial(jax.jit, static_argnames="preprocess")
-def _gd_path_risks(xs, ys, targets, lrs, steps, preprocess: bool):
-  """[B, N, d], [B, N], [B, N], [n_lr], [C] -> (risks [n_lr, C, N], λ_max [B, N])."""
+def _gd_path_risks(xs, ys, targets, weights, lrs, steps, preprocess: bool):
+  """[B, N, d], [B, N], [B, N], [B], [n_lr], [C] -> (Σ_b weights_b·sq_err [n_lr, C, N], max_b λ_max [N] over the
+  prompts of weight > 0)."""
   masks = prefix_masks(xs.shape[1], xs.dtype)
 
   def one(x, y, mask, x_q):
@@ -1046,8 +1075,8 @@ def _gd_path_risks(xs, ys, targets, lrs, steps, preprocess: bool):
     return preds, lam_max
 
   preds, lam_max = jax.vmap(lambda x, y: jax.vmap(lambda m, q: one(x, y, m, q))(masks, x))(xs, ys)  # [B, N, l, C]
-  risks = jnp.mean(jnp.square(preds - targets[:, :, None, None]), axis=0)  # [N, n_lr, C]
-  return jnp.transpose(risks, (1, 2, 0)), lam_max
+  sq = jnp.einsum("b,bnlc->lcn", weights, jnp.square(preds - targets[:, :, None, None]))
+  return sq, jnp.max(jnp.where(weights[:, None] > 0, lam_max, 0.0), axis=0)
 
 
 def gram_lambda_max(prompts: tasks.Prompt, preprocess: bool = False) -> np.ndarray:
@@ -1055,29 +1084,39 @@ def gram_lambda_max(prompts: tasks.Prompt, preprocess: bool = False) -> np.ndarr
 
   GD with step η on that prefix diverges iff η·λ_max > 2.
   """
-  _, lam_max = in_float64(functools.partial(_gd_path_risks, preprocess=bool(preprocess)))(
-      prompts.xs, prompts.ys, prompts.targets, np.ones(1), np.zeros(1))
-  return np.asarray(lam_max, np.float64)
+  fn = in_float64(functools.partial(_gram_lambda_max, preprocess=bool(preprocess)))
+  return np.asarray(fn(prompts.xs, prompts.ys), np.float64)
+
+
+@functools.partial(jax.jit, static_argnames="preprocess")
+def _gram_lambda_max(xs, ys, preprocess: bool):
+  masks = prefix_masks(xs.shape[1], xs.dtype)
+
+  def one(x, y, mask):
+    scale = averaging_weights(x, y, mask) if preprocess else None
+    return _gd_spectral_preds(x, y, x[0], mask, scale, jnp.ones(1, xs.dtype), jnp.zeros(1, xs.dtype))[2]
+
+  return jax.vmap(lambda x, y: jax.vmap(lambda m: one(x, y, m))(masks))(xs, ys)  # [B, N]
 
 
 def iterated_pto_path_risks(prompts: tasks.Prompt, lrs: Sequence[float], steps: Sequence[float], rounds: int,
-                            float64: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                            float64: bool = True, chunk: int = PATH_CHUNK) -> tuple[np.ndarray, np.ndarray]:
   """Excess risk of ``iterated_pto`` after every round k = 1..``rounds`` at every (η, T) and n, and step ratios.
 
   Returns (risks [n_lr, C, K, N], ratio [n_lr, C, K, N]); ratio[..., k, n] = max over prompts and rounds <= k of
   η·λ_max of that round's Gram matrix (the step size must be stable in every round). Each round is one
   eigendecomposition per (η, T), prompt and prefix; round 1 is PtO (``gd_path_risks(preprocess=True)``).
+  ``chunk`` prompts per call (memory bound).
   """
   xs, ys, targets, lrs, steps = _path_setup(prompts, lrs, steps)
   if not isinstance(rounds, (int, np.integer)) or rounds < 1:
     raise ValueError(f"rounds={rounds!r}: must be an integer >= 1")
   fn = functools.partial(_iterated_pto_path_risks, rounds=int(rounds))
-  risks, ratio = (in_float64(fn) if float64 else fn)(xs, ys, targets, lrs, steps)
-  return np.asarray(risks, np.float64), np.asarray(ratio, np.float64)
+  return _over_prompt_chunks(lambda *a: fn(*a, lrs, steps), xs, ys, targets, chunk, float64)
 
 
 @functools.partial(jax.jit, static_argnames="rounds")
-def _iterated_pto_path_risks(xs, ys, targets, lrs, steps, rounds: int):
+def _iterated_pto_path_risks(xs, ys, targets, weights, lrs, steps, rounds: int):
   masks = prefix_masks(xs.shape[1], xs.dtype)
   n_lr, n_t = lrs.shape[0], steps.shape[0]
 
@@ -1102,10 +1141,10 @@ def _iterated_pto_path_risks(xs, ys, targets, lrs, steps, rounds: int):
     return jnp.stack(preds, -1), jnp.stack(ratios, -1)  # [G, K]
 
   preds, ratios = jax.vmap(lambda x, y: jax.vmap(lambda m, q: one(x, y, m, q))(masks, x))(xs, ys)  # [B, N, G, K]
-  risks = jnp.mean(jnp.square(preds - targets[:, :, None, None]), axis=0)  # [N, G, K]
-  ratio = jnp.max(ratios, axis=0)
+  sq = jnp.einsum("b,bngk->gkn", weights, jnp.square(preds - targets[:, :, None, None]))
+  ratio = jnp.transpose(jnp.max(jnp.where(weights[:, None, None, None] > 0, ratios, 0.0), axis=0), (1, 2, 0))
   shape = (n_lr, n_t, rounds, xs.shape[1])
-  return (jnp.transpose(risks, (1, 2, 0)).reshape(shape), jnp.transpose(ratio, (1, 2, 0)).reshape(shape))
+  return sq.reshape(shape), ratio.reshape(shape)
 
 
 def _on_lasso_path(name: str, keys: Sequence[str]) -> bool:

@@ -370,6 +370,19 @@ def test_gd_path_risks_equal_the_iterative_estimators_and_the_min_norm_limit():
       np.testing.assert_allclose(risks[i, -1], limit, rtol=1e-5, atol=1e-8)
 
 
+def test_path_risks_over_prompt_chunks_equal_one_call():
+  """Chunked (5 + 5 + 2 prompts, the last chunk padded at weight 0) = all 12 prompts in one call, for both path
+  tuners: the same risks (a sum in another order) and the same worst step ratios."""
+  prompts = tasks.sample_batch(jax.random.PRNGKey(3), SPARSE, 12)
+  for fn in (lambda c: E.gd_path_risks(prompts, (0.05, 0.6), (0, 3, float("inf")), True, chunk=c),
+             lambda c: E.iterated_pto_path_risks(prompts, (0.01, 0.05), (3, float("inf")), rounds=2, chunk=c)):
+    (r_one, q_one), (r_chunked, q_chunked) = fn(12), fn(5)
+    np.testing.assert_allclose(r_chunked, r_one, rtol=1e-12)
+    np.testing.assert_array_equal(q_chunked, q_one)
+  with pytest.raises(ValueError, match="chunk=0"):
+    E.gd_path_risks(prompts, (0.05,), (3,), chunk=0)
+
+
 def test_iterated_pto_round_one_is_pto_and_the_path_equals_the_loop():
   xs, ys = _problem(n_points=7, d=3, seed=2)
   np.testing.assert_allclose(E.iterated_pto(xs, ys, 0.2, 5, 1), E.pto(xs, ys, 0.2, 5), rtol=1e-6)

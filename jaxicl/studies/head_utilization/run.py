@@ -269,7 +269,13 @@ def full():
                          train=configs.TrainConfig(steps=12000, batch_size=64, seeds=(0, 1, 2), log_every=1000,
                                                    ckpt_every=2000, eval_prompts=2048)),
           StudySettings(noise_stds=(0.0, 0.1, 0.5), layers=(2, 3, 4), heads=8, single_head=True, probe_prompts=2048,
-                        tune_prompts=1024, importance_batch=4))
+                        tune_prompts=1024, importance_batch=4,
+                        # wider than the defaults: with them, on 128 + 128 prompts at σ = 0.5, PtO's and GD's
+                        # smallest η, ridge's smallest λ and Lasso's largest α won at many n (README "Study 2")
+                        pto_lrs=(3e-5, 1e-4, 3e-4) + StudySettings.pto_lrs,
+                        gd_lrs=(3e-4, 0.001) + StudySettings.gd_lrs,
+                        ridge_lams=(1e-4,) + StudySettings.ridge_lams,
+                        lasso_alphas=StudySettings.lasso_alphas + (3.0, 10.0)))
 
 
 EVAL_SEED = evaluate.EVAL_SEED  # held-out prompts; probe-fit and tuning sets use EVAL_SEED + 1, + 2
