@@ -1041,7 +1041,8 @@ def _over_prompt_chunks(fn: Callable, xs, ys, targets, chunk: int, float64: bool
     parts = [np.concatenate([a, np.repeat(a[:1], chunk - valid, axis=0)]) for a in parts]
     weights = (np.arange(chunk) < valid).astype(parts[0].dtype)
     sq, mx = (np.asarray(a, np.float64) for a in fn(*parts, weights))
-    total = sq if total is None else total + sq
+    with np.errstate(over="ignore"):  # a divergent (η, T) point's error may pass the float64 range: inf, as XLA's sum
+      total = sq if total is None else total + sq
     worst = mx if worst is None else np.maximum(worst, mx)
   return total / n_prompts, worst
 
