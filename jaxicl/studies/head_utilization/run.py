@@ -801,7 +801,7 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
       job.stage(program)
       saved = read_record(p, cfg, out)
       if saved is not None:  # trained and analysed before: no checkpoint is read (carried records suffice)
-        job.skip(min(c.train.steps, stop_after or c.train.steps))
+        job.skip(steps)
         for v, sigma in enumerate(st.noise_stds):
           entry = saved["per_sigma"][v]
           key = (sigma, n_layers, heads)

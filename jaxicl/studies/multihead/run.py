@@ -213,6 +213,10 @@ def reads_params(group: Group, sections: Iterable[str], spec: Preset) -> bool:
   return "main" in sections and group.d == spec.study.head_d and group.D == max(spec.study.Ds)
 
 
+def _record_path(out: str, name: str) -> str:
+  return os.path.join(out, "groups", name + ".json")
+
+
 def _params_path(out: str, name: str) -> str:
   return os.path.join(out, "groups", name + ".params.npz")
 
@@ -231,7 +235,7 @@ def _read_params(path: str) -> dict:
 def load_group(out: str, name: str) -> tuple[dict, dict]:
   """(record, its runs' params [R, ...]) of a finished group written by ``main``: params from
   ``groups/<name>.params.npz`` where the record names one, else from the program's train workdir."""
-  record = files.read_json(os.path.join(out, "groups", name + ".json"))
+  record = files.read_json(_record_path(out, name))
   if "params" in record:
     return record, _read_params(os.path.join(out, record["params"]))
   result = train.load_run(os.path.join(out, record["program"]["workdir"]))
@@ -249,7 +253,7 @@ def finished_program(spec: Preset, groups: list[Group], planned: dict[Group, dic
   done = {}
   for group in groups:
     try:
-      record = files.read_json(os.path.join(out, "groups", group.name + ".json"))
+      record = files.read_json(_record_path(out, group.name))
       if record["program"]["workdir"] != workdir:
         return None
       params = None
@@ -327,7 +331,7 @@ def run_program(spec: Preset, groups: list[Group], planned: dict[Group, dict[str
     if reads_params(group, planned[group]["sections"], spec):  # before the record that names it
       _write_params(_params_path(out, group.name), params)
       record["params"] = os.path.relpath(_params_path(out, group.name), out)
-    files.write_json(os.path.join(out, "groups", group.name + ".json"), record)
+    files.write_json(_record_path(out, group.name), record)
     log(f"  {group.name}: D·L = {dl_mean:.3f} ± {dl_se:.3f} (seeds) ± {dl_prompt_se:.3f} (prompts)")
     out_records[group] = (record, params)
   log(f"  program {os.path.basename(workdir)}: {len(groups)} groups, {len(cfg.runs)} runs, "
@@ -632,7 +636,7 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
       job.stage(f"program {i + 1}/{len(grouped)}")
       done = finished_program(spec, groups, planned, out)
       if done is not None:
-        job.skip(spec.config.train.steps if stop_after is None else min(spec.config.train.steps, stop_after))
+        job.skip(steps[i] if stop_after is None else min(steps[i], stop_after))
         log(f"  program {i + 1}: {len(groups)} groups read from their records")
       else:
         done = run_program(spec, groups, planned, out, log, stop_after, progress=job.bar)
