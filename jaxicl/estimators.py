@@ -30,6 +30,10 @@ closed form w_T = V diag(f_T(λ)) Vᵀb, f_T(λ) = (1 − (1 − ηλ)^T)/λ (η
 eigendecomposition per prompt and prefix gives the risk at every step count T, up to T = ∞ (f = 1/λ on the
 non-zero eigenvalues: the minimum-norm least-squares solution, GD's limit from 0 for any stable η). Per-n
 choice on a tuning set with the stability rule and grid-edge flags: ``tune_per_n``.
+
+Memory: the host entry points (``predict``, ``tune``, ``grid_risks``, ``lasso_grid_predictions`` and the path
+tuners) run over fixed-size chunks of ``PROMPT_CHUNK`` prompts (``prompt_chunks``; one compiled program per
+chunk size), so thousands of held-out prompts cost time, not memory.
   * ``lasso`` follows the exact homotopy (LARS-lasso) path, checks the result against the KKT conditions
     after an active-set Newton polish, and falls back to coordinate descent (tol = 1e-10 relative
     change, at most 1000 sweeps) if the check fails; see ``lasso_weights``. It computes in the inputs'
@@ -45,7 +49,7 @@ import functools
 import inspect
 import itertools
 import math
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +60,8 @@ from jaxicl import tasks
 POOL_NOISE_FLOOR = 1e-6  # smallest likelihood variance used by pool_bayes (σ² = 0 prompts)
 LASSO_TOL = 1e-10  # relative coordinate-change tolerance of the lasso coordinate descent
 LASSO_MAX_SWEEPS = 1000  # cap on the fallback coordinate-descent sweeps of lasso (each updates all d coordinates)
+PROMPT_CHUNK = 64  # prompts per compiled call of every host entry point (predict, tune, grid_risks, the lasso and
+# path drivers): memory O(chunk), not O(B) (at d = 20, N = 40: ~1.3 GB for sparse_bayes' 1140 supports)
 _LASSO_ROUND = 5  # coordinate-descent sweeps between two active-set Newton attempts
 
 EstimatorFn = Callable[..., jax.Array]  # (xs_Nxd, ys_N, **hparams) -> preds_N
@@ -420,14 +426,16 @@ def _lasso_start_all(xs, ys, alphas, masks):
 
 
 def lasso_grid_predictions(xs: jax.Array, ys: jax.Array, alphas: Sequence[float], queries: Sequence[int],
-                           tol: float = LASSO_TOL, max_sweeps: int = LASSO_MAX_SWEEPS) -> np.ndarray:
+                           tol: float = LASSO_TOL, max_sweeps: int = LASSO_MAX_SWEEPS, chunk: int = PROMPT_CHUNK
+                           ) -> np.ndarray:
   """Lasso's prediction for point t of every prompt from its points j < t, at every α and every t of
   ``queries``: [B, N, d], [B, N] -> [B, T, K] (float64), equal to ``in_float64(lasso)`` at each α.
 
-  Host-side driver, not jit/vmap-safe: one homotopy path per prompt and query gives every α
-  (``lasso_path_weights``); coordinate descent (step 3 of ``lasso_weights``) then runs only on the problems
-  whose Newton check failed (at d = 20 about 3 % of them, near n ≈ d and the smallest α), gathered into a batch of
-  their own, instead of holding every lane of a vmapped loop until the slowest converges."""
+  Host-side driver, not jit/vmap-safe, over ``chunk`` prompts at a time (``prompt_chunks``): one homotopy path per
+  prompt and query gives every α (``lasso_path_weights``); coordinate descent (step 3 of ``lasso_weights``) then
+  runs only on the problems whose Newton check failed (at d = 20 about 3 % of them, near n ≈ d and the smallest
+  α), gathered into a batch of their own, instead of holding every lane of a vmapped loop until the slowest
+  converges."""
   if any(isinstance(a, jax.core.Tracer) for a in (xs, ys, *alphas)):
     raise ValueError("lasso_grid_predictions: arguments are traced; call it outside jit/vmap (it runs two "
                      "compiled stages with a host step between them)")
@@ -436,21 +444,23 @@ def lasso_grid_predictions(xs: jax.Array, ys: jax.Array, alphas: Sequence[float]
     check_hparams("lasso", alpha=alpha)
   queries = np.asarray(queries, np.int64)
   with jax.enable_x64(True):
-    xs64, ys64 = jnp.asarray(xs, jnp.float64), jnp.asarray(ys, jnp.float64)
-    masks = (jnp.arange(xs64.shape[1])[None, :] < jnp.asarray(queries)[:, None]).astype(jnp.float64)  # [T, N]
+    masks = (jnp.arange(np.shape(xs)[1])[None, :] < jnp.asarray(queries)[:, None]).astype(jnp.float64)  # [T, N]
     alphas64 = jnp.asarray(alphas, jnp.float64)
-    w, solved = _lasso_start_all(xs64, ys64, alphas64, masks)  # [B, T, K, d], [B, T, K]
-    w = np.array(w)
-    todo = np.argwhere(~np.asarray(solved))
-    if len(todo):
-      size = max(8, 1 << int(len(todo) - 1).bit_length())  # padded to a power of 2: few compiled sizes
-      pick = np.concatenate([todo, np.repeat(todo[:1], size - len(todo), axis=0)])
-      bi, ti, ki = pick.T
-      refined = _lasso_refine_batch(xs64[bi], ys64[bi], masks[ti], alphas64[ki], jnp.asarray(w[bi, ti, ki]),
-                                    tol=float(tol), max_sweeps=int(max_sweeps))
-      w[bi[:len(todo)], ti[:len(todo)], ki[:len(todo)]] = np.asarray(refined)[:len(todo)]
-    x_query = np.asarray(xs64)[:, queries]  # [B, T, d]
-    return np.einsum("btkd,btd->btk", w, x_query)
+
+    def one_chunk(xs64, ys64):  # [b, N, d], [b, N] -> [b, T, K]
+      w, solved = _lasso_start_all(xs64, ys64, alphas64, masks)  # [b, T, K, d], [b, T, K]
+      w = np.array(w)
+      todo = np.argwhere(~np.asarray(solved))
+      if len(todo):
+        size = max(8, 1 << int(len(todo) - 1).bit_length())  # padded to a power of 2: few compiled sizes
+        pick = np.concatenate([todo, np.repeat(todo[:1], size - len(todo), axis=0)])
+        bi, ti, ki = pick.T
+        refined = _lasso_refine_batch(xs64[bi], ys64[bi], masks[ti], alphas64[ki], jnp.asarray(w[bi, ti, ki]),
+                                      tol=float(tol), max_sweeps=int(max_sweeps))
+        w[bi[:len(todo)], ti[:len(todo)], ki[:len(todo)]] = np.asarray(refined)[:len(todo)]
+      return np.einsum("btkd,btd->btk", w, xs64[:, queries])
+
+    return map_prompt_chunks(one_chunk, (np.asarray(xs, np.float64), np.asarray(ys, np.float64)), chunk)
 
 
 def iterated_pto_weights(
@@ -749,6 +759,43 @@ def _query_prediction(name: str, xs: jax.Array, ys: jax.Array, n_context: int | 
 # Registry, batching and tuning
 
 
+
+def prompt_chunks(arrays: Sequence[Any], chunk: int) -> Iterator[tuple[list[np.ndarray], int]]:
+  """Fixed-size chunks of min(``chunk``, B) prompts along axis 0 of every array (host numpy), the last padded
+  with copies of its first prompt (finite inputs for any solver): yields (parts, valid), valid = its real
+  prompts. One compiled program serves every chunk, and memory is bounded by the chunk, not by B."""
+  if not isinstance(chunk, (int, np.integer)) or isinstance(chunk, bool) or chunk < 1:
+    raise ValueError(f"chunk={chunk!r}: must be an integer >= 1")
+  n_prompts = np.shape(arrays[0])[0]
+  chunk = min(int(chunk), n_prompts)
+  for start in range(0, n_prompts, chunk):
+    parts = [np.asarray(a[start:start + chunk]) for a in arrays]
+    valid = parts[0].shape[0]
+    yield [np.concatenate([a, np.repeat(a[:1], chunk - valid, axis=0)]) for a in parts], valid
+
+
+def map_prompt_chunks(fn: Callable[..., Any], arrays: Sequence[Any], chunk: int) -> Any:
+  """``fn(*arrays)`` for per-prompt outputs (axis 0 of each output leaf is the prompt), computed over
+  ``prompt_chunks`` and concatenated on the host: equal to one call, in memory bounded by the chunk."""
+  outs = [jax.tree.map(lambda a, v=valid: np.asarray(a)[:v], fn(*parts)) for parts, valid in prompt_chunks(arrays, chunk)]
+  return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+
+
+def _chunked_preds(run: Callable[..., Any], shared: Any, arrays: Sequence[Any], chunk: int, float64: bool
+                   ) -> np.ndarray:
+  """``run(shared, *prompt_arrays)`` (per-prompt outputs) over ``prompt_chunks``, as float64 numpy. ``float64``:
+  traced and run with float64 inputs (floating leaves of ``shared`` and the prompt arrays) under a local
+  ``jax.enable_x64``, as ``in_float64``, but the outputs stay float64."""
+  if float64:
+    def cast(a):
+      return np.asarray(a, np.float64) if np.issubdtype(np.asarray(a).dtype, np.floating) else a
+
+    with jax.enable_x64(True):
+      return _chunked_preds(run, jax.tree.map(cast, shared), [cast(a) for a in arrays], chunk, False)
+  return map_prompt_chunks(lambda *parts: np.asarray(run(shared, *parts), np.float64), arrays, chunk)
+
+
+
 def _lookup(name: str) -> EstimatorFn:
   if name not in ESTIMATORS:
     raise ValueError(f"estimator={name!r}: unknown estimator; known: {sorted(ESTIMATORS)}")
@@ -822,26 +869,27 @@ def predict(
     task_cfg: tasks.TaskConfig | None = None,
     *,
     float64: bool | None = None,
+    chunk: int = PROMPT_CHUNK,
     **hparams,
 ) -> jax.Array:
-  """Prefix-wise predictions of estimator ``name`` for a batch: [B, N, d], [B, N] -> [B, N] (jitted).
+  """Prefix-wise predictions of estimator ``name`` for a batch: [B, N, d], [B, N] -> [B, N] (host function).
 
   Numeric hyper-parameters are passed to the compiled function as arguments, so calls that differ only
   in their values (and not in ``k``, ``tol``, ``max_sweeps`` or shapes) reuse one compile. ``float64`` runs
-  it in float64 (``in_float64``, outside any trace); ``None`` means only for lasso.
+  it in float64 (as ``in_float64``, outside any trace); ``None`` means only for lasso and sparse_bayes. Runs
+  over ``chunk`` prompts at a time (``prompt_chunks``; one compile, memory bounded by the chunk).
   """
   fn = _lookup(name)
   bound = _bind(name, task_cfg, hparams)
   static = tuple(sorted((k, v) for k, v in bound.items() if _is_static(k, v)))
   numeric = {k: v for k, v in bound.items() if not _is_static(k, v)}
   if _on_lasso_path(name, list(numeric)) and _use_float64(name, float64) and np.ndim(bound["alpha"]) == 0:
-    preds = lasso_grid_predictions(xs, ys, [bound["alpha"]], range(np.shape(xs)[1]),
+    preds = lasso_grid_predictions(xs, ys, [bound["alpha"]], range(np.shape(xs)[1]), chunk=chunk,
                                    **{k: v for k, v in bound.items() if k != "alpha"})[..., 0]
-    return jnp.asarray(preds, jax.dtypes.canonicalize_dtype(jnp.asarray(xs).dtype))
-  run = _compiled_batched(fn, static)
-  if _use_float64(name, float64):
-    return in_float64(run)(xs, ys, numeric)
-  return run(xs, ys, numeric)
+  else:
+    run = _compiled_batched(fn, static)
+    preds = _chunked_preds(lambda hp, x, y: run(x, y, hp), numeric, (xs, ys), chunk, _use_float64(name, float64))
+  return jnp.asarray(preds, jax.dtypes.canonicalize_dtype(jnp.asarray(xs).dtype))
 
 
 @functools.lru_cache(maxsize=128)
@@ -869,18 +917,16 @@ def excess_risk(preds: jax.Array, targets: jax.Array) -> jax.Array:
   return jnp.mean((jnp.asarray(preds) - jnp.asarray(targets)) ** 2, axis=0)
 
 
-def _grid_risks(
-    name: str, n_context: int, fixed: dict[str, Any], numeric: dict[str, jax.Array], xs, ys, target
+def _grid_query_preds(
+    name: str, n_context: int, fixed: dict[str, Any], numeric: dict[str, jax.Array], xs, ys
 ) -> jax.Array:
-  """Risk of each of the G grid points ``numeric`` ({name: [G]}; {} for one point): [G] (vmapped over G and B)."""
+  """Prediction for point ``n_context`` of every prompt at each of the G grid points ``numeric`` ({name: [G]};
+  {} for one point): [B, G] (vmapped over G and B)."""
 
-  def risk_of(point: dict[str, jax.Array]) -> jax.Array:
-    def one_prompt(x, y):
-      return _query_prediction(name, x, y, n_context, **fixed, **point)
+  def preds_at(point: dict[str, jax.Array]) -> jax.Array:
+    return jax.vmap(lambda x, y: _query_prediction(name, x, y, n_context, **fixed, **point))(xs, ys)
 
-    return jnp.mean((jax.vmap(one_prompt)(xs, ys) - target) ** 2)
-
-  return jax.vmap(risk_of)(numeric) if numeric else risk_of({})[None]
+  return (jax.vmap(preds_at)(numeric) if numeric else preds_at({})[None]).T
 
 
 def tune(
@@ -893,6 +939,7 @@ def tune(
     *,
     task_cfg: tasks.TaskConfig | None = None,
     float64: bool | None = None,
+    chunk: int = PROMPT_CHUNK,
     **fixed,
 ) -> tuple[dict[str, Any], np.ndarray]:
   """Grid search: the hyper-parameters minimizing the excess risk at query index ``n_context``.
@@ -901,7 +948,7 @@ def tune(
   from its points 0..n_context-1 (one fit per prompt, not N). Numeric hyper-parameters (``lam``, ``alpha``,
   ``lr``, ``steps``, …) are vmapped over the grid in one compile; static ones (``k``, ``tol``, ``max_sweeps``)
   are looped. ``fixed`` binds the others; ``task_cfg`` gives the prior of bayes / pool_bayes; ``float64`` as
-  in ``predict``. xs [B, N, d], ys [B, N], targets [B, N].
+  in ``predict``; ``chunk`` prompts per call. xs [B, N, d], ys [B, N], targets [B, N].
   Returns (best hyper-parameters, values as given in ``grid``; risks [len(v) for v in grid.values()]).
   NaN risks (e.g. divergent GD) rank as +inf.
   """
@@ -925,7 +972,7 @@ def tune(
   n_points = xs.shape[1]
   if not isinstance(n_context, (int, np.integer)) or not 0 <= n_context < n_points:
     raise ValueError(f"{name}: n_context={n_context!r} must be an integer in [0, {n_points - 1}]")
-  target = targets[:, n_context]
+  target = np.asarray(targets[:, n_context], np.float64)
 
   keys = list(grid)
   static_keys = [k for k in keys if any(_is_static(k, v) for v in grid[k])]
@@ -940,12 +987,12 @@ def tune(
   for static_index in itertools.product(*(range(len(grid[k])) for k in static_keys)):
     static = {k: grid[k][i] for k, i in zip(static_keys, static_index)}
     if _on_lasso_path(name, list(numeric)) and _use_float64(name, float64):  # the α grid on one path per prompt
-      preds = lasso_grid_predictions(xs, ys, np.asarray(numeric["alpha"]), [int(n_context)],
+      preds = lasso_grid_predictions(xs, ys, np.asarray(numeric["alpha"]), [int(n_context)], chunk=chunk,
                                      **{**bound, **static})[:, 0]  # [B, G]
-      flat = np.mean((preds - np.asarray(target, np.float64)[:, None]) ** 2, axis=0)
     else:
-      fn = jax.jit(functools.partial(_grid_risks, name, int(n_context), {**bound, **static}))
-      flat = np.asarray((in_float64(fn) if _use_float64(name, float64) else fn)(numeric, xs, ys, target))
+      fn = jax.jit(functools.partial(_grid_query_preds, name, int(n_context), {**bound, **static}))
+      preds = _chunked_preds(fn, numeric, (xs, ys), chunk, _use_float64(name, float64))  # [B, G]
+    flat = np.mean((preds - target[:, None]) ** 2, axis=0)
     for point, risk in zip(numeric_points, flat):
       where = dict(zip(static_keys, static_index)) | dict(zip(numeric_keys, point))
       risks[tuple(where[k] for k in keys)] = risk
@@ -1018,37 +1065,26 @@ def _path_setup(prompts: tasks.Prompt, lrs, steps):
   return prompts.xs, prompts.ys, prompts.targets, lrs, np.asarray(steps, np.float64)
 
 
-PATH_CHUNK = 64  # prompts per call of a path program: its memory is O(chunk · N² · grid · d), not O(B · ...)
-
-
 def _over_prompt_chunks(fn: Callable, xs, ys, targets, chunk: int, float64: bool) -> tuple[np.ndarray, np.ndarray]:
   """``fn(xs, ys, targets, weights) -> (Σ_b weights_b·sq_err_b [...], max over weighted prompts [...])`` over
-  fixed-size chunks of the prompts (the last padded with copies of its first prompt at weight 0, so one program
-  serves every chunk): (mean squared error [...], max) over all B prompts, accumulated in float64. ``float64``:
-  traced and run with float64 inputs under a local ``jax.enable_x64`` (as ``in_float64``, but the partial sums
-  stay float64)."""
-  if not isinstance(chunk, (int, np.integer)) or chunk < 1:
-    raise ValueError(f"chunk={chunk!r}: must be an integer >= 1")
+  ``prompt_chunks`` (the padded copies at weight 0): (mean squared error [...], max) over all B prompts,
+  accumulated in float64. ``float64``: traced and run with float64 inputs under a local ``jax.enable_x64`` (as
+  ``in_float64``, but the partial sums stay float64)."""
   if float64:
     with jax.enable_x64(True):
       return _over_prompt_chunks(fn, *(np.asarray(a, np.float64) for a in (xs, ys, targets)), chunk, False)
-  n_prompts = xs.shape[0]
-  chunk = min(int(chunk), n_prompts)
   total, worst = None, None
-  for start in range(0, n_prompts, chunk):
-    parts = [np.asarray(a[start:start + chunk]) for a in (xs, ys, targets)]
-    valid = parts[0].shape[0]
-    parts = [np.concatenate([a, np.repeat(a[:1], chunk - valid, axis=0)]) for a in parts]
-    weights = (np.arange(chunk) < valid).astype(parts[0].dtype)
+  for parts, valid in prompt_chunks((xs, ys, targets), chunk):
+    weights = (np.arange(parts[0].shape[0]) < valid).astype(parts[0].dtype)
     sq, mx = (np.asarray(a, np.float64) for a in fn(*parts, weights))
     with np.errstate(over="ignore"):  # a divergent (η, T) point's error may pass the float64 range: inf, as XLA's sum
       total = sq if total is None else total + sq
     worst = mx if worst is None else np.maximum(worst, mx)
-  return total / n_prompts, worst
+  return total / xs.shape[0], worst
 
 
 def gd_path_risks(prompts: tasks.Prompt, lrs: Sequence[float], steps: Sequence[float], preprocess: bool = False,
-                  float64: bool = True, chunk: int = PATH_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+                  float64: bool = True, chunk: int = PROMPT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
   """Excess risk of GD (or PtO with ``preprocess``) at every step size, step count and n, and the step ratios.
 
   Returns (risks [n_lr, C, N], ratio [n_lr, N]): risks[i, j, n] = mean_b (ŷ_bn − target_bn)² for η = lrs[i],
@@ -1101,7 +1137,7 @@ def _gram_lambda_max(xs, ys, preprocess: bool):
 
 
 def iterated_pto_path_risks(prompts: tasks.Prompt, lrs: Sequence[float], steps: Sequence[float], rounds: int,
-                            float64: bool = True, chunk: int = PATH_CHUNK) -> tuple[np.ndarray, np.ndarray]:
+                            float64: bool = True, chunk: int = PROMPT_CHUNK) -> tuple[np.ndarray, np.ndarray]:
   """Excess risk of ``iterated_pto`` after every round k = 1..``rounds`` at every (η, T) and n, and step ratios.
 
   Returns (risks [n_lr, C, K, N], ratio [n_lr, C, K, N]); ratio[..., k, n] = max over prompts and rounds <= k of
@@ -1155,10 +1191,11 @@ def _on_lasso_path(name: str, keys: Sequence[str]) -> bool:
 
 
 def grid_risks(name: str, grid: dict[str, Sequence[Any]], prompts: tasks.Prompt, *,
-               float64: bool | None = None, **fixed) -> tuple[np.ndarray, list[dict[str, Any]]]:
+               float64: bool | None = None, chunk: int = PROMPT_CHUNK, **fixed
+               ) -> tuple[np.ndarray, list[dict[str, Any]]]:
   """Excess risk [G, N] of estimator ``name`` at every point of ``grid`` (their product), every n at once
   (prefix-wise, vmapped over the grid in one compile), and the G points as dicts. ``fixed`` binds the rest;
-  ``float64`` as in ``predict``."""
+  ``float64`` as in ``predict``; ``chunk`` prompts per call (risks accumulated in float64)."""
   fn = _lookup(name)
   keys = list(grid)
   points = [dict(zip(keys, values)) for values in itertools.product(*(grid[k] for k in keys))]
@@ -1167,21 +1204,18 @@ def grid_risks(name: str, grid: dict[str, Sequence[Any]], prompts: tasks.Prompt,
   bound = {k: v for k, v in _bind(name, None, fixed, free=tuple(keys)).items() if k not in keys}
   if _on_lasso_path(name, keys) and _use_float64(name, float64):  # the whole α grid on one path per prefix
     preds = lasso_grid_predictions(prompts.xs, prompts.ys, [p["alpha"] for p in points],
-                                   range(prompts.xs.shape[1]), **bound)  # [B, N, G]
-    targets = np.asarray(prompts.targets, np.float64)
-    return np.mean((preds - targets[..., None]) ** 2, axis=0).T, points
-  arrays = {k: jnp.asarray([p[k] for p in points], jnp.int32 if all(_is_int(p[k]) for p in points)
-                           else jnp.float32) for k in keys}
+                                   range(prompts.xs.shape[1]), chunk=chunk, **bound)  # [B, N, G]
+  else:
+    arrays = {k: jnp.asarray([p[k] for p in points], jnp.int32 if all(_is_int(p[k]) for p in points)
+                             else jnp.float32) for k in keys}
 
-  def run(arrays, xs, ys, targets):
-    def risk(hp):
-      return excess_risk(jax.vmap(lambda x, y: fn(x, y, **bound, **hp))(xs, ys), targets)
-    return jax.vmap(risk)(arrays)
+    @jax.jit
+    def run(arrays, xs, ys):  # -> [b, N, G]
+      return jax.vmap(lambda hp: jax.vmap(lambda x, y: fn(x, y, **bound, **hp))(xs, ys), out_axes=-1)(arrays)
 
-  run = jax.jit(run)
-  if _use_float64(name, float64):
-    run = in_float64(run)
-  return np.asarray(run(arrays, prompts.xs, prompts.ys, prompts.targets), np.float64), points
+    preds = _chunked_preds(run, arrays, (prompts.xs, prompts.ys), chunk, _use_float64(name, float64))
+  targets = np.asarray(prompts.targets, np.float64)
+  return np.mean((preds - targets[..., None]) ** 2, axis=0).T, points
 
 
 def grid_edges(choice: dict[str, Any], grid: dict[str, Sequence[Any]],

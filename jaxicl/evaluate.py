@@ -68,7 +68,7 @@ def pointwise_risk(model: ICLModel, params: Any, prompts: tasks.Prompt,
 
 def chunk_sq_err(model: ICLModel, params: Any, head_mask: jax.Array | None, xs: jax.Array, ys: jax.Array,
                  targets: jax.Array, valid: jax.Array | int) -> jax.Array:
-  """Σ_b (ŷ_bt − wᵀx_{b, idx(t)})² over the first ``valid`` prompts of a zero-padded chunk, at each prediction
+  """Σ_b (ŷ_bt − wᵀx_{b, idx(t)})² over the first ``valid`` prompts of a padded chunk, at each prediction
   point [P] (pure; jit/vmap-safe)."""
   index = layouts.get_layout(model.layout).target_index(xs.shape[1])
   keep = (jnp.arange(xs.shape[0]) < valid).astype(jnp.float32)[:, None]
@@ -102,21 +102,14 @@ def run_risks(model: ICLModel, run_params: Any, prompts: tasks.Prompt, head_mask
 def chunked_prompt_mean(sq_err_sum: Any, prompts: tasks.Prompt, chunk: int) -> Any:
   """Σ over prompt chunks of ``sq_err_sum(xs, ys, targets, valid)`` ÷ B, in float64 (a pytree of arrays).
 
-  The prompts go in fixed-size chunks of ``min(chunk, B)`` (the last zero-padded; ``valid`` counts its real
-  prompts, which ``sq_err_sum`` must alone sum over), so one compiled program serves every chunk and memory is
-  bounded by the chunk, not by B."""
-  if chunk < 1:
-    raise ValueError(f"chunk={chunk!r}: must be >= 1")
-  n_prompts = prompts.xs.shape[0]
-  chunk = min(chunk, n_prompts)
+  The prompts go in fixed-size chunks of ``min(chunk, B)`` (``estimators.prompt_chunks``: the last padded with
+  copies; ``valid`` counts its real prompts, which ``sq_err_sum`` must alone sum over), so one compiled program
+  serves every chunk and memory is bounded by the chunk, not by B."""
   total = None
-  for start in range(0, n_prompts, chunk):
-    parts = [np.asarray(a[start:start + chunk]) for a in (prompts.xs, prompts.ys, prompts.targets)]
-    valid = parts[0].shape[0]
-    parts = [np.pad(a, [(0, chunk - valid)] + [(0, 0)] * (a.ndim - 1)) for a in parts]
+  for parts, valid in estimators.prompt_chunks((prompts.xs, prompts.ys, prompts.targets), chunk):
     out = jax.tree.map(lambda a: np.asarray(a, np.float64), sq_err_sum(*parts, valid))
     total = out if total is None else jax.tree.map(np.add, total, out)
-  return jax.tree.map(lambda a: a / n_prompts, total)
+  return jax.tree.map(lambda a: a / prompts.xs.shape[0], total)
 
 
 def variant_prompts(cfg: configs.Config, n_prompts: int, seed: int = EVAL_SEED) -> tuple[tasks.Prompt, np.ndarray]:

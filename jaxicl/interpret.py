@@ -85,7 +85,7 @@ def _reduce(risks: jax.Array | np.ndarray, points: Sequence[int] | np.ndarray | 
 @functools.lru_cache(maxsize=32)
 def _importance_sq_err_runs(model: ICLModel, batch_size: int | None):
   """Compiled once per (model, mask batch): summed squared errors of every run under every single-head mask and
-  unmasked, ([R, M, P], [R, P]), over the first ``valid`` prompts of a zero-padded chunk (``evaluate.chunk_sq_err``)."""
+  unmasked, ([R, M, P], [R, P]), over the first ``valid`` prompts of a padded chunk (``evaluate.chunk_sq_err``)."""
 
   @jax.jit
   def sq_err(run_params, masks, xs, ys, targets, valid):
