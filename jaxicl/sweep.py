@@ -248,9 +248,16 @@ def run_sweep(config: str, grid: list[str], n_seeds: int, out: str, overrides: l
   """``jaxicl sweep``: runs every group (skipping finished ones); writes and returns the results table.
 
   ``runs_per_program``: how each group's runs are split into programs (``group_split``); ``progress``:
-  one bar over all programs' steps (loss in its postfix) and one line per finished group."""
+  one bar over all programs' steps (loss in its postfix) and one line per finished group. One process at a time
+  writes in ``out`` (``train.workdir_lock``)."""
   groups = plan(config, parse_grid(grid), n_seeds, overrides)
   os.makedirs(out, exist_ok=True)
+  with train.workdir_lock(out, "running a sweep", "out"):
+    return _run_sweep(groups, out, progress, runs_per_program)
+
+
+def _run_sweep(groups: list[tuple[dict[str, Any], configs.Config]], out: str, progress: bool,
+               runs_per_program: int | str | None) -> list[dict[str, Any]]:
   splits = [group_split(cfg, out, runs_per_program)["runs_per_program"] for _, cfg in groups]
   total = sum(cfg.train.steps * len(split_seeds(cfg, k)) for (_, cfg), k in zip(groups, splits))
   rows: list[dict[str, Any]] = []

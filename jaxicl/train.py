@@ -460,10 +460,12 @@ def _make_workdir(workdir: str) -> None:
 
 
 @contextlib.contextmanager
-def workdir_lock(workdir: str) -> Iterator[None]:
+def workdir_lock(workdir: str, activity: str = "training", field: str = "workdir") -> Iterator[None]:
   """Holds ``workdir/.lock`` (an OS file lock, released when the process ends, even by SIGKILL) for one writer.
 
-  A second process gets ``ValueError`` naming the holder (pid and host, from ``workdir/.lock.owner``).
+  A second process gets ``ValueError`` naming ``field``, the folder, what the holder is doing (``activity``) and
+  the holder (pid and host, from ``workdir/.lock.owner``). Used for a run's workdir and for the output folder of a
+  sweep or study (whose runs' workdirs inside it hold their own locks).
   """
   path = os.path.join(workdir, ".lock")
   lock = filelock.FileLock(path, timeout=0)
@@ -475,8 +477,8 @@ def workdir_lock(workdir: str) -> Iterator[None]:
         holder = f.read().strip() or "unknown"
     except OSError:
       holder = "unknown"
-    raise ValueError(f"workdir={workdir!r}: another process is training in it ({holder}); wait for it to finish "
-                     "or use another workdir") from None
+    raise ValueError(f"{field}={workdir!r}: another process is {activity} in it ({holder}); wait for it to finish "
+                     f"or use another {field}") from None
   try:
     files.write_text(path + ".owner", f"pid {os.getpid()} on host {socket.gethostname()}\n")
     yield

@@ -491,6 +491,21 @@ def test_lock_is_refused_within_one_process_too(tmp_path):
     pass
 
 
+@pytest.mark.parametrize("argv", [["reproduce", "head-utilization", "--preset", "tiny"],
+                                  ["reproduce", "head-utilization", "--preset", "tiny", "--baselines-only"],
+                                  ["reproduce", "multihead", "--preset", "tiny"],
+                                  ["sweep", "--config", "tiny", "--grid", "optim.lr=1e-3,2e-3", "--seeds", "1"]])
+def test_a_study_or_sweep_output_folder_has_one_writer(argv, tmp_path, capsys):
+  """While one writer holds a study's or a sweep's --out, a second command on it is refused before it writes
+  anything: exit 2, one line naming the folder and the holder."""
+  out = str(tmp_path / "out")
+  os.makedirs(out)
+  with train.workdir_lock(out, "running a study", "out"):
+    assert cli.main(argv + ["--out", out]) == 2
+    assert sorted(os.listdir(out)) == [".lock", ".lock.owner"]
+  _one_line_error(capsys.readouterr().err, f"out={out!r}", "another process is", f"pid {os.getpid()}")
+
+
 # ----------------------------------------------------------------------------- resume cadence
 
 def test_checkpoints_stay_on_the_grid_after_an_off_grid_stop(reference, tmp_path):

@@ -763,13 +763,20 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
   outputs equal those of an uninterrupted run. ``progress``: one bar over every program's steps
   (``jaxicl.progress.JobProgress``) and the log lines; False prints only the summary. ``baselines_only``: tune and
   keep the baselines (``tuned_baselines``), train nothing, and return None.
-  Tables and figure links also go to ``out/summary.md``.
+  Tables and figure links also go to ``out/summary.md``. One process at a time writes in ``out``
+  (``train.workdir_lock``).
   """
   p = configure(preset, overrides)
   if baselines_only and stop_after is not None:
     raise ValueError(f"stop_after={stop_after}: does not apply with baselines_only (nothing is trained)")
-  st, c = p.study, p.config
   os.makedirs(out, exist_ok=True)
+  with train.workdir_lock(out, "running a study", "out"):
+    return _main(p, preset, out, stop_after, progress, baselines_only)
+
+
+def _main(p: Preset, preset: str, out: str, stop_after: int | None, progress: bool, baselines_only: bool
+          ) -> dict[str, Any] | None:
+  st, c = p.study, p.config
   t_start = time.perf_counter()
 
   steps = 0 if baselines_only else min(c.train.steps, stop_after or c.train.steps)

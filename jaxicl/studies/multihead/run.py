@@ -616,10 +616,16 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
   ``overrides``: ``section.field=value`` (as ``jaxicl train --set``) to the base config of every group,
   ``study.field=value`` to the grid (``presets.configure``).
   ``stop_after``: stop every program's training at that step (checkpointed) and return None; a later call
-  resumes each program from its checkpoint.
+  resumes each program from its checkpoint. One process at a time writes in ``out`` (``train.workdir_lock``).
   """
   spec = configure(preset, overrides)
   os.makedirs(out, exist_ok=True)
+  with train.workdir_lock(out, "running a study", "out"):
+    return _main(spec, preset, out, verbose, progress, stop_after)
+
+
+def _main(spec: Preset, preset: str, out: str, verbose: bool, progress: bool, stop_after: int | None
+          ) -> dict | None:
   t_start = time.perf_counter()
   planned = plan(spec)
   grouped = programs(planned)
