@@ -1,7 +1,9 @@
 """Command line: ``jaxicl train | eval | theory | reproduce | sweep``. Thin shell over the library.
 
 Exit status: 0 success; 2 bad input (an invalid value, argument, config file or workdir, named in a one-line
-message on stderr); 3 a training run diverged (non-finite loss; the last good checkpoint is kept).
+message on stderr); 3 a training run diverged (non-finite loss; the last good checkpoint is kept); 128 + the signal
+(130 SIGINT / Ctrl-C, 143 SIGTERM) when stopped by one: training ends its current chunk, saves a checkpoint there
+and says so in one line; the same command resumes (a second signal stops at once).
 Every command uses JAX's persistent compilation cache, so a program compiled once (same shapes, same jax
 and XLA) is read from disk by later processes instead of being compiled again. Location: the environment
 variable ``JAXICL_COMPILATION_CACHE`` (a folder, or ``none`` to disable), default
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 
 EXIT_BAD_INPUT = 2
@@ -249,6 +252,10 @@ def main(argv: list[str] | None = None) -> int:
   args = parser().parse_args(argv)
   try:
     return args.fn(args)
+  except KeyboardInterrupt as e:  # train.Interrupted (checkpoint saved) or a signal outside training
+    signum = getattr(e, "signum", signal.SIGINT)
+    _error(args.command, e if str(e) else f"interrupted by {signal.Signals(signum).name}")
+    return 128 + signum
   except FloatingPointError as e:  # train.DivergenceError
     _error(args.command, e)
     return EXIT_DIVERGED

@@ -16,8 +16,10 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import warnings
 from typing import Any, Callable, Iterator, NamedTuple
@@ -326,6 +328,45 @@ class DivergenceError(FloatingPointError):
   """A non-finite training loss: the run stopped before saving the bad state; earlier checkpoints are intact."""
 
 
+class Interrupted(KeyboardInterrupt):
+  """SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) stopped training at the end of its chunk, after a
+  checkpoint of that step was saved: the same call (or command) resumes bit-exactly from there. A
+  ``KeyboardInterrupt``, so ``except Exception`` does not swallow it; ``signum``, ``step``, ``workdir``."""
+
+  def __init__(self, signum: int, step: int, workdir: str):
+    self.signum, self.step, self.workdir = signum, step, workdir
+    super().__init__(f"interrupted by {signal.Signals(signum).name} at step {step}; checkpoint saved in "
+                     f"{os.path.join(workdir, 'checkpoints')}; run the same command to resume")
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[list[int]]:
+  """While training with a workdir in the main thread: the first SIGINT or SIGTERM is recorded (in the yielded
+  list) instead of ending the process, so the loop can save a checkpoint at the end of its chunk; a second one
+  acts as it would have (the previous handler: KeyboardInterrupt, or termination). Handlers restored on exit."""
+  if threading.current_thread() is not threading.main_thread():
+    yield []
+    return
+  received: list[int] = []
+  previous = {sig: signal.getsignal(sig) or signal.SIG_DFL for sig in (signal.SIGINT, signal.SIGTERM)}
+
+  def handler(signum, frame):
+    if received:  # a second signal: act as before
+      signal.signal(signum, previous[signum])
+      signal.raise_signal(signum)
+      return
+    received.append(signum)
+
+  for sig, before in previous.items():
+    if before is not signal.SIG_IGN:  # a signal the process ignores (nohup, background jobs) stays ignored
+      signal.signal(sig, handler)
+  try:
+    yield received
+  finally:
+    for sig, before in previous.items():
+      signal.signal(sig, before)
+
+
 def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | progress_lib.Bar | None = False,
           resume: bool = True, devices: list | None = None, stop_after: int | None = None) -> TrainResult:
   """Trains every run of ``cfg`` together; checkpoints to / resumes from ``workdir/checkpoints``.
@@ -338,7 +379,9 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
   ``stop_after`` ends the loop early at that step (for tests and budgets), saving a checkpoint there; chunks
   and checkpoints stay on the ``log_every`` / ``ckpt_every`` grids after a resume from any step. One process
   at a time may train in a workdir (``workdir/.lock``). Raises ``ValueError`` on bad input (config, workdir)
-  and ``DivergenceError`` on a non-finite loss, keeping the last good checkpoint.
+  and ``DivergenceError`` on a non-finite loss, keeping the last good checkpoint. With a ``workdir``, SIGINT
+  (Ctrl-C) or SIGTERM (preemption) ends the current chunk (``log_every`` steps at most), saves a checkpoint of
+  that step and raises ``Interrupted``; a second signal acts at once.
   """
   if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, (int, np.integer))
                                  or stop_after < 1):
@@ -351,6 +394,7 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
     if workdir is not None:
       _make_workdir(workdir)
       stack.enter_context(workdir_lock(workdir))
+      signals = stack.enter_context(_stop_on_signals())
       _check_or_write_config(cfg, workdir)
       ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_ckpts)
       stack.callback(ckpt.close)
@@ -360,6 +404,8 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
           state = TrainState(*restored[1])
           history = _read_history(workdir, upto=restored[0])
       files.write_text(os.path.join(workdir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
+    else:
+      signals = []
     if state is None:
       state = engine.init()
     step = int(np.asarray(state.step)[0])
@@ -400,8 +446,11 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
         bar.set_postfix(loss=f"{float(np.mean(record['loss'])):.4g}", steps_s=f"{record['steps_per_s']:.0f}",
                         refresh=False)
         bar.update(length)
-      if ckpt and ((cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or step == total):
+      if ckpt and ((cfg.train.ckpt_every and step % cfg.train.ckpt_every == 0) or step == total or signals):
         ckpt.save(step, state, {"step": step})
+      if signals and step < total:
+        ckpt.wait()
+        raise Interrupted(signals[0], step, workdir)
   return TrainResult(state=state, history=history, model=engine.model, config=cfg)
 
 

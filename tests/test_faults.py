@@ -506,6 +506,61 @@ def test_a_study_or_sweep_output_folder_has_one_writer(argv, tmp_path, capsys):
   _one_line_error(capsys.readouterr().err, f"out={out!r}", "another process is", f"pid {os.getpid()}")
 
 
+class _SignalAt:
+  """A progress bar that sends this process ``signum`` when training passes ``step`` (deterministic delivery)."""
+
+  def __init__(self, signum: int, step: int):
+    self.signum, self.step, self.n = signum, step, 0
+
+  def update(self, n: int) -> None:
+    self.n += n
+    if self.n >= self.step and self.signum is not None:
+      signum, self.signum = self.signum, None
+      signal.raise_signal(signum)
+
+  def set_postfix(self, **kw) -> None:
+    pass
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_saves_a_checkpoint_at_the_chunk_end_and_the_run_resumes_bit_identically(signum, reference,
+                                                                                           tmp_path):
+  """SIGINT / SIGTERM during training (here at step 20 of 40, log_every 10) ends that chunk, saves a checkpoint of
+  its step and raises Interrupted; the handlers are restored, and the resumed run equals the uninterrupted one."""
+  workdir = str(tmp_path / "run")
+  before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  with pytest.raises(train.Interrupted, match=f"{signal.Signals(signum).name} at step 20; checkpoint saved") as e:
+    train.train(_cfg(), workdir, progress=_SignalAt(signum, 15))
+  assert isinstance(e.value, KeyboardInterrupt) and (e.value.signum, e.value.step) == (signum, 20)
+  assert {s: signal.getsignal(s) for s in before} == before
+  assert max(int(e) for e in _ckpt_entries(workdir) if e.isdigit()) == 20
+  resumed = train.train(_cfg(), workdir)
+  _assert_same_state(resumed.state, reference.state)
+  _assert_metrics_intact(workdir, reference.history)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_cli_stopped_by_a_signal_exits_128_plus_it_with_one_line_and_resumes(signum, tmp_path, xla_cache):
+  workdir = str(tmp_path / "run")
+  cmd = [sys.executable, "-m", "jaxicl.cli", "train", "--config", "tiny", "--workdir", workdir, "--quiet",
+         "--set", "train.steps=1000000", "--set", "train.log_every=10", "--set", "train.ckpt_every=100000"]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(xla_cache), stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    assert _wait_for(lambda: os.path.exists(os.path.join(workdir, "metrics.jsonl"))
+                     and len(_records(workdir)) >= 2, proc, poll=0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 128 + signum, err
+  _one_line_error(err, f"interrupted by {signal.Signals(signum).name} at step", "run the same command to resume")
+  step = int(err.split(" at step ")[1].split(";")[0])
+  assert step % 10 == 0 and _records(workdir)[-1]["step"] == step
+  assert [int(e) for e in _ckpt_entries(workdir) if e.isdigit()] == [step]
+
+
 # ----------------------------------------------------------------------------- resume cadence
 
 def test_checkpoints_stay_on_the_grid_after_an_off_grid_stop(reference, tmp_path):
