@@ -528,11 +528,18 @@ def test_a_signal_saves_a_checkpoint_at_the_chunk_end_and_the_run_resumes_bit_id
   """SIGINT / SIGTERM during training (here at step 20 of 40, log_every 10) ends that chunk, saves a checkpoint of
   its step and raises Interrupted; the handlers are restored, and the resumed run equals the uninterrupted one."""
   workdir = str(tmp_path / "run")
-  before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-  with pytest.raises(train.Interrupted, match=f"{signal.Signals(signum).name} at step 20; checkpoint saved") as e:
-    train.train(_cfg(), workdir, progress=_SignalAt(signum, 15))
+  # a process started in the background (CI under nohup, say) ignores SIGINT, and training leaves an ignored signal
+  # ignored: give this one the usual handlers
+  usual = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+  outer = {s: signal.signal(s, h) for s, h in usual.items()}
+  try:
+    with pytest.raises(train.Interrupted, match=f"{signal.Signals(signum).name} at step 20; checkpoint saved") as e:
+      train.train(_cfg(), workdir, progress=_SignalAt(signum, 15))
+    assert {s: signal.getsignal(s) for s in usual} == usual
+  finally:
+    for s, h in outer.items():
+      signal.signal(s, h)
   assert isinstance(e.value, KeyboardInterrupt) and (e.value.signum, e.value.step) == (signum, 20)
-  assert {s: signal.getsignal(s) for s in before} == before
   assert max(int(e) for e in _ckpt_entries(workdir) if e.isdigit()) == 20
   resumed = train.train(_cfg(), workdir)
   _assert_same_state(resumed.state, reference.state)
@@ -542,7 +549,10 @@ def test_a_signal_saves_a_checkpoint_at_the_chunk_end_and_the_run_resumes_bit_id
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_cli_stopped_by_a_signal_exits_128_plus_it_with_one_line_and_resumes(signum, tmp_path, xla_cache):
   workdir = str(tmp_path / "run")
-  cmd = [sys.executable, "-m", "jaxicl.cli", "train", "--config", "tiny", "--workdir", workdir, "--quiet",
+  # SIGINT not ignored even if this process ignores it (as above): the CLI's own start, with the usual handler
+  start = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           "from jaxicl.cli import entry; sys.exit(entry())")
+  cmd = [sys.executable, "-c", start, "train", "--config", "tiny", "--workdir", workdir, "--quiet",
          "--set", "train.steps=1000000", "--set", "train.log_every=10", "--set", "train.ckpt_every=100000"]
   proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(xla_cache), stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True, start_new_session=True)
