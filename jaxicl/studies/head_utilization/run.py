@@ -770,18 +770,18 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
   if baselines_only and stop_after is not None:
     raise ValueError(f"stop_after={stop_after}: does not apply with baselines_only (nothing is trained)")
   os.makedirs(out, exist_ok=True)
-  with train.workdir_lock(out, "running a study", "out"):
-    return _main(p, preset, out, stop_after, progress, baselines_only)
+  steps = 0 if baselines_only else min(p.config.train.steps, stop_after or p.config.train.steps)
+  total = len(p.study.layers) * len(p.study.model_heads) * steps
+  with train.workdir_lock(out, "running a study", "out"), \
+       JobProgress(total, f"study 2 ({preset})", enabled=progress) as job:  # closed before an error is printed
+    return _main(p, preset, out, stop_after, job, baselines_only)
 
 
-def _main(p: Preset, preset: str, out: str, stop_after: int | None, progress: bool, baselines_only: bool
+def _main(p: Preset, preset: str, out: str, stop_after: int | None, job: JobProgress, baselines_only: bool
           ) -> dict[str, Any] | None:
   st, c = p.study, p.config
   t_start = time.perf_counter()
-
-  steps = 0 if baselines_only else min(c.train.steps, stop_after or c.train.steps)
-  total = len(st.layers) * len(st.model_heads) * steps
-  job = JobProgress(total, f"study 2 ({preset})", enabled=progress)
+  steps = min(c.train.steps, stop_after or c.train.steps)  # each program's, in the job's bar
 
   def log(msg: str):
     job.line(f"[head-utilization {time.perf_counter() - t_start:7.1f}s] {msg}")
