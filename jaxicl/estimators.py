@@ -494,9 +494,14 @@ def iterated_pto_weights(
 
 
 def _reweight(w: jax.Array, norm: jax.Array) -> jax.Array:
-  """|w| rescaled to the given norm (0 if w = 0): the next round's feature weights of iterated PtO."""
+  """|w| rescaled to the given norm (0 if w = 0): the next round's feature weights of iterated PtO.
+
+  Magnitudes below eps·max are set to 0: round after round they square towards underflow (1e-11, 1e-23, …, 1e-139
+  at σ = 0), and denormal columns made batched eigendecompositions return NaN; a zero weight stays zero in every
+  later round, which those coordinates were reaching anyway."""
   size = jnp.linalg.norm(w)
-  return jnp.abs(w) * jnp.where(size > 0, norm / jnp.where(size > 0, size, 1.0), 0.0)
+  r = jnp.abs(w) * jnp.where(size > 0, norm / jnp.where(size > 0, size, 1.0), 0.0)
+  return jnp.where(r > jnp.finfo(r.dtype).eps * jnp.max(r), r, 0.0)
 
 
 SPARSE_BAYES_NOISE_FLOOR = 1e-6  # smallest likelihood variance used by sparse_bayes (σ² = 0 prompts)
@@ -759,7 +764,6 @@ def _query_prediction(name: str, xs: jax.Array, ys: jax.Array, n_context: int | 
 # Registry, batching and tuning
 
 
-
 def prompt_chunks(arrays: Sequence[Any], chunk: int) -> Iterator[tuple[list[np.ndarray], int]]:
   """Fixed-size chunks of min(``chunk``, B) prompts along axis 0 of every array (host numpy), the last padded
   with copies of its first prompt (finite inputs for any solver): yields (parts, valid), valid = its real
@@ -793,7 +797,6 @@ def _chunked_preds(run: Callable[..., Any], shared: Any, arrays: Sequence[Any], 
     with jax.enable_x64(True):
       return _chunked_preds(run, jax.tree.map(cast, shared), [cast(a) for a in arrays], chunk, False)
   return map_prompt_chunks(lambda *parts: np.asarray(run(shared, *parts), np.float64), arrays, chunk)
-
 
 
 def _lookup(name: str) -> EstimatorFn:
