@@ -256,11 +256,10 @@ def full():
   8-head L = 2 / 3 programs, 6.37 / 9.35 ms for the single-head ones (9 runs each: 3 σ × 3 seeds), compile 9-18 s;
   L = 4 (not reached in that lease) ~15.4 / ~12.3 ms by the per-layer increment: 62.8 ms per step over the 6
   programs, so 12000 steps are ~12.6 minutes of training + ~1 minute of compiles, leaving ~16 of the 30-minute budget
-  to the analyses and baselines (not timed on a GPU; on the 2-core CPU all baselines cost ~1.2 s per prompt at
-  d = 20, iterated PtO most of it: ~1 hour per σ for the 3072 prompts, and ``--baselines-only`` tunes them ahead of
-  the GPU run, which reads them from a copy of out/baselines; every stage runs over chunks of 64 prompts, ~2 GB;
-  README "Study 2"). The curriculum masks inputs and does not change the step's
-  cost. XLA's cost analysis: 1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4; on the 2-core CPU
+  to the analyses and baselines (not timed on a GPU; on the 2-core CPU all baselines cost ~1.2-1.7 s per prompt at
+  d = 20, iterated PtO most of it: 87 min measured for σ = 0's 3072 prompts beside other work, ≤ 2.7 GB, every
+  stage over chunks of 64 prompts; ``--baselines-only`` tunes them ahead of the GPU run, which reads them from a
+  copy of out/baselines; README "Study 2"). The curriculum masks inputs and does not change the step's cost. XLA's cost analysis: 1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4; on the 2-core CPU
   (3.8e10 flop/s measured) the preset is ~2 weeks. Every program is checkpointed under out/runs, so an interrupted
   run resumes, and a finished program's analysis is kept in out/records, which carries the run to the next lease.
   """
