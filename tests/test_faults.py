@@ -540,14 +540,14 @@ def test_a_signal_saves_a_checkpoint_at_the_chunk_end_and_the_run_resumes_bit_id
     for s, h in outer.items():
       signal.signal(s, h)
   assert isinstance(e.value, KeyboardInterrupt) and (e.value.signum, e.value.step) == (signum, 20)
-  assert max(int(e) for e in _ckpt_entries(workdir) if e.isdigit()) == 20
+  assert max(int(entry) for entry in _ckpt_entries(workdir) if entry.isdigit()) == 20
   resumed = train.train(_cfg(), workdir)
   _assert_same_state(resumed.state, reference.state)
   _assert_metrics_intact(workdir, reference.history)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_cli_stopped_by_a_signal_exits_128_plus_it_with_one_line_and_resumes(signum, tmp_path, xla_cache):
+def test_cli_stopped_by_a_signal_exits_128_plus_it_with_one_line_and_a_checkpoint_there(signum, tmp_path, xla_cache):
   workdir = str(tmp_path / "run")
   # SIGINT not ignored even if this process ignores it (as above): the CLI's own start, with the usual handler
   start = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
@@ -568,7 +568,7 @@ def test_cli_stopped_by_a_signal_exits_128_plus_it_with_one_line_and_resumes(sig
   _one_line_error(err, f"interrupted by {signal.Signals(signum).name} at step", "run the same command to resume")
   step = int(err.split(" at step ")[1].split(";")[0])
   assert step % 10 == 0 and _records(workdir)[-1]["step"] == step
-  assert [int(e) for e in _ckpt_entries(workdir) if e.isdigit()] == [step]
+  assert [int(entry) for entry in _ckpt_entries(workdir) if entry.isdigit()] == [step]
 
 
 # ----------------------------------------------------------------------------- resume cadence

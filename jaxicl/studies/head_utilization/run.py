@@ -259,7 +259,8 @@ def full():
   to the analyses and baselines (not timed on a GPU; on the 2-core CPU all baselines cost ~1.2-1.7 s per prompt at
   d = 20, iterated PtO most of it: 87 min measured for σ = 0's 3072 prompts beside other work, ≤ 2.7 GB, every
   stage over chunks of 64 prompts; ``--baselines-only`` tunes them ahead of the GPU run, which reads them from a
-  copy of out/baselines; README "Study 2"). The curriculum masks inputs and does not change the step's cost. XLA's cost analysis: 1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4; on the 2-core CPU
+  copy of out/baselines; README "Study 2"). The curriculum masks inputs and does not change the step's cost.
+  XLA's cost analysis: 1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4; on the 2-core CPU
   (3.8e10 flop/s measured) the preset is ~2 weeks. Every program is checkpointed under out/runs, so an interrupted
   run resumes, and a finished program's analysis is kept in out/records, which carries the run to the next lease.
   """
@@ -769,18 +770,17 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
   if baselines_only and stop_after is not None:
     raise ValueError(f"stop_after={stop_after}: does not apply with baselines_only (nothing is trained)")
   os.makedirs(out, exist_ok=True)
-  steps = 0 if baselines_only else min(p.config.train.steps, stop_after or p.config.train.steps)
-  total = len(p.study.layers) * len(p.study.model_heads) * steps
+  steps = min(p.config.train.steps, stop_after or p.config.train.steps)  # each program's, in the job's bar
+  total = 0 if baselines_only else len(p.study.layers) * len(p.study.model_heads) * steps
   with train.workdir_lock(out, "running a study", "out"), \
        JobProgress(total, f"study 2 ({preset})", enabled=progress) as job:  # closed before an error is printed
-    return _main(p, preset, out, stop_after, job, baselines_only)
+    return _main(p, preset, out, stop_after, steps, job, baselines_only)
 
 
-def _main(p: Preset, preset: str, out: str, stop_after: int | None, job: JobProgress, baselines_only: bool
-          ) -> dict[str, Any] | None:
+def _main(p: Preset, preset: str, out: str, stop_after: int | None, steps: int, job: JobProgress,
+          baselines_only: bool) -> dict[str, Any] | None:
   st, c = p.study, p.config
   t_start = time.perf_counter()
-  steps = min(c.train.steps, stop_after or c.train.steps)  # each program's, in the job's bar
 
   def log(msg: str):
     job.line(f"[head-utilization {time.perf_counter() - t_start:7.1f}s] {msg}")
