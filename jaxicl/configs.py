@@ -63,7 +63,8 @@ class CurriculumConfig:
   """Garg et al.'s curriculum: active dims and points grow by ``*_inc`` every ``every`` steps.
 
   Implemented by masking (inputs beyond the active dims are zero; loss only on active points), so
-  shapes never change and nothing recompiles. ``None`` start values mean no curriculum on that axis.
+  shapes never change and nothing recompiles. ``None`` start values mean no curriculum on that axis; an axis's
+  ``*_inc`` (and ``every``, without either axis) set without its start is an error (it would do nothing).
   """
 
   dims_start: int | None = None
@@ -79,6 +80,11 @@ class CurriculumConfig:
            "must be >= 1")
     _check(self.dims_inc >= 0, "curriculum.dims_inc", self.dims_inc, "must be >= 0")
     _check(self.points_inc >= 0, "curriculum.points_inc", self.points_inc, "must be >= 0")
+    defaults = CurriculumConfig.__dataclass_fields__
+    for field, start in (("dims_inc", "dims_start"), ("points_inc", "points_start"), ("every", None)):
+      unused = getattr(self, start) is None if start else self.dims_start is None and self.points_start is None
+      _check(not unused or getattr(self, field) == defaults[field].default, f"curriculum.{field}",
+             getattr(self, field), f"does not apply without curriculum.{start or 'dims_start / points_start'}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,6 +67,10 @@ class TaskConfig:
     pool_size: if set, w is drawn uniformly from a fixed pool of this many tasks (drawn once
       from ``task_seed`` with the family's prior).
     task_seed: seed of everything drawn once per run (θ0, the task pool).
+
+  A value that the chosen family, covariance or prior would not read (``sparsity`` on ``linear``, ``rho`` with
+  an identity or given covariance, ``cov_matrix`` without ``cov='given'``, ``prior_mean_norm`` beside
+  ``prior_mean``) is an error naming the field, as is any invalid value.
   """
 
   family: str = "linear"
@@ -148,6 +152,15 @@ def validate(cfg: TaskConfig) -> None:
       _fail("sparsity", cfg.sparsity, f"the sparse family needs 1 <= sparsity <= d={cfg.d}")
   elif cfg.sparsity is not None and not 1 <= cfg.sparsity <= cfg.d:
     _fail("sparsity", cfg.sparsity, f"must be in [1, d={cfg.d}]")
+  # a value the chosen family / covariance / prior never reads would be silently ignored
+  if cfg.family == "linear" and cfg.sparsity is not None:
+    _fail("sparsity", cfg.sparsity, "does not apply to family 'linear' (only to 'sparse' or a registered family)")
+  if cfg.cov in ("identity", "given") and cfg.rho != 0:
+    _fail("rho", cfg.rho, f"does not apply to cov={cfg.cov!r} (only to 'equicorrelated' or 'toeplitz')")
+  if cfg.cov != "given" and cfg.cov_matrix is not None:
+    _fail("cov_matrix", cfg.cov_matrix, f"does not apply to cov={cfg.cov!r} (only to 'given')")
+  if cfg.prior_mean is not None and cfg.prior_mean_norm != 0:
+    _fail("prior_mean_norm", cfg.prior_mean_norm, "does not apply when prior_mean is given (θ0 is prior_mean)")
   if cfg.pool_size is not None and cfg.pool_size < 1:
     _fail("pool_size", cfg.pool_size, "must be >= 1")
 

@@ -176,6 +176,30 @@ def test_out_of_range_values_are_one_line_errors_with_exit_2(override, tmp_path,
   assert not (tmp_path / "w").exists()  # refused before touching the workdir
 
 
+@pytest.mark.parametrize("sets,applies", [  # tiny: linear family, identity covariance, no curriculum
+    (["task.sparsity=2"], ["task.family=sparse"]),
+    (["task.rho=0.5"], ["task.cov=equicorrelated"]),
+    (["task.d=1", "task.cov=given", "task.cov_matrix=1", "task.rho=0.2"], ["task.cov=toeplitz", "task.cov_matrix=none"]),
+    (["task.cov_matrix=1,0,0"], None),
+    (["task.prior_mean=1,0,0", "task.prior_mean_norm=2"], ["task.prior_mean=none"]),
+    (["curriculum.every=100"], ["curriculum.dims_start=1"]),
+    (["curriculum.dims_inc=2"], ["curriculum.dims_start=1"]),
+    (["curriculum.dims_start=2", "curriculum.points_inc=4"], ["curriculum.points_start=2"]),
+])
+def test_a_value_that_would_be_ignored_is_an_error_naming_the_field(sets, applies, tmp_path, capsys):
+  argv = ["train", "--config", "tiny", "--workdir", str(tmp_path / "w")]
+  for s in sets:
+    argv += ["--set", s]
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err
+  lines = err.strip().splitlines()
+  assert len(lines) == 1 and "Traceback" not in err and "does not apply" in lines[0], err
+  assert f".{sets[-1].split('=')[0].split('.')[1]}=" in lines[0], err
+  assert not (tmp_path / "w").exists()
+  if applies is not None:  # the same value where it applies is accepted
+    configs.get_config("tiny", sets + applies)
+
+
 @pytest.mark.parametrize("document", ["[1, 2]", "5", "{\"task\": 5}", "{\"task\": {\"d\": 2.5}}",
                                       "{\"task\": {\"d\": true}}", "{\"optim\": {\"lr\": \"1e-3\"}}", "{", ""])
 def test_bad_config_files_are_one_line_errors_naming_the_file(document, tmp_path, capsys):

@@ -281,7 +281,7 @@ def test_noise_levels_fused_in_one_program_equal_separate_trainings(xla_cache, t
     ("study.pto_steps=1,-3", "study.pto_steps="), ("study.noise_stds=", "study.noise_stds="),
     ("study.noise_stds=0.1,nan", "study.noise_stds[1]="), ("study.heads=2.5", "study.heads="),
     ("study.nope=1", "study.nope"), ("model.n_layers=3", "model.n_layers"), ("model.heads=4", "model.heads"),
-    ("task.noise_var=0.5", "task.noise_var"), ("task.family=linear", "task.family="),
+    ("task.noise_var=0.5", "task.noise_var"), ("task.family=linear", "family 'linear'"),
     ("task.n_points=1", "task.n_points="), ("model.name=softmax_icl", "model"), ("train.steps=0", "train.steps=0"),
     ("study.layers=0", "study.layers="), ("study.probe_lam=0", "study.probe_lam="),
 ])
