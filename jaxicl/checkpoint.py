@@ -15,10 +15,14 @@ blocked by it. A plain file in place of the checkpoint folder is moved aside lik
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import logging
 import os
 import sys
 import time
-from typing import Any
+import warnings
+from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -75,6 +79,38 @@ def validate(state: Any, abstract_state: Any, step: int, meta: dict[str, Any]) -
   if "fingerprint" in meta and meta["fingerprint"] != _fingerprint_list(state):
     return "its contents do not match the fingerprint recorded at save time"
   return None
+
+
+@contextlib.contextmanager
+def _aborted_read_noise_hidden() -> Iterator[None]:
+  """Keeps the leftovers of a read that failed half-way off stderr: Orbax reads a checkpoint's arrays as
+  concurrent TensorStore futures on an asyncio loop, and when one fails the others are dropped with the closed
+  loop; their errors ("Event loop is closed", the same read error again, "Task exception was never retrieved",
+  "coroutine ... was never awaited") surface as unraisable exceptions, asyncio log records and warnings, dozens of
+  tracebacks for one corrupt file. The first error is the one ``restore_latest`` reports; the leftovers are
+  collected here and dropped."""
+  hook, asyncio_log = sys.unraisablehook, logging.getLogger("asyncio")
+  disabled = asyncio_log.disabled
+  dropped = []
+  sys.unraisablehook, asyncio_log.disabled = dropped.append, True
+  try:
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+      try:
+        yield
+      except BaseException:
+        quiet_since = time.monotonic()  # the dropped reads end on TensorStore's threads: wait for 0.3 s of quiet
+        while time.monotonic() - quiet_since < 0.3 and len(dropped) < 10_000:
+          before = len(dropped)
+          gc.collect()
+          time.sleep(0.05)
+          if len(dropped) != before:
+            quiet_since = time.monotonic()
+        raise
+      finally:
+        gc.collect()
+  finally:
+    sys.unraisablehook, asyncio_log.disabled = hook, disabled
 
 
 class Checkpointer:
@@ -134,9 +170,10 @@ class Checkpointer:
         why = "not a finished Orbax checkpoint"
       else:
         try:
-          restored = self.manager.restore(
-              step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                                            meta=ocp.args.JsonRestore()))
+          with _aborted_read_noise_hidden():
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                                              meta=ocp.args.JsonRestore()))
           meta = dict(restored["meta"] or {})
           why = validate(restored["state"], abstract_state, step, meta)
         except Exception as e:  # noqa: BLE001 -- any failure to read means: try the previous one

@@ -11,7 +11,9 @@ tests/test_faults.py``; ``JAXICL_FAULTS_SEED`` changes the sampled cases and kil
 
 from __future__ import annotations
 
+import gc
 import json
+import logging
 import os
 import random
 import shutil
@@ -185,6 +187,15 @@ def _wrong_values(workdir):
   ckpt.close()
 
 
+def _array_data_truncated(workdir):
+  """Every array data file of the latest checkpoint cut to half: Orbax's concurrent reads fail part-way."""
+  state = os.path.join(_latest(workdir), "state")
+  for root, _, names in os.walk(state):
+    if os.path.basename(root) == "d":
+      for name in names:
+        _truncate(os.path.join(root, name))
+
+
 def _tmp_leftover(workdir):
   """A save interrupted by a kill leaves Orbax's temporary folder behind."""
   os.makedirs(os.path.join(workdir, "checkpoints", "40.orbax-checkpoint-tmp-1234567", "state"))
@@ -204,8 +215,9 @@ def _checkpoints_is_a_file(workdir):
 
 CHECKPOINT_FAULTS = {"empty_dir": _empty_dir, "plain_file": _plain_file, "all_files_garbled": _all_garbled,
                      "nan_values": _nan_state, "wrong_values": _wrong_values, "tmp_leftover": _tmp_leftover,
-                     "none_restorable": _all_checkpoints_bad, "checkpoints_dir_is_a_file": _checkpoints_is_a_file}
-_SAMPLED_CHECKPOINT_FAULTS = ("empty_dir", "plain_file", "nan_values", "none_restorable")
+                     "none_restorable": _all_checkpoints_bad, "checkpoints_dir_is_a_file": _checkpoints_is_a_file,
+                     "array_data_truncated": _array_data_truncated}
+_SAMPLED_CHECKPOINT_FAULTS = ("empty_dir", "plain_file", "nan_values", "none_restorable", "array_data_truncated")
 
 
 @pytest.mark.parametrize("fault", [f for f in CHECKPOINT_FAULTS if FULL or f in _SAMPLED_CHECKPOINT_FAULTS])
@@ -219,6 +231,26 @@ def test_bad_latest_checkpoint_is_skipped_and_set_aside(fault, stopped, referenc
     assert "moved it to" in err and os.listdir(os.path.join(workdir, "checkpoints_corrupt")), err
   if fault in ("none_restorable", "checkpoints_dir_is_a_file"):
     assert "starting from step 0" in err or "is not a directory" in err, err
+  assert "Traceback" not in err and all(line.startswith("jaxicl: ") for line in err.strip().splitlines()), err
+
+
+def test_a_read_that_fails_part_way_reports_one_line_and_no_leftover_errors(stopped, reference, tmp_path, capsys,
+                                                                             caplog, monkeypatch):
+  """Orbax reads a checkpoint's arrays concurrently; when one read fails the others are dropped, and their errors
+  (unraisable exceptions, asyncio's "Task exception was never retrieved") used to print dozens of tracebacks."""
+  workdir = _copy(stopped, tmp_path)
+  _array_data_truncated(workdir)
+  leftovers = []
+  monkeypatch.setattr(sys, "unraisablehook", leftovers.append)  # what a plain Python process would print
+  capsys.readouterr()
+  with caplog.at_level(logging.ERROR, logger="asyncio"):
+    _resume_and_check(workdir, reference)
+    time.sleep(1.0)
+    gc.collect()
+  err = capsys.readouterr().err
+  assert [line for line in err.strip().splitlines() if "is unreadable" in line and "moved it to" in line], err
+  assert not leftovers, [f"{u.exc_type.__name__}: {u.exc_value}" for u in leftovers][:5]
+  assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text[:2000]
 
 
 def test_read_only_loading_skips_without_moving(stopped, tmp_path, capsys):
