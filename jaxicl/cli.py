@@ -264,7 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     return EXIT_BAD_INPUT
   except OSError as e:  # a filesystem failure not caught earlier: name the path
     where = f"{e.filename}: " if e.filename else ""
-    _error(args.command, f"{where}{e.strerror or e}")
+    why = e.strerror or str(e)
+    if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and not os.path.isdir(e.filename):
+      why = f"{why} (a file where the command needs a folder: move it away)"
+    _error(args.command, f"{where}{why}")
     return EXIT_BAD_INPUT
 
 

@@ -61,3 +61,12 @@ def read_json(path: str) -> Any:
     raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def check_folders(base: str, names: tuple[str, ...]) -> None:
+  """``ValueError`` naming the path if any ``base/name`` exists and is not a folder (a file where a command will
+  write a folder), so that the command stops before its work instead of after it."""
+  for name in names:
+    path = os.path.join(base, name)
+    if os.path.lexists(path) and not os.path.isdir(path):
+      raise ValueError(f"{path}: a file where the command needs a folder; move it away")

@@ -538,6 +538,17 @@ def test_a_study_or_sweep_output_folder_has_one_writer(argv, tmp_path, capsys):
   _one_line_error(capsys.readouterr().err, f"out={out!r}", "another process is", f"pid {os.getpid()}")
 
 
+def test_a_file_where_a_study_writes_a_folder_is_a_one_line_error(tmp_path, capsys):
+  """A plain file in the way of a study's own subfolder (here study 2's records/) stops the command before it trains:
+  exit 2, one line naming the path and what to do."""
+  out = tmp_path / "out"
+  out.mkdir()
+  (out / "records").write_text("not a folder")
+  assert cli.main(["reproduce", "head-utilization", "--preset", "tiny", "--quiet", "--out", str(out)]) == 2
+  _one_line_error(capsys.readouterr().err, str(out / "records"), "a file where the command needs a folder")
+  assert sorted(os.listdir(out)) == [".lock", ".lock.owner", "records"]  # nothing trained or written
+
+
 class _SignalAt:
   """A progress bar that sends this process ``signum`` when training passes ``step`` (deterministic delivery)."""
 

@@ -627,6 +627,7 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
 def _main(spec: Preset, preset: str, out: str, verbose: bool, progress: bool, stop_after: int | None
           ) -> dict | None:
   t_start = time.perf_counter()
+  files.check_folders(out, ("programs", "groups"))  # a file in the way fails here, before anything trains
   planned = plan(spec)
   grouped = programs(planned)
   steps = [spec.config.train.steps] * len(grouped)
