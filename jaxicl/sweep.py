@@ -258,6 +258,7 @@ def run_sweep(config: str, grid: list[str], n_seeds: int, out: str, overrides: l
 
 def _run_sweep(groups: list[tuple[dict[str, Any], configs.Config]], out: str, progress: bool,
                runs_per_program: int | str | None) -> list[dict[str, Any]]:
+  files.check_folders(out, ("groups", "plans"))  # a file in the way fails here, before anything trains
   splits = [group_split(cfg, out, runs_per_program)["runs_per_program"] for _, cfg in groups]
   total = sum(cfg.train.steps * len(split_seeds(cfg, k)) for (_, cfg), k in zip(groups, splits))
   rows: list[dict[str, Any]] = []

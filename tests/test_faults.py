@@ -538,15 +538,18 @@ def test_a_study_or_sweep_output_folder_has_one_writer(argv, tmp_path, capsys):
   _one_line_error(capsys.readouterr().err, f"out={out!r}", "another process is", f"pid {os.getpid()}")
 
 
-def test_a_file_where_a_study_writes_a_folder_is_a_one_line_error(tmp_path, capsys):
-  """A plain file in the way of a study's own subfolder (here study 2's records/) stops the command before it trains:
-  exit 2, one line naming the path and what to do."""
+@pytest.mark.parametrize("argv,folder", [(["reproduce", "head-utilization", "--preset", "tiny"], "records"),
+                                         (["reproduce", "multihead", "--preset", "tiny"], "groups"),
+                                         (["sweep", "--config", "tiny", "--grid", "optim.lr=1e-3,2e-3"], "plans")])
+def test_a_file_where_a_study_writes_a_folder_is_a_one_line_error(argv, folder, tmp_path, capsys):
+  """A plain file in the way of a subfolder a study or sweep writes stops the command before it trains: exit 2,
+  one line naming the path and what to do, nothing written."""
   out = tmp_path / "out"
   out.mkdir()
-  (out / "records").write_text("not a folder")
-  assert cli.main(["reproduce", "head-utilization", "--preset", "tiny", "--quiet", "--out", str(out)]) == 2
-  _one_line_error(capsys.readouterr().err, str(out / "records"), "a file where the command needs a folder")
-  assert sorted(os.listdir(out)) == [".lock", ".lock.owner", "records"]  # nothing trained or written
+  (out / folder).write_text("not a folder")
+  assert cli.main(argv + ["--quiet", "--out", str(out)]) == 2
+  _one_line_error(capsys.readouterr().err, str(out / folder), "a file where the command needs a folder")
+  assert sorted(os.listdir(out)) == [".lock", ".lock.owner", folder]
 
 
 class _SignalAt:
