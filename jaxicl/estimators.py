@@ -1168,16 +1168,18 @@ def _iterated_pto_path_risks(xs, ys, targets, weights, lrs, steps, rounds: int):
       return p[0, 0], w[0, 0], lam_max
 
     r_norm = jnp.linalg.norm(r)
-    grid_lr = jnp.repeat(lrs, n_t)
+    grid_lr = jnp.repeat(lrs, n_t)  # grid point g = (lrs[g // n_t], steps[g % n_t])
     grid_t = jnp.tile(steps, n_lr)
-    scales = jnp.broadcast_to(r, (n_lr * n_t, r.shape[0]))
-    preds, ratios, worst = [], [], jnp.zeros(n_lr * n_t, xs.dtype)
-    for _ in range(rounds):
+    # round 1 is PtO: every (η, T) shares the scale r, so one eigendecomposition serves the whole grid
+    p, w, lam_max = _gd_spectral_preds(x, y, x_q, mask, r, lrs, steps)  # [n_lr, C], [n_lr, C, d], []
+    p, w, worst = p.reshape(-1), w.reshape(n_lr * n_t, -1), grid_lr * lam_max
+    preds, ratios = [p], [worst]
+    for _ in range(rounds - 1):
+      scales = jax.vmap(lambda v: _reweight(v, r_norm))(w)
       p, w, lam_max = jax.vmap(fit)(scales, grid_lr, grid_t)
       worst = jnp.maximum(worst, grid_lr * lam_max)
       preds.append(p)
       ratios.append(worst)
-      scales = jax.vmap(lambda v: _reweight(v, r_norm))(w)
     return jnp.stack(preds, -1), jnp.stack(ratios, -1)  # [G, K]
 
   preds, ratios = jax.vmap(lambda x, y: jax.vmap(lambda m, q: one(x, y, m, q))(masks, x))(xs, ys)  # [B, N, G, K]
