@@ -11,9 +11,10 @@ buys inside one program.
 
 With ``--by-module`` it instead traces one chunk of the engine's own training program (``jax.profiler``) and sums
 the time of every executed XLA operation by the model part its HLO metadata names (attention, MLP, LayerNorms,
-read-in/out, prompt sampling, optimizer), forward and backward apart; ``--study S --preset P`` takes the study's
-first training program instead of the small model (its runs vmapped, as the study trains them; one device).
-The profiler's own overhead inflates every operation alike, so read the shares, not the sums.
+read-in/out, other model and loss ops (all of a one-layer model's), prompt sampling, optimizer), forward and
+backward apart; ``--study S --preset P`` takes the study's first training program instead of the small model (its
+runs vmapped, as the study trains them; one device). The profiler's own overhead inflates every operation alike,
+so read the shares, not the sums.
 
   python benchmarks/profile_step.py                          # ~1 min on a 2-core CPU
   python benchmarks/profile_step.py --set model.attention_impl=einsum --set train.batch_size=32
@@ -104,10 +105,10 @@ def _part(op_name: str) -> str:
     return "prompt sampling"
   backward = "transpose(" in op_name
   for key, label in (("/attn/", "attention"), ("/mlp/", "MLP"), ("/ln_", "LayerNorm"), ("/read_in/", "read-in"),
-                     ("/read_out/", "read-out"), ("GPT2", "other model ops")):
-    if key in op_name:
+                     ("/read_out/", "read-out"), ("jvp(", "other model and loss ops")):
+    if key in op_name:  # the differentiated function's ops sit under jvp(...), its backward under transpose(jvp(...))
       return f"{label} ({'bwd' if backward else 'fwd'})"
-  return "optimizer, loss and the rest"
+  return "optimizer and the rest"
 
 
 def by_module(cfg, steps: int) -> None:
