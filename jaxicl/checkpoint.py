@@ -107,7 +107,7 @@ def _aborted_read_noise_hidden() -> Iterator[None]:
           if len(dropped) != before:
             quiet_since = time.monotonic()
         raise
-      finally:
+      finally:  # also after a read that succeeds: an earlier failed read's tasks often become garbage only now
         gc.collect()
   finally:
     sys.unraisablehook, asyncio_log.disabled = hook, disabled

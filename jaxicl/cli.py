@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     where = f"{e.filename}: " if e.filename else ""
     why = e.strerror or str(e)
     if isinstance(e, (FileExistsError, NotADirectoryError)) and e.filename and not os.path.isdir(e.filename):
-      why = f"{why} (a file where the command needs a folder: move it away)"
+      from jaxicl.files import FOLDER_IN_THE_WAY
+      why = f"{why} ({FOLDER_IN_THE_WAY})"
     _error(args.command, f"{where}{why}")
     return EXIT_BAD_INPUT
 

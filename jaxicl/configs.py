@@ -80,11 +80,12 @@ class CurriculumConfig:
            "must be >= 1")
     _check(self.dims_inc >= 0, "curriculum.dims_inc", self.dims_inc, "must be >= 0")
     _check(self.points_inc >= 0, "curriculum.points_inc", self.points_inc, "must be >= 0")
-    defaults = CurriculumConfig.__dataclass_fields__
-    for field, start in (("dims_inc", "dims_start"), ("points_inc", "points_start"), ("every", None)):
-      unused = getattr(self, start) is None if start else self.dims_start is None and self.points_start is None
-      _check(not unused or getattr(self, field) == defaults[field].default, f"curriculum.{field}",
-             getattr(self, field), f"does not apply without curriculum.{start or 'dims_start / points_start'}")
+    no_dims, no_points = self.dims_start is None, self.points_start is None
+    for field, unused, start in (("dims_inc", no_dims, "dims_start"), ("points_inc", no_points, "points_start"),
+                                 ("every", no_dims and no_points, "dims_start / points_start")):
+      value = getattr(self, field)
+      _check(not unused or value == CurriculumConfig.__dataclass_fields__[field].default, f"curriculum.{field}",
+             value, f"does not apply without curriculum.{start}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -63,10 +63,13 @@ def read_json(path: str) -> Any:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
 
 
+FOLDER_IN_THE_WAY = "a file where the command needs a folder; move it away"
+
+
 def check_folders(base: str, names: tuple[str, ...]) -> None:
   """``ValueError`` naming the path if any ``base/name`` exists and is not a folder (a file where a command will
   write a folder), so that the command stops before its work instead of after it."""
   for name in names:
     path = os.path.join(base, name)
     if os.path.lexists(path) and not os.path.isdir(path):
-      raise ValueError(f"{path}: a file where the command needs a folder; move it away")
+      raise ValueError(f"{path}: {FOLDER_IN_THE_WAY}")

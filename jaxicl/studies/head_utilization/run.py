@@ -72,8 +72,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxicl import configs, estimators, evaluate, files, interpret, plotting, report, tasks, train
-from jaxicl.files import read_json, write_json, write_text
+from jaxicl import configs, estimators, evaluate, interpret, plotting, report, tasks, train
+from jaxicl.files import check_folders, read_json, write_json, write_text
 from jaxicl.models import ModelConfig
 from jaxicl.progress import JobProgress
 from jaxicl.studies import preset_registrar, split_overrides
@@ -781,7 +781,7 @@ def _main(p: Preset, preset: str, out: str, stop_after: int | None, steps: int, 
           baselines_only: bool) -> dict[str, Any] | None:
   st, c = p.study, p.config
   t_start = time.perf_counter()
-  files.check_folders(out, ("runs", "records", "baselines"))  # a file in the way fails here, before anything trains
+  check_folders(out, ("runs", "records", "baselines"))  # a file in the way fails here, before anything trains
 
   def log(msg: str):
     job.line(f"[head-utilization {time.perf_counter() - t_start:7.1f}s] {msg}")
