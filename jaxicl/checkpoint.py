@@ -15,6 +15,7 @@ blocked by it. A plain file in place of the checkpoint folder is moved aside lik
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -81,6 +82,58 @@ def validate(state: Any, abstract_state: Any, step: int, meta: dict[str, Any]) -
   return None
 
 
+_ORBAX_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(ocp.__file__)))  # .../site-packages/orbax
+
+
+def _from_orbax(obj: Any = None, tb: Any = None) -> bool:
+  """Whether a coroutine / task (``obj``) or a traceback (``tb``) comes from Orbax's code."""
+  code = getattr(obj, "cr_code", None)
+  if code is None and isinstance(obj, asyncio.Future) and hasattr(obj, "get_coro"):
+    code = getattr(obj.get_coro(), "cr_code", None)
+  if code is not None and code.co_filename.startswith(_ORBAX_ROOT):
+    return True
+  while tb is not None:
+    if tb.tb_frame.f_code.co_filename.startswith(_ORBAX_ROOT):
+      return True
+    tb = tb.tb_next
+  return False
+
+
+def _not_an_orbax_task_record(record: logging.LogRecord) -> bool:
+  return not (_ORBAX_ROOT in record.getMessage() or (record.exc_info and _from_orbax(tb=record.exc_info[2])))
+
+
+def _quiet_leftovers_from_now_on() -> None:
+  """After a failed read, some of its dropped coroutines and tasks become garbage only later, often at interpreter
+  exit, when no restore is running to hide them. From the first failed read on, this process drops exactly those:
+  unraisable exceptions of Orbax's coroutines (or the closed loop's "Event loop is closed"), asyncio's records that
+  name an Orbax task, and "never awaited" warnings of Orbax's coroutines (closed here when found: a closed
+  coroutine does not warn). Everything else still reaches the previous hook, logger and warnings."""
+  names = {"_read_array_index_and_device_put"}  # the one seen at exit; others are found below
+  for obj in gc.get_objects():
+    if asyncio.iscoroutine(obj) and _from_orbax(obj):
+      names.add(obj.cr_code.co_name)
+      if obj.cr_frame is not None and not obj.cr_running:
+        obj.close()
+  for name in sorted(names):
+    warnings.filterwarnings("ignore", message=f"coroutine '{name}' was never awaited", category=RuntimeWarning)
+  asyncio_log = logging.getLogger("asyncio")
+  if _not_an_orbax_task_record not in asyncio_log.filters:
+    asyncio_log.addFilter(_not_an_orbax_task_record)
+  previous = sys.unraisablehook
+  if getattr(previous, "_drops_orbax_leftovers", False):
+    return
+
+  def hook(unraisable: Any) -> None:
+    exc = unraisable.exc_value
+    if not (_from_orbax(unraisable.object, unraisable.exc_traceback)
+            or (isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed")):
+      previous(unraisable)
+
+  hook._drops_orbax_leftovers = True
+  sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def _aborted_read_noise_hidden() -> Iterator[None]:
   """Keeps the leftovers of a read that failed half-way off stderr: Orbax reads a checkpoint's arrays as
@@ -88,10 +141,10 @@ def _aborted_read_noise_hidden() -> Iterator[None]:
   loop; their errors ("Event loop is closed", the same read error again, "Task exception was never retrieved",
   "coroutine ... was never awaited") surface as unraisable exceptions, asyncio log records and warnings, dozens of
   tracebacks for one corrupt file. The first error is the one ``restore_latest`` reports; the leftovers are
-  collected here and dropped."""
+  collected here and dropped, and those that surface later by ``_quiet_leftovers_from_now_on``."""
   hook, asyncio_log = sys.unraisablehook, logging.getLogger("asyncio")
   disabled = asyncio_log.disabled
-  dropped = []
+  dropped, failed = [], False
   sys.unraisablehook, asyncio_log.disabled = dropped.append, True
   try:
     with warnings.catch_warnings():
@@ -106,11 +159,14 @@ def _aborted_read_noise_hidden() -> Iterator[None]:
           time.sleep(0.05)
           if len(dropped) != before:
             quiet_since = time.monotonic()
+        failed = True
         raise
       finally:  # also after a read that succeeds: an earlier failed read's tasks often become garbage only now
         gc.collect()
   finally:
     sys.unraisablehook, asyncio_log.disabled = hook, disabled
+    if failed:
+      _quiet_leftovers_from_now_on()
 
 
 class Checkpointer:

@@ -12,6 +12,7 @@ tests/test_faults.py``; ``JAXICL_FAULTS_SEED`` changes the sampled cases and kil
 from __future__ import annotations
 
 import gc
+import inspect
 import json
 import logging
 import os
@@ -21,6 +22,8 @@ import signal
 import subprocess
 import sys
 import time
+import types
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -251,6 +254,27 @@ def test_a_read_that_fails_part_way_reports_one_line_and_no_leftover_errors(stop
   assert [line for line in err.strip().splitlines() if "is unreadable" in line and "moved it to" in line], err
   assert not leftovers, [f"{u.exc_type.__name__}: {u.exc_value}" for u in leftovers][:5]
   assert not [r for r in caplog.records if r.name == "asyncio"], caplog.text[:2000]
+  # What such a read leaves becomes garbage later too, often at exit: from now on this process drops an Orbax
+  # coroutine never awaited and the closed loop's error, while anything else still reaches the hook and warnings.
+  from orbax.checkpoint._src.serialization import serialization
+
+  async def ours():
+    pass
+
+  read = serialization._read_array_index_and_device_put
+  required = [p for p in inspect.signature(read).parameters.values() if p.default is inspect.Parameter.empty]
+  args = [None for p in required if p.kind is not inspect.Parameter.KEYWORD_ONLY]
+  kwargs = {p.name: None for p in required if p.kind is inspect.Parameter.KEYWORD_ONLY}
+  with warnings.catch_warnings(record=True) as caught:
+    dropped_read, our_coroutine = read(*args, **kwargs), ours()
+    del dropped_read, our_coroutine
+    gc.collect()
+  assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == [
+      f"coroutine '{ours.__qualname__}' was never awaited"], [str(w.message) for w in caught]
+  for error in (RuntimeError("Event loop is closed"), RuntimeError("something else")):
+    sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=error, exc_traceback=None,
+                                             err_msg=None, object=None))
+  assert [str(u.exc_value) for u in leftovers] == ["something else"]
 
 
 def test_read_only_loading_skips_without_moving(stopped, tmp_path, capsys):
