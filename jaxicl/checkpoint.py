@@ -22,6 +22,7 @@ import logging
 import os
 import sys
 import time
+import types
 import warnings
 from typing import Any, Iterator
 
@@ -111,7 +112,7 @@ def _quiet_leftovers_from_now_on() -> None:
   coroutine does not warn). Everything else still reaches the previous hook, logger and warnings."""
   names = {"_read_array_index_and_device_put"}  # the one seen at exit; others are found below
   for obj in gc.get_objects():
-    if asyncio.iscoroutine(obj) and _from_orbax(obj):
+    if type(obj) is types.CoroutineType and _from_orbax(obj):  # type(), not isinstance: no object's hooks run
       names.add(obj.cr_code.co_name)
       if obj.cr_frame is not None and not obj.cr_running:
         obj.close()
@@ -185,7 +186,7 @@ class Checkpointer:
     if os.path.lexists(self.directory) and not os.path.isdir(self.directory):
       if not repair:
         raise ValueError(f"checkpoints={self.directory!r}: not a directory")
-      self._set_aside(self.directory, "is not a directory")
+      self.set_aside(self.directory, "is not a directory")
     if not repair and not os.path.isdir(self.directory):
       self.manager = None
     else:
@@ -205,7 +206,8 @@ class Checkpointer:
     names = os.listdir(self.directory) if os.path.isdir(self.directory) else []
     return sorted({int(n) for n in names if n.isdigit()} | set(self.steps()), reverse=True)
 
-  def _set_aside(self, path: str, why: str) -> None:
+  def set_aside(self, path: str, why: str) -> None:
+    """Moves ``path`` into the quarantine folder (``repair=True`` only) and says so on stderr."""
     if not self.repair:
       return
     os.makedirs(self.quarantine, exist_ok=True)
@@ -239,7 +241,7 @@ class Checkpointer:
         return step, restored["state"], meta
       skipped = True
       if self.repair:
-        self._set_aside(path, f"is unreadable ({why}); skipping it")
+        self.set_aside(path, f"is unreadable ({why}); skipping it")
         self.manager.reload()
       else:
         _say(f"checkpoint {path} is unreadable ({why}); skipping it")

@@ -119,6 +119,9 @@ def _train(args) -> int:
   from jaxicl import configs, train
   cfg = configs.get_config(args.config, args.set)
   result = train.train(cfg, args.workdir, progress=not args.quiet, stop_after=args.stop_after)
+  step = int(jax.device_get(result.state.step)[0])
+  if args.stop_after is not None and step > args.stop_after:
+    raise ValueError(f"--stop-after={args.stop_after}: the run in {args.workdir} is already at step {step}")
   last = result.history[-1] if result.history else {}
   devices = len(jax.tree.leaves(result.state.params)[0].sharding.device_set)
   print(json.dumps({"workdir": args.workdir, "step": last.get("step"), "loss": last.get("loss"), "devices": devices}))
@@ -132,8 +135,6 @@ def _eval(args) -> int:
     raise ValueError(f"--bootstrap={args.bootstrap}: must be >= 1")
   if not 0 < args.ci_level < 1:
     raise ValueError(f"--ci-level={args.ci_level}: must be in (0, 1)")
-  if args.prompts is not None and args.prompts < 2:
-    raise ValueError(f"--prompts={args.prompts}: must be >= 2")
   report = evaluate.evaluate_workdir(args.workdir, n_prompts=args.prompts, run=args.run, out_dir=args.out,
                                      shifts=specs, n_boot=args.bootstrap, ci_level=args.ci_level)
   print(json.dumps({k: report[k] for k in ("table", "csv", "plot") if k in report}))
@@ -204,7 +205,7 @@ def parser() -> argparse.ArgumentParser:
   e = sub.add_parser("eval", help="excess risk vs number of in-context examples against baselines, in distribution "
                      "and under distribution shifts, with bootstrap confidence intervals")
   e.add_argument("--workdir", required=True)
-  e.add_argument("--prompts", type=_int_at_least(1), default=None, help="held-out prompts (default: train.eval_prompts)")
+  e.add_argument("--prompts", type=_int_at_least(2), default=None, help="held-out prompts (default: train.eval_prompts)")
   e.add_argument("--run", type=int, default=0, help="which run (seed × lr) of the workdir")
   e.add_argument("--out", default=None, help="folder for eval.json / eval.csv / eval.png + .pdf (default: workdir)")
   e.add_argument("--shift", action="append", default=[], metavar="NAME[=VALUE],...",
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     return _theory(argv[1:])
   args = parser().parse_args(argv)
   try:
+    _check_repeated(getattr(args, "set", []), "--set")
     return args.fn(args)
   except KeyboardInterrupt as e:  # train.Interrupted (checkpoint saved) or a signal outside training
     signum = getattr(e, "signum", signal.SIGINT)
@@ -270,6 +272,16 @@ def main(argv: list[str] | None = None) -> int:
       why = f"{why} ({FOLDER_IN_THE_WAY})"
     _error(args.command, f"{where}{why}")
     return EXIT_BAD_INPUT
+
+
+def _check_repeated(assignments: list[str], flag: str) -> None:
+  """``ValueError`` for a key given twice (which value was meant is not for us to guess)."""
+  seen: dict[str, str] = {}
+  for a in assignments:
+    key = a.split("=", 1)[0].strip()
+    if key in seen:
+      raise ValueError(f"{flag} {key}: given twice ({seen[key]!r}, {a!r}); keep one")
+    seen[key] = a
 
 
 def _error(command: str, message) -> None:

@@ -117,8 +117,12 @@ class TrainConfig:
     _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "must be >= 1")
     _check(len(self.seeds) >= 1, "train.seeds", self.seeds, "needs at least one seed")
     _check(all(0 <= s < 2**31 for s in self.seeds), "train.seeds", self.seeds, "seeds must be in [0, 2**31)")
+    _check(len(set(self.seeds)) == len(self.seeds), "train.seeds", self.seeds, "a seed is repeated")
     _check(all(_finite(lr) and lr > 0 for lr in self.lrs), "train.lrs", self.lrs,
            "learning rates must be finite numbers > 0")
+    _check(len(set(self.lrs)) == len(self.lrs), "train.lrs", self.lrs, "a learning rate is repeated")
+    _check(len(set(self.task_variants)) == len(self.task_variants), "train.task_variants", self.task_variants,
+           "a variant is repeated")
     _check(self.log_every >= 1, "train.log_every", self.log_every, "must be >= 1")
     _check(self.ckpt_every >= 0 and self.ckpt_every % self.log_every == 0, "train.ckpt_every", self.ckpt_every,
            f"must be a non-negative multiple of train.log_every={self.log_every}")
@@ -300,6 +304,8 @@ def _coerce(value: Any, annotation: Any, field: str, nested: bool = False) -> An
     if not isinstance(value, bool):
       raise ValueError(f"{field}={value!r}: expected true/false, got {type(value).__name__}")
     return value
+  if annotation in (int, float) and isinstance(value, _Text) and not value.isascii():
+    raise ValueError(f"{field}={value!r}: expected a number written in ASCII digits")
   if annotation is int:
     if isinstance(value, _Text):
       try:
@@ -344,6 +350,18 @@ def parse_value(text: str, annotation: Any, field: str) -> Any:
   ``"none"`` None, ints integral, floats finite); ``ValueError`` naming ``field``. For settings outside ``Config``
   (e.g. a study's own) that share the command line's ``key=value`` syntax."""
   return _coerce(_Text(text), annotation, field)
+
+
+def field_type(key: str) -> Any:
+  """The annotated type of the config field ``section.field``; ``ValueError`` naming an unknown key."""
+  section, _, name = key.partition(".")
+  hints = typing.get_type_hints(Config)
+  if section not in hints:
+    raise ValueError(f"{key!r}: unknown config section {section!r}; known: {sorted(hints)}")
+  fields = typing.get_type_hints(hints[section])
+  if name not in fields:
+    raise ValueError(f"{key!r}: unknown config field {name!r}; known: {sorted(fields)}")
+  return fields[name]
 
 
 def _build(cls, values: Any, prefix: str):
@@ -427,13 +445,22 @@ def load(path: str) -> Config:
   """The config in the JSON file ``path`` (``to_dict`` format); ``ValueError`` naming the file if it is missing,
   unreadable, not JSON or holds an invalid config. The one reader of config files (``--config x.json``, a
   workdir's ``config.json``)."""
+  def no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+      raise ValueError(f"key {repeated[0]!r} appears twice in one object")
+    return dict(pairs)
+
   try:
     with open(path) as f:
-      values = json.load(f)
+      values = json.load(f, object_pairs_hook=no_repeated_keys)
   except OSError as e:
     raise ValueError(f"{path}: cannot read the config file ({e.strerror})") from None
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     raise ValueError(f"{path}: not valid JSON ({e})") from None
+  except ValueError as e:  # a repeated key
+    raise ValueError(f"{path}: {e}") from None
   try:
     return from_dict(values)
   except ValueError as e:

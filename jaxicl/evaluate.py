@@ -594,11 +594,13 @@ def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, o
   """``jaxicl eval``: evaluates run ``run`` of a training workdir, in distribution and under ``shifts``, against
   ``suite_baselines``; the seeds that share run ``run``'s learning rate give mean ± SE. Writes eval.json, eval.csv
   and eval.png + eval.pdf (atomically)."""
-  from jaxicl import train
+  from jaxicl import plotting, train
   specs = _as_specs(shifts)
   check_ci(n_boot, ci_level)
   if n_prompts is not None and (not isinstance(n_prompts, (int, np.integer)) or n_prompts < 2):
     raise ValueError(f"n_prompts={n_prompts!r}: must be an integer >= 2")
+  out_dir = out_dir or workdir
+  files.check_files(out_dir, ("eval.json", "eval.csv") + tuple(f"eval.{fmt}" for fmt in plotting.FORMATS))
   result = train.load_run(workdir)
   cfg = result.config
   if not 0 <= run < len(cfg.runs):
@@ -617,7 +619,6 @@ def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, o
                          shifts=specs, run=same_lr.index(run), n_boot=n_boot, ci_level=ci_level)
   report.update(run=run, seed=seed, lr=lr, step=int(np.asarray(result.state.step)[run]),
                 seeds=[cfg.runs[r][0] for r in same_lr])
-  out_dir = out_dir or workdir
   os.makedirs(out_dir, exist_ok=True)
   report["table"] = os.path.join(out_dir, "eval.json")
   report["csv"] = write_csv(report, os.path.join(out_dir, "eval.csv"))

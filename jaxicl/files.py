@@ -10,7 +10,9 @@ from typing import Any, Callable
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> str:
-  """``write(tmp)`` to a temporary file in ``path``'s folder, then rename it onto ``path``; returns ``path``."""
+  """``write(tmp)`` to a temporary file in ``path``'s folder, then rename it onto ``path``; returns ``path``.
+  ``ValueError`` naming ``path`` if a folder is there."""
+  check_files(os.path.dirname(path), (os.path.basename(path),))
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
   os.close(fd)
@@ -64,6 +66,7 @@ def read_json(path: str) -> Any:
 
 
 FOLDER_IN_THE_WAY = "a file where the command needs a folder; move it away"
+FILE_IN_THE_WAY = "a folder where the command writes a file; move it away"
 
 
 def check_folders(base: str, names: tuple[str, ...]) -> None:
@@ -73,3 +76,41 @@ def check_folders(base: str, names: tuple[str, ...]) -> None:
     path = os.path.join(base, name)
     if os.path.lexists(path) and not os.path.isdir(path):
       raise ValueError(f"{path}: {FOLDER_IN_THE_WAY}")
+
+
+def check_files(base: str, names: tuple[str, ...]) -> None:
+  """``ValueError`` naming the path if any ``base/name`` is a folder (where a command will write a file)."""
+  for name in names:
+    path = os.path.join(base, name)
+    if os.path.isdir(path):
+      raise ValueError(f"{path}: {FILE_IN_THE_WAY}")
+
+
+# What wrote a folder, so that another command does not mix its files in (or overwrite its results): the kind
+# ("training run", "sweep", "study multihead", ...) and an identity (a sweep's grid, a study's preset).
+FOLDER_RECORD = ".jaxicl.json"
+_KIND_SIGNS = (("training run", ("config.json", "checkpoints")), ("sweep", ("plans", "results.json")),
+               ("study multihead", ("programs",)), ("study head-utilization", ("records", "runs", "baselines")))
+
+
+def claim_folder(path: str, kind: str, field: str, identity: str | None = None, about: str = "") -> None:
+  """Records in ``path/.jaxicl.json`` that a ``kind`` (with ``identity``, described by ``about``) writes in
+  ``path``; ``ValueError`` naming ``field`` and the path if the folder holds another kind, or the same kind with
+  another identity. A folder without the record (written before it existed) is judged by what it holds."""
+  record_path = os.path.join(path, FOLDER_RECORD)
+  try:
+    record = read_json(record_path)
+  except (FileNotFoundError, ValueError):  # none yet, or damaged: judged by the folder's contents and rewritten
+    record = None
+  if not (isinstance(record, dict) and isinstance(record.get("kind"), str)):
+    record = None
+  held = record["kind"] if record else next(
+      (k for k, signs in _KIND_SIGNS if any(os.path.lexists(os.path.join(path, s)) for s in signs)), None)
+  if held is not None and held != kind:
+    raise ValueError(f"{field}={path!r}: holds a {held}, not a {kind}; use another {field}")
+  if record and identity is not None and record.get("identity") not in (None, identity):
+    raise ValueError(f"{field}={path!r}: holds another {kind} ({record.get('about') or 'other settings'}); use "
+                     f"another {field}")
+  new = {"kind": kind, "identity": identity, "about": about}
+  if record != new:
+    write_json(record_path, new)

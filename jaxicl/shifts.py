@@ -208,38 +208,45 @@ def get_shift(name: str) -> Shift:
 
 
 def parse(text: str | Sequence[str]) -> tuple[ShiftSpec, ...]:
-  """``"skewed,scaled=3"`` (or a list of such strings) -> shift specs, in order, duplicates dropped.
+  """``"skewed,scaled=3"`` (or a list of such strings) -> shift specs, in order.
 
   ``all`` expands to every registered shift with its default parameter. Unknown names, parameters given to
-  a shift without one, non-numbers and out-of-range values raise ``ValueError`` naming the item.
+  a shift without one, non-numbers, out-of-range values, empty items and a shift given twice (also through
+  ``all``) raise ``ValueError`` naming the item. An empty list is no shift.
   """
   items = [text] if isinstance(text, str) else list(text)
   specs: list[ShiftSpec] = []
-  for item in ",".join(items).split(","):
+  for item in (",".join(items).split(",") if items else []):
     item = item.strip()
     if not item:
-      continue
-    if item == "all":
-      specs += [ShiftSpec(name, shift.default) for name, shift in SHIFTS.items()]
-      continue
-    name, _, value = item.partition("=")
-    name = name.strip()
-    if name not in SHIFTS:
-      raise ValueError(f"shift {item!r}: unknown shift {name!r}; known: {sorted(SHIFTS)} or all")
-    shift = SHIFTS[name]
-    if not _:
-      specs.append(ShiftSpec(name, shift.default))
-      continue
-    if shift.default is None:
-      raise ValueError(f"shift {item!r}: {name} takes no parameter")
-    try:
-      param = float(value)
-    except ValueError:
-      raise ValueError(f"shift {item!r}: parameter {value.strip()!r} is not a number") from None
-    if not shift.check(param):
-      raise ValueError(f"shift {item!r}: parameter {param:g} {shift.why}")
-    specs.append(ShiftSpec(name, param))
-  return tuple(dict.fromkeys(specs))
+      raise ValueError(f"shift {','.join(items)!r}: an empty item; name shifts, e.g. skewed,scaled=3, or all")
+    for spec in _parse_item(item):
+      if spec in specs:
+        raise ValueError(f"shift {item!r}: {spec} is given twice; name it once")
+      specs.append(spec)
+  return tuple(specs)
+
+
+def _parse_item(item: str) -> list[ShiftSpec]:
+  """One item of ``parse``: ``all``, ``name`` or ``name=value``."""
+  if item == "all":
+    return [ShiftSpec(name, shift.default) for name, shift in SHIFTS.items()]
+  name, has_value, value = item.partition("=")
+  name = name.strip()
+  if name not in SHIFTS:
+    raise ValueError(f"shift {item!r}: unknown shift {name!r}; known: {sorted(SHIFTS)} or all")
+  shift = SHIFTS[name]
+  if not has_value:
+    return [ShiftSpec(name, shift.default)]
+  if shift.default is None:
+    raise ValueError(f"shift {item!r}: {name} takes no parameter")
+  try:
+    param = float(value)
+  except ValueError:
+    raise ValueError(f"shift {item!r}: parameter {value.strip()!r} is not a number") from None
+  if not shift.check(param):
+    raise ValueError(f"shift {item!r}: parameter {param:g} {shift.why}")
+  return [ShiftSpec(name, param)]
 
 
 def check_task(spec: ShiftSpec, d: int, query_indices: Sequence[int]) -> None:

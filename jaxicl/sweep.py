@@ -45,11 +45,46 @@ def parse_grid(grid: list[str]) -> dict[str, list[str]]:
     if "=" not in item:
       raise ValueError(f"grid {item!r}: expected section.field=v1,v2,...")
     key, values = item.split("=", 1)
+    key = key.strip()
     vals = [v.strip() for v in values.split(",") if v.strip()]
     if not vals:
       raise ValueError(f"grid {key!r}: no values")
-    out[key.strip()] = vals
+    if key in out:
+      raise ValueError(f"grid {key!r}: given twice; list its values once ({key}=v1,v2,...)")
+    out[key] = vals
   return out
+
+
+# Keys the sweep sets itself: seeds from --seeds, learning rates and task variants from the grid.
+_OWN_KEYS = {"train.seeds": "--seeds N (seeds 0..N-1)", "train.lrs": "--grid optim.lr=...",
+             "train.task_variants": "--grid with the task fields themselves"}
+
+
+def check_grid(grid: dict[str, list[str]], overrides: list[str] | tuple[str, ...] = ()) -> None:
+  """``ValueError`` naming the key for a grid or override that the sweep would not honour: an unknown key, a value
+  its field does not take, a value listed twice (``1e-3`` and ``0.001`` are one value), a key the sweep sets
+  itself (``_OWN_KEYS``), or a key both in the grid and in ``overrides`` (the grid would win silently)."""
+  for key, values in grid.items():
+    if key in _OWN_KEYS:
+      raise ValueError(f"grid {key!r}: the sweep sets it; use {_OWN_KEYS[key]}")
+    annotation = configs.field_type(key)
+    seen: dict[Any, str] = {}
+    for v in values:
+      parsed = configs.parse_value(v, annotation, f"grid {key}")
+      if parsed in seen:
+        raise ValueError(f"grid {key!r}: {v!r} repeats {seen[parsed]!r}; list each value once")
+      seen[parsed] = v
+  set_keys = [o.split("=", 1)[0].strip() for o in overrides]
+  for key in set_keys:
+    if key == "train.seeds":
+      raise ValueError(f"--set {key}: the sweep sets it; use {_OWN_KEYS[key]}")
+    clash = key if key in grid else None
+    if key == "train.lrs" and "optim.lr" in grid:
+      clash = "optim.lr"
+    if key == "train.task_variants" and any(k in VARIANT_KEYS for k in grid):
+      clash = next(k for k in grid if k in VARIANT_KEYS)
+    if clash:
+      raise ValueError(f"--set {key}: the grid sets {clash} too and would win; set it in one place")
 
 
 def plan(config: str, grid: dict[str, list[str]], n_seeds: int, overrides: list[str] | tuple[str, ...] = ()
@@ -58,6 +93,7 @@ def plan(config: str, grid: dict[str, list[str]], n_seeds: int, overrides: list[
   task variants set)."""
   if n_seeds < 1:
     raise ValueError(f"seeds={n_seeds}: must be >= 1")
+  check_grid(grid, overrides)
   base = configs.get_config(config, overrides)
   task_keys = [k for k in grid if k in VARIANT_KEYS and (k != "task.n_points" or base.model.one_layer)]
   shape_keys = [k for k in grid if k not in VMAPPED_KEYS and k not in task_keys]
@@ -72,7 +108,7 @@ def plan(config: str, grid: dict[str, list[str]], n_seeds: int, overrides: list[
       sets.append("train.lrs=" + ",".join(lrs))
     if task_keys:
       if "task.n_points" in task_keys:  # the padded length: the largest
-        sets.append(f"task.n_points={max(int(v) for v in grid['task.n_points'])}")
+        sets.append(f"task.n_points={max(configs.parse_value(v, int, 'task.n_points') for v in grid['task.n_points'])}")
       sets.append("train.task_variants=" + ",".join(
           ";".join(f"{VARIANT_KEYS[k]}={v}" for k, v in variant.items()) for variant in variants))
     groups.append((assignment, configs.get_config(config, sets)))
@@ -250,15 +286,21 @@ def run_sweep(config: str, grid: list[str], n_seeds: int, out: str, overrides: l
   ``runs_per_program``: how each group's runs are split into programs (``group_split``); ``progress``:
   one bar over all programs' steps (loss in its postfix) and one line per finished group. One process at a time
   writes in ``out`` (``train.workdir_lock``)."""
-  groups = plan(config, parse_grid(grid), n_seeds, overrides)
+  parsed = parse_grid(grid)
+  groups = plan(config, parsed, n_seeds, overrides)
+  identity = hashlib.sha1(json.dumps([[a, configs.to_dict(c)] for a, c in groups], sort_keys=True).encode()
+                          ).hexdigest()
+  about = f"--config {config}, grid {parsed}, {n_seeds} seed{'s' if n_seeds > 1 else ''}" + \
+      (f", --set {list(overrides)}" if overrides else "")
   os.makedirs(out, exist_ok=True)
   with train.workdir_lock(out, "running a sweep", "out"):
+    files.check_folders(out, ("groups", "plans"))  # a file in the way fails here, before anything trains
+    files.claim_folder(out, "sweep", "out", identity, about)  # its results.* are this sweep's, not another's
     return _run_sweep(groups, out, progress, runs_per_program)
 
 
 def _run_sweep(groups: list[tuple[dict[str, Any], configs.Config]], out: str, progress: bool,
                runs_per_program: int | str | None) -> list[dict[str, Any]]:
-  files.check_folders(out, ("groups", "plans"))  # a file in the way fails here, before anything trains
   splits = [group_split(cfg, out, runs_per_program)["runs_per_program"] for _, cfg in groups]
   total = sum(cfg.train.steps * len(split_seeds(cfg, k)) for (_, cfg), k in zip(groups, splits))
   rows: list[dict[str, Any]] = []

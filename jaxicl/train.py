@@ -386,6 +386,8 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
   if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, (int, np.integer))
                                  or stop_after < 1):
     raise ValueError(f"stop_after={stop_after!r}: must be an integer >= 1")
+  if stop_after is not None and stop_after > cfg.train.steps:
+    raise ValueError(f"stop_after={stop_after}: beyond train.steps={cfg.train.steps}, where the run ends anyway")
   engine = _engine(cfg, None if devices is None else tuple(devices))
   with contextlib.ExitStack() as stack:
     ckpt = None
@@ -395,6 +397,8 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
       _make_workdir(workdir)
       stack.enter_context(workdir_lock(workdir))
       signals = stack.enter_context(_stop_on_signals())
+      files.check_files(workdir, ("config.json", "metrics.jsonl"))  # before anything is written
+      files.claim_folder(workdir, "training run", "workdir")
       _check_or_write_config(cfg, workdir)
       ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_ckpts)
       stack.callback(ckpt.close)
@@ -403,6 +407,8 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
         if restored is not None:
           state = TrainState(*restored[1])
           history = _read_history(workdir, upto=restored[0])
+        elif os.path.exists(os.path.join(workdir, "metrics.jsonl")):  # kept beside the checkpoints it belongs to
+          ckpt.set_aside(os.path.join(workdir, "metrics.jsonl"), "records a run none of whose checkpoints restore")
       files.write_text(os.path.join(workdir, "metrics.jsonl"), "".join(json.dumps(r) + "\n" for r in history))
     else:
       signals = []

@@ -200,7 +200,26 @@ def test_a_value_that_would_be_ignored_is_an_error_naming_the_field(sets, applie
     configs.get_config("tiny", sets + applies)
 
 
+@pytest.mark.parametrize("sets,named", [
+    (["train.seeds=0,0"], "train.seeds"), (["train.lrs=0.001,1e-3"], "train.lrs"),
+    (["train.task_variants=noise_var=1,noise_var=1"], "train.task_variants"),
+    (["train.steps=30", "train.steps=20"], "train.steps"), (["task.d=\u0663"], "task.d"),
+    (["train.steps=20", "--stop-after=21"], "stop_after=21"),
+])
+def test_repeated_or_ambiguous_values_are_one_line_errors(sets, named, tmp_path, capsys):
+  """A value given twice (which was meant?), a seed or learning rate listed twice (identical runs), a digit that is
+  not ASCII, a stop beyond the run's end: refused before anything is written."""
+  argv = ["train", "--config", "tiny", "--workdir", str(tmp_path / "w")]
+  for s in sets:
+    argv += s.split("=", 1) if s.startswith("--") else ["--set", s]
+  assert cli.main(argv) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and named in lines[0], lines
+  assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize("document", ["[1, 2]", "5", "{\"task\": 5}", "{\"task\": {\"d\": 2.5}}",
+                                      "{\"train\": {\"steps\": 20}, \"train\": {\"steps\": 30}}",
                                       "{\"task\": {\"d\": true}}", "{\"optim\": {\"lr\": \"1e-3\"}}", "{", ""])
 def test_bad_config_files_are_one_line_errors_naming_the_file(document, tmp_path, capsys):
   path = tmp_path / "c.json"
@@ -216,6 +235,7 @@ def test_bad_config_files_are_one_line_errors_naming_the_file(document, tmp_path
     ["train", "--config", "tiny", "--workdir", "W", "--stop-after", "0"],
     ["train", "--config", "tiny", "--workdir", "W", "--stop-after", "2.5"],
     ["eval", "--workdir", "W", "--prompts", "0"],
+    ["eval", "--workdir", "W", "--prompts", "1"],
     ["eval", "--workdir", "W", "--prompts", "-5"],
     ["eval", "--workdir", "W", "--prompts", "x"],
 ])
@@ -233,6 +253,8 @@ def test_bad_cli_arguments_are_one_line_errors(argv, tmp_path, capsys):
     ["--d", "0"], ["--d", "2.5"], ["--d", "5", "--noise-var", "inf"], ["--d", "5", "--noise-var", "-1"],
     ["--d", "5", "--tau2", "nan"], ["--d", "5", "--w-min", "inf"], ["--d", "5", "--w-min", "-1"],
     ["--d", "5", "--heads", "0"], ["--d", "5", "--p", "0"], ["--d", "5", "--D", "0"], ["--d", "5", "--bogus"],
+    ["--d", "5", "--tau2", "0"], ["--d", "5", "--heads", "17"],
+    ["--d", "5", "--D", "100"], ["--d", "5", "--p", "64", "--D", "100"],  # no rank-limited analysis uses D
 ])
 @pytest.mark.parametrize("as_json", [False, True])
 def test_theory_cli_refuses_bad_flags_in_one_line(args, as_json, capfd):

@@ -576,6 +576,58 @@ def test_a_file_where_a_study_writes_a_folder_is_a_one_line_error(argv, folder, 
   assert sorted(os.listdir(out)) == [".lock", ".lock.owner", folder]
 
 
+def _contents(folder: str) -> dict[str, bytes]:
+  """Every file under ``folder`` (but the lock owner, rewritten by each command that takes the lock)."""
+  out = {}
+  for root, _, names in os.walk(folder):
+    for name in names:
+      if name != ".lock.owner":
+        path = os.path.join(root, name)
+        out[os.path.relpath(path, folder)] = open(path, "rb").read()
+  return out
+
+
+def test_a_folder_holds_one_kind_of_output(tmp_path, capsys):
+  """A command refuses a folder that another kind of command wrote (a training run, a sweep, a study) or the same
+  kind with other settings (another sweep's grid): exit 2, one line naming the folder and what it holds, and
+  nothing in the folder changes. A sweep's results were overwritten, and a study trained inside a sweep's folder."""
+  base = ["--set", "train.steps=2", "--set", "train.log_every=1", "--quiet"]
+  sweep_out, workdir = str(tmp_path / "sweep"), str(tmp_path / "run")
+  assert cli.main(["sweep", "--config", "tiny", "--grid", "optim.lr=1e-3,2e-3", "--out", sweep_out] + base) == 0
+  assert cli.main(["train", "--config", "tiny", "--workdir", workdir, "--set", "train.lrs=1e-3,2e-3"] + base) == 0
+  before = {f: _contents(f) for f in (sweep_out, workdir)}
+  capsys.readouterr()
+  for argv, needle in [
+      (["sweep", "--config", "tiny", "--grid", "optim.lr=1e-3", "--out", sweep_out] + base, "holds another sweep"),
+      (["train", "--config", "tiny", "--workdir", sweep_out] + base, "holds a sweep, not a training run"),
+      (["reproduce", "head-utilization", "--preset", "tiny", "--out", sweep_out, "--quiet"], "holds a sweep"),
+      (["sweep", "--config", "tiny", "--grid", "optim.lr=1e-3,2e-3", "--out", workdir] + base, "holds a training run"),
+      (["reproduce", "multihead", "--preset", "tiny", "--out", workdir, "--quiet"], "holds a training run"),
+      (["train", "--config", "tiny", "--workdir", workdir, "--set", "train.lrs=1e-3,2e-3", "--stop-after", "1"] + base,
+       "already at step 2")]:
+    assert cli.main(argv) == 2, argv
+    err = capsys.readouterr().err
+    _one_line_error(err, needle)
+    assert len(err.strip().splitlines()) == 1, err
+  assert {f: _contents(f) for f in before} == before
+
+
+def test_a_folder_where_a_run_writes_a_file_is_a_one_line_error(tmp_path, capsys):
+  """The config or metrics file of a workdir, or an evaluation's output, replaced by a folder: one line naming it
+  (not the temporary file beside it), before anything is written."""
+  for name in ("config.json", "metrics.jsonl"):
+    workdir = tmp_path / name
+    (workdir / name).mkdir(parents=True)
+    assert cli.main(["train", "--config", "tiny", "--workdir", str(workdir), "--set", "train.steps=2", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    _one_line_error(err, str(workdir / name), "a folder where the command writes a file")
+    assert len(err.strip().splitlines()) == 1, err
+    assert sorted(os.listdir(workdir)) == [".lock", ".lock.owner", name]
+  (tmp_path / "eval" / "eval.json").mkdir(parents=True)
+  assert cli.main(["eval", "--workdir", str(tmp_path / "none"), "--out", str(tmp_path / "eval")]) == 2
+  _one_line_error(capsys.readouterr().err, str(tmp_path / "eval" / "eval.json"), "a folder where")
+
+
 class _SignalAt:
   """A progress bar that sends this process ``signum`` when training passes ``step`` (deterministic delivery)."""
 

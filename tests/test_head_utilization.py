@@ -220,12 +220,16 @@ def test_baselines_only_tunes_and_keeps_the_baselines_and_trains_nothing(tmp_pat
     kept = run.read_baselines(out, p, sigma)
     assert kept is not None and set(kept) == {"PtO", "GD", "iterated PtO", "ridge", "Lasso", "OLS", "Bayes"}
   capsys.readouterr()
-  for bad, needle in ((["--stop-after", "5"], "stop_after=5"), (["--set", "study.noise_stds=-1"], "study.noise_stds")):
+  for bad, needle in ((["--stop-after", "5"], "stop_after=5"), (["--set", "study.noise_stds=-1"], "study.noise_stds"),
+                      (["--set", "study.heads=1", "--set", "study.single_head=true"], "study.single_head=True"),
+                      (["--preset", "quick"], "holds another study head-utilization (preset tiny)")):
     assert cli.main(cmd + bad) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and needle in err, err
   assert cli.main(["reproduce", "multihead", "--preset", "tiny", "--out", out, "--baselines-only"]) == 2
   assert "--baselines-only" in capsys.readouterr().err
+  assert cli.main(["reproduce", "multihead", "--preset", "tiny", "--out", out, "--quiet"]) == 2
+  assert "holds a study head-utilization, not a study multihead" in capsys.readouterr().err
 
 
 _FUSED_SCRIPT = """

@@ -279,10 +279,14 @@ def test_reproduce_overrides_reach_every_program(tmp_path):
     ("study.Ds=0", ["study.Ds", "integers >= 1"]),
     ("study.nope=1", ["study.nope", "unknown study setting"]),
     ("model.name=linear_icl", ["model.name", "softmax_icl"]),
+    (["study.scenarios=", "study.scenario_d=3"], ["study.scenario_d=3", "does not apply without study.scenarios"]),
+    (["study.ablations=", "study.scenarios=", "study.scenario_seeds=7"], ["study.scenario_seeds=(7,)"]),
+    (["study.hsweep_hs=", "study.hsweep_ps=", "study.psweep_ps=", "study.psweep_hs=", "study.sweep_D=20"],
+     ["study.sweep_D=20", "does not apply"]),
 ])
 def test_configure_names_the_field_of_a_bad_or_grid_set_override(override, needles):
   with pytest.raises(ValueError) as e:
-    presets.configure("quick", [override])
+    presets.configure("quick", override if isinstance(override, list) else [override])
   assert all(n in str(e.value) for n in needles), str(e.value)
 
 

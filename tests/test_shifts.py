@@ -22,15 +22,16 @@ def _shift(text, prompts, t=None, key=KEY):
 
 def test_parse_names_parameters_and_all():
   assert shifts.parse("skewed,scaled=3") == (shifts.ShiftSpec("skewed", 1.0), shifts.ShiftSpec("scaled", 3.0))
-  assert shifts.parse(["noisy=0.5", "orthogonal", "noisy=0.5"]) == (shifts.ShiftSpec("noisy", 0.5),
-                                                                      shifts.ShiftSpec("orthogonal"))
+  assert shifts.parse(["noisy=0.5", "orthogonal"]) == (shifts.ShiftSpec("noisy", 0.5), shifts.ShiftSpec("orthogonal"))
+  assert shifts.parse([]) == ()
   assert [s.name for s in shifts.parse("all")] == list(shifts.SHIFTS)
   assert str(shifts.ShiftSpec("scaled", 3.0)) == "scaled=3"
 
 
 @pytest.mark.parametrize("text, named", [("sclaed", "sclaed"), ("scaled=x", "scaled=x"), ("scaled=-1", "scaled=-1"),
                                          ("w_scaled=inf", "w_scaled=inf"), ("noisy=-0.1", "noisy=-0.1"),
-                                         ("orthogonal=2", "orthogonal=2")])
+                                         ("orthogonal=2", "orthogonal=2"), ("skewed", "skewed=1 is given twice"),
+                                         ("all", "skewed=1 is given twice"), ("", "an empty item")])
 def test_parse_rejects_bad_items_naming_them(text, named):
   with pytest.raises(ValueError, match=named):
     shifts.parse(f"skewed,{text}")

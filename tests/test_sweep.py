@@ -36,6 +36,26 @@ def test_sweep_equals_separate_runs_and_resumes_without_retraining(tmp_path):
   assert again == rows and [os.path.getmtime(m) for m in metrics] == stamps
 
 
+@pytest.mark.parametrize("argv,named", [
+    (["--grid", "task.d=2", "--grid", "task.d=3"], "grid 'task.d': given twice"),
+    (["--grid", "optim.lr=1e-3,0.001"], "'0.001' repeats '1e-3'"),
+    (["--grid", "task.n_points=3.5,4"], "grid task.n_points"),
+    (["--grid", "train.seeds=5,6"], "grid 'train.seeds': the sweep sets it"),
+    (["--set", "train.seeds=7,8", "--grid", "task.d=2,3"], "--set train.seeds: the sweep sets it"),
+    (["--set", "task.d=3", "--grid", "task.d=2,4"], "--set task.d: the grid sets task.d too"),
+    (["--set", "train.lrs=0.01", "--grid", "optim.lr=0.001,0.002"], "--set train.lrs: the grid sets optim.lr too"),
+    (["--set", "train.steps=3", "--set", "train.steps=4", "--grid", "task.d=2,3"], "--set train.steps: given twice"),
+])
+def test_a_grid_the_sweep_would_not_honour_is_a_one_line_error(argv, named, tmp_path, capsys):
+  """Each of these used to run something else than asked (the grid or --seeds silently won over --set, a repeated
+  --grid key dropped the first, repeated values trained twice) or failed with an unnamed error."""
+  out = tmp_path / "sw"
+  assert cli.main(["sweep", "--config", "tiny", "--out", str(out), "--quiet"] + argv) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and named in lines[0], lines
+  assert not out.exists()
+
+
 def test_bad_grid_is_named():
   with pytest.raises(ValueError, match="task.nope"):
     sweep.plan("tiny", sweep.parse_grid(["task.nope=1,2"]), 1)
@@ -63,6 +83,8 @@ def test_sweep_fuses_context_lengths_and_noise_into_one_program(tmp_path):
   own = evaluate.variant_risks(alone.model, alone.state.params, alone.config, 64).risk[0, -1]
   np.testing.assert_allclose(row["excess_risk_last"], own, rtol=2e-4)
   assert len(sweep.plan("tiny", sweep.parse_grid(["task.n_points=4,8"]), 1)) == 2  # gpt2: n_points is a shape
+  (group,) = sweep.plan("study1", sweep.parse_grid(["task.n_points=1e1,4"]), 1, base)  # read as --set reads it
+  assert group[1].task.n_points == 10
 
 
 def test_sweep_over_freeze_is_one_program_with_per_run_masks(tmp_path):

@@ -30,6 +30,10 @@ CONVENTIONS = ("x, x_i ~ N(0, I_d); theta ~ N(0, tau2 I_d) (default tau2 = 1/d, 
                "w is reported in model units (T * effective w).")
 
 
+DEFAULT_D = 1000
+MAX_HEADS = 16  # the numerical optimum's cost grows fast with h: 16 heads take ~15 s on a 2-core CPU
+
+
 class _UsageError(ValueError):
   pass
 
@@ -46,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--heads", type=int, default=2, help="number of heads h for the numerical optimum")
   p.add_argument("--p", type=int, default=None, help="embedding dimension (rank of each head = p/h)")
   p.add_argument("--tau2", type=float, default=None, help="variance of each entry of theta (default 1/d)")
-  p.add_argument("--D", type=int, default=1000, help="context size for the rank-limited analysis")
+  p.add_argument("--D", type=int, default=None, help="context size for the rank-limited analysis (needs --p with "
+                 f"p/h < d; default {DEFAULT_D})")
   p.add_argument("--temperature", type=float, default=1.0, help="T in softmax(x_i'A x / T) (rescales w)")
   p.add_argument("--w-min", type=float, default=None,
                  help="lower bound on |w_k| in model units (default 0.1*T/sqrt(d))")
@@ -55,12 +60,17 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def compute(d: int, noise_var: float, heads: int = 2, p: int | None = None, tau2: float | None = None,
-            D: int = 1000, temperature: float = 1.0, w_min: float | None = None) -> dict:
-  """All the numbers the CLI prints, as a JSON-friendly dict (raises ValueError on invalid input)."""
+            D: int | None = None, temperature: float = 1.0, w_min: float | None = None) -> dict:
+  """All the numbers the CLI prints, as a JSON-friendly dict (raises ValueError on invalid input, also for ``D``
+  given where no rank-limited analysis uses it)."""
   d = check_d(d)
   sigma2 = check_nonneg(noise_var, "noise_var")
   t2 = resolve_tau2(d, tau2)
+  if t2 <= 0:
+    fail("tau2", tau2, "must be > 0 (with tau2 = 0 every theta is 0 and the constants are undefined)")
   h = check_d(heads, "heads")
+  if h > MAX_HEADS:
+    fail("heads", heads, f"at most {MAX_HEADS} here (the numerical optimum's cost grows fast with h)")
   if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
       math.isfinite(temperature) and temperature > 0):
     fail("temperature", temperature, "must be a finite number > 0")
@@ -70,7 +80,11 @@ def compute(d: int, noise_var: float, heads: int = 2, p: int | None = None, tau2
     check_d(p, "p")
     if p % h:
       fail("p", p, f"must be divisible by heads h={h}")
-  check_d(D, "D")
+  if D is not None:
+    check_d(D, "D")
+    if p is None or p // h >= d:
+      fail("D", D, "applies only to the rank-limited analysis (--p with p/h < d)")
+  D = DEFAULT_D if D is None else D
   single = K.c_single(d, sigma2, t2)
   multi = K.c_multi(d, sigma2, t2)
   opt = K.optimal_heads(h, d, sigma2, t2, w_min=None if w_min is None else w_min / temperature)

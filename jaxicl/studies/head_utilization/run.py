@@ -73,10 +73,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxicl import configs, estimators, evaluate, interpret, plotting, report, tasks, train
-from jaxicl.files import check_folders, read_json, write_json, write_text
+from jaxicl.files import check_folders, claim_folder, read_json, write_json, write_text
 from jaxicl.models import ModelConfig
 from jaxicl.progress import JobProgress
-from jaxicl.studies import preset_registrar, split_overrides
+from jaxicl.studies import check_applies, preset_registrar, split_overrides
 
 INF = math.inf
 _STEPS = (0, 1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 30_000, 100_000, INF)  # T; INF = the T → ∞ limit
@@ -142,6 +142,11 @@ class StudySettings:
       values = getattr(self, field)
       need(len(values) >= 1 and all(t >= 0 and (math.isinf(t) or t == int(t)) for t in values), field,
            "need integers >= 0 (or inf)")
+
+  def unused(self) -> dict[str, str]:
+    """The settings that do nothing with the others as they are: {field: why}."""
+    return {"single_head": "does not apply with study.heads=1 (those models have one head per layer already)"
+            } if self.heads == 1 else {}
 
   @property
   def model_heads(self) -> tuple[int, ...]:
@@ -312,6 +317,7 @@ def configure(preset: str, overrides: list[str] | tuple[str, ...] = ()) -> Prese
     study = dataclasses.replace(p.study, **study_values)
   except (TypeError, OverflowError, ArithmeticError) as e:  # a check that compared values of a wrong kind
     raise ValueError(f"study: invalid values ({type(e).__name__}: {e})") from None
+  check_applies(study_values, study.unused())
   p = p._replace(config=configs.override(p.config, config_sets), study=study)
   check(p)
   return p
@@ -782,6 +788,7 @@ def _main(p: Preset, preset: str, out: str, stop_after: int | None, steps: int, 
   st, c = p.study, p.config
   t_start = time.perf_counter()
   check_folders(out, ("runs", "records", "baselines"))  # a file in the way fails here, before anything trains
+  claim_folder(out, "study head-utilization", "out", preset, f"preset {preset}")
 
   def log(msg: str):
     job.line(f"[head-utilization {time.perf_counter() - t_start:7.1f}s] {msg}")

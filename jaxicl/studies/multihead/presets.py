@@ -20,7 +20,7 @@ from typing import Callable, NamedTuple
 
 from jaxicl import configs, tasks
 from jaxicl.models import ModelConfig
-from jaxicl.studies import preset_registrar, split_overrides
+from jaxicl.studies import check_applies, preset_registrar, split_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +135,20 @@ class StudySettings:
     need(self.scenario_seeds is None or (len(self.scenario_seeds) >= 1 and all(
         isinstance(s, int) and 0 <= s < 2**31 for s in self.scenario_seeds)), "scenario_seeds",
          "need seeds in [0, 2**31) (or none)")
+
+
+  def unused(self) -> dict[str, str]:
+    """The settings that do nothing with the others as they are: {field: why}."""
+    out = {}
+    for part, fields in (("scenarios", ("scenario_d", "scenario_Ds", "scenario_hs")),
+                         ("ablations", ("ablation_d", "ablation_Ds", "ablation_hs"))):
+      if not getattr(self, part):
+        out.update({f: f"does not apply without study.{part}" for f in fields})
+    if not self.scenarios and not self.ablations:
+      out["scenario_seeds"] = "does not apply without study.scenarios or study.ablations"
+    if not self.hsweep_hs and not self.psweep_ps:
+      out.update({f: "does not apply without study.hsweep_hs or study.psweep_ps" for f in ("sweep_d", "sweep_D")})
+    return out
 
 
 class Preset(NamedTuple):
@@ -260,6 +274,7 @@ def configure(name: str, overrides: list[str] | tuple[str, ...] = ()) -> Preset:
     study = dataclasses.replace(p.study, **study_values)
   except (TypeError, OverflowError, ArithmeticError) as e:
     raise ValueError(f"study: invalid values ({type(e).__name__}: {e})") from None
+  check_applies(study_values, study.unused())
   p = p._replace(config=configs.override(p.config, config_sets), study=study)
   if p.config.model.name != "softmax_icl":
     raise ValueError(f"model.name={p.config.model.name!r}: study 1 trains 'softmax_icl' (the theory's model)")

@@ -343,18 +343,16 @@ def run_program(spec: Preset, groups: list[Group], planned: dict[Group, dict[str
 
 
 def _write_csv(path: str, rows: list[dict]) -> None:
-  if not rows:
-    with open(path, "w") as f:
-      f.write("")
-    return
-  keys = list(rows[0])
+  keys = list(rows[0]) if rows else []
   for row in rows[1:]:
     keys += [k for k in row if k not in keys]
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=keys)
+  buf = io.StringIO(newline="")
+  if rows:
+    writer = csv.DictWriter(buf, fieldnames=keys)
     writer.writeheader()
     for row in rows:
       writer.writerow({k: _fmt(row.get(k)) for k in keys})
+  files.write_text(path, buf.getvalue())
 
 
 def _fmt(v):
@@ -628,6 +626,7 @@ def _main(spec: Preset, preset: str, out: str, verbose: bool, progress: bool, st
           ) -> dict | None:
   t_start = time.perf_counter()
   files.check_folders(out, ("programs", "groups"))  # a file in the way fails here, before anything trains
+  files.claim_folder(out, "study multihead", "out", preset, f"preset {preset}")
   planned = plan(spec)
   grouped = programs(planned)
   steps = [spec.config.train.steps] * len(grouped)
@@ -670,13 +669,10 @@ def _main(spec: Preset, preset: str, out: str, verbose: bool, progress: bool, st
   _write_csv(os.path.join(out, "scenarios.csv"), tables["scenarios"])
   _write_csv(os.path.join(out, "ablations.csv"), tables["ablations"])
   _write_csv(os.path.join(out, "heads.csv"), tables["heads"])
-  with open(os.path.join(out, "heads.json"), "w") as f:
-    json.dump(tables["head_groups"], f, indent=1)
-  with open(os.path.join(out, "theory.json"), "w") as f:
-    json.dump({"per_group": tables["theory"], "finite_d": {str(k): v for k, v in tables["finite_d"].items()}}, f,
-              indent=1)
-  with open(os.path.join(out, "groups.json"), "w") as f:
-    json.dump({g.name: rec for g, rec in records.items()}, f, indent=1)
+  files.write_json(os.path.join(out, "heads.json"), tables["head_groups"])
+  files.write_json(os.path.join(out, "theory.json"),
+                   {"per_group": tables["theory"], "finite_d": {str(k): v for k, v in tables["finite_d"].items()}})
+  files.write_json(os.path.join(out, "groups.json"), {g.name: rec for g, rec in records.items()})
 
   order = ordering(tables["main"])
   base = spec.config
