@@ -119,9 +119,6 @@ def _train(args) -> int:
   from jaxicl import configs, train
   cfg = configs.get_config(args.config, args.set)
   result = train.train(cfg, args.workdir, progress=not args.quiet, stop_after=args.stop_after)
-  step = int(jax.device_get(result.state.step)[0])
-  if args.stop_after is not None and step > args.stop_after:
-    raise ValueError(f"--stop-after={args.stop_after}: the run in {args.workdir} is already at step {step}")
   last = result.history[-1] if result.history else {}
   devices = len(jax.tree.leaves(result.state.params)[0].sharding.device_set)
   print(json.dumps({"workdir": args.workdir, "step": last.get("step"), "loss": last.get("loss"), "devices": devices}))

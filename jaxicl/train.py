@@ -367,6 +367,15 @@ def _stop_on_signals() -> Iterator[list[int]]:
       signal.signal(sig, before)
 
 
+def check_stop_after(stop_after: Any, cfg: configs.Config) -> None:
+  """``ValueError`` unless ``stop_after`` is None or an integer in [1, ``train.steps``]."""
+  if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, (int, np.integer))
+                                 or stop_after < 1):
+    raise ValueError(f"stop_after={stop_after!r}: must be an integer >= 1")
+  if stop_after is not None and stop_after > cfg.train.steps:
+    raise ValueError(f"stop_after={stop_after}: beyond train.steps={cfg.train.steps}, where the run ends anyway")
+
+
 def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | progress_lib.Bar | None = False,
           resume: bool = True, devices: list | None = None, stop_after: int | None = None) -> TrainResult:
   """Trains every run of ``cfg`` together; checkpoints to / resumes from ``workdir/checkpoints``.
@@ -376,18 +385,15 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
   ``jaxicl.progress.JobProgress(...).bar``): it is advanced by every step of this training, those restored
   from a checkpoint included, shows the mean loss in its postfix, and is left open.
 
-  ``stop_after`` ends the loop early at that step (for tests and budgets), saving a checkpoint there; chunks
+  ``stop_after`` ends the loop early at that step (for tests and budgets), saving a checkpoint there (``ValueError``
+  beyond ``train.steps`` or below the step the workdir's run is at); chunks
   and checkpoints stay on the ``log_every`` / ``ckpt_every`` grids after a resume from any step. One process
   at a time may train in a workdir (``workdir/.lock``). Raises ``ValueError`` on bad input (config, workdir)
   and ``DivergenceError`` on a non-finite loss, keeping the last good checkpoint. With a ``workdir``, SIGINT
   (Ctrl-C) or SIGTERM (preemption) ends the current chunk (``log_every`` steps at most), saves a checkpoint of
   that step and raises ``Interrupted``; a second signal acts at once.
   """
-  if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, (int, np.integer))
-                                 or stop_after < 1):
-    raise ValueError(f"stop_after={stop_after!r}: must be an integer >= 1")
-  if stop_after is not None and stop_after > cfg.train.steps:
-    raise ValueError(f"stop_after={stop_after}: beyond train.steps={cfg.train.steps}, where the run ends anyway")
+  check_stop_after(stop_after, cfg)
   engine = _engine(cfg, None if devices is None else tuple(devices))
   with contextlib.ExitStack() as stack:
     ckpt = None
@@ -415,6 +421,8 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
     if state is None:
       state = engine.init()
     step = int(np.asarray(state.step)[0])
+    if stop_after is not None and step > stop_after:
+      raise ValueError(f"stop_after={stop_after}: the run in {workdir} is already at step {step}")
     total = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
     if progress is True:
       stack.enter_context(contextlib.closing(bar := progress_lib.make_bar(total, step)))

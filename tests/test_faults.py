@@ -227,6 +227,7 @@ _SAMPLED_CHECKPOINT_FAULTS = ("empty_dir", "plain_file", "nan_values", "none_res
 def test_bad_latest_checkpoint_is_skipped_and_set_aside(fault, stopped, reference, tmp_path, capsys):
   workdir = _copy(stopped, tmp_path)
   CHECKPOINT_FAULTS[fault](workdir)
+  records = open(os.path.join(workdir, "metrics.jsonl")).read()
   capsys.readouterr()
   _resume_and_check(workdir, reference)
   err = capsys.readouterr().err
@@ -234,6 +235,10 @@ def test_bad_latest_checkpoint_is_skipped_and_set_aside(fault, stopped, referenc
     assert "moved it to" in err and os.listdir(os.path.join(workdir, "checkpoints_corrupt")), err
   if fault in ("none_restorable", "checkpoints_dir_is_a_file"):
     assert "starting from step 0" in err or "is not a directory" in err, err
+  if fault == "none_restorable":  # the records of the run that no checkpoint restores are kept beside them
+    corrupt = os.path.join(workdir, "checkpoints_corrupt")
+    (kept,) = [n for n in os.listdir(corrupt) if n.startswith("metrics.jsonl")]
+    assert open(os.path.join(corrupt, kept)).read() == records
   assert "Traceback" not in err and all(line.startswith("jaxicl: ") for line in err.strip().splitlines()), err
 
 

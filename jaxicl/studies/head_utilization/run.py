@@ -775,20 +775,21 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
   p = configure(preset, overrides)
   if baselines_only and stop_after is not None:
     raise ValueError(f"stop_after={stop_after}: does not apply with baselines_only (nothing is trained)")
+  train.check_stop_after(stop_after, p.config)
   os.makedirs(out, exist_ok=True)
   steps = min(p.config.train.steps, stop_after or p.config.train.steps)  # each program's, in the job's bar
   total = 0 if baselines_only else len(p.study.layers) * len(p.study.model_heads) * steps
-  with train.workdir_lock(out, "running a study", "out"), \
-       JobProgress(total, f"study 2 ({preset})", enabled=progress) as job:  # closed before an error is printed
-    return _main(p, preset, out, stop_after, steps, job, baselines_only)
+  with train.workdir_lock(out, "running a study", "out"):
+    check_folders(out, ("runs", "records", "baselines"))  # a file in the way fails here, before anything trains
+    claim_folder(out, "study head-utilization", "out", preset, f"preset {preset}")
+    with JobProgress(total, f"study 2 ({preset})", enabled=progress) as job:  # closed before an error is printed
+      return _main(p, preset, out, stop_after, steps, job, baselines_only)
 
 
 def _main(p: Preset, preset: str, out: str, stop_after: int | None, steps: int, job: JobProgress,
           baselines_only: bool) -> dict[str, Any] | None:
   st, c = p.study, p.config
   t_start = time.perf_counter()
-  check_folders(out, ("runs", "records", "baselines"))  # a file in the way fails here, before anything trains
-  claim_folder(out, "study head-utilization", "out", preset, f"preset {preset}")
 
   def log(msg: str):
     job.line(f"[head-utilization {time.perf_counter() - t_start:7.1f}s] {msg}")

@@ -617,6 +617,7 @@ def main(preset: str = "quick", out: str = "results/multihead_superiority", *, v
   resumes each program from its checkpoint. One process at a time writes in ``out`` (``train.workdir_lock``).
   """
   spec = configure(preset, overrides)
+  train.check_stop_after(stop_after, spec.config)
   os.makedirs(out, exist_ok=True)
   with train.workdir_lock(out, "running a study", "out"):
     return _main(spec, preset, out, verbose, progress, stop_after)
