@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from typing import Any, Callable
 
@@ -14,7 +15,8 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
   ``ValueError`` naming ``path`` if a folder is there."""
   check_files(os.path.dirname(path), (os.path.basename(path),))
   folder = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".")
+  _remove_temporaries(folder, os.path.basename(path))  # of an earlier write of this file that was killed
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.{os.getpid()}.")
   os.close(fd)
   umask = os.umask(0)
   os.umask(umask)
@@ -27,6 +29,42 @@ def atomic_write(path: str, write: Callable[[str], None]) -> str:
       os.remove(tmp)
     raise
   return path
+
+
+# ``atomic_write``'s temporary files: "." + the target's name + "." + the writer's pid + "." + mkstemp's 8 random
+# characters. A process killed mid-write (SIGKILL: no cleanup runs) leaves one behind.
+_TEMPORARY = re.compile(r"\.(.+)\.(\d+)\.[a-z0-9_]{8}")
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except OSError:  # exists, owned by another user
+    return True
+  return True
+
+
+def _remove_temporaries(folder: str, target: str | None = None) -> None:
+  """Removes the files in ``folder`` that ``atomic_write`` left half-written (of ``target`` only, if given) in a
+  process that no longer runs (a live writer's, e.g. a concurrent ``jaxicl eval``'s, are left alone)."""
+  try:
+    names = os.listdir(folder)
+  except OSError:
+    return
+  for name in names:
+    match = _TEMPORARY.fullmatch(name)
+    if (match and (target is None or match.group(1) == target) and not _alive(int(match.group(2)))
+        and os.path.isfile(os.path.join(folder, name))):
+      os.remove(os.path.join(folder, name))
+
+
+def remove_temporaries(folder: str, skip: tuple[str, ...] = ("checkpoints", "checkpoints_corrupt")) -> None:
+  """``_remove_temporaries`` in ``folder`` and every subfolder but those named in ``skip`` (Orbax's)."""
+  for root, dirs, _ in os.walk(folder):
+    dirs[:] = [d for d in dirs if d not in skip]
+    _remove_temporaries(root)
 
 
 def write_text(path: str, text: str) -> str:
@@ -96,7 +134,9 @@ _KIND_SIGNS = (("training run", ("config.json", "checkpoints")), ("sweep", ("pla
 def claim_folder(path: str, kind: str, field: str, identity: str | None = None, about: str = "") -> None:
   """Records in ``path/.jaxicl.json`` that a ``kind`` (with ``identity``, described by ``about``) writes in
   ``path``; ``ValueError`` naming ``field`` and the path if the folder holds another kind, or the same kind with
-  another identity. A folder without the record (written before it existed) is judged by what it holds."""
+  another identity. A folder without the record (written before it existed) is judged by what it holds. Removes the
+  temporary files of writes that a killed command left (``remove_temporaries``)."""
+  remove_temporaries(path)  # left by a command killed mid-write; the caller holds the folder's lock
   record_path = os.path.join(path, FOLDER_RECORD)
   try:
     record = read_json(record_path)

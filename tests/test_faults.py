@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, subprocess_env
-from jaxicl import checkpoint, cli, configs, tasks, train
+from jaxicl import checkpoint, cli, configs, files, tasks, train
 
 FULL = os.environ.get("JAXICL_FAULTS", "") == "all"
 SEED = int(os.environ.get("JAXICL_FAULTS_SEED", "0"))
@@ -615,6 +615,26 @@ def test_a_folder_holds_one_kind_of_output(tmp_path, capsys):
     _one_line_error(err, needle)
     assert len(err.strip().splitlines()) == 1, err
   assert {f: _contents(f) for f in before} == before
+
+
+def test_a_write_killed_half_way_leaves_no_temporary_file_behind(tmp_path):
+  """A command killed (SIGKILL) while it writes a file atomically leaves the temporary file; found after kills in
+  the last seconds of both studies (their figures), which a rerun completed but kept the strays. The next command
+  that claims the folder removes them (subfolders too, Orbax's checkpoint folders aside), and a write of a file
+  removes its own; a live process's temporary file (a concurrent `jaxicl eval`) is kept."""
+  dead = 99_999_999  # above any pid_max: no such process
+  strays = [tmp_path / f".summary.json.{dead}.abcd_123", tmp_path / "records" / f".r.json.{dead}.zz99zz99"]
+  kept = [tmp_path / f".eval.json.{os.getpid()}.live1234", tmp_path / ".lock.owner", tmp_path / ".hidden.abcdefgh",
+          tmp_path / "checkpoints" / f".x.{dead}.abcdefgh"]
+  for path in strays + kept:
+    path.parent.mkdir(exist_ok=True)
+    path.write_text("")
+  files.claim_folder(str(tmp_path), "training run", "workdir")
+  assert [p.exists() for p in strays + kept] == [False] * len(strays) + [True] * len(kept)
+  own, other = tmp_path / f".config.json.{dead}.qwertyui", tmp_path / f".metrics.jsonl.{dead}.qwertyui"
+  own.write_text(""), other.write_text("")
+  files.write_text(str(tmp_path / "config.json"), "{}")
+  assert not own.exists() and other.exists()
 
 
 def test_a_folder_where_a_run_writes_a_file_is_a_one_line_error(tmp_path, capsys):
