@@ -398,8 +398,8 @@ def test_filesystem_errors_are_one_line_errors_naming_the_path(case, tmp_path, c
 def test_read_only_finished_workdir_is_a_one_line_error(tmp_path, capsys):
   workdir = tmp_path / "run"
   assert cli.main(_train_cli(str(workdir))) == 0
-  for root, dirs, files in os.walk(workdir):
-    for name in dirs + files:
+  for root, dirs, names in os.walk(workdir):
+    for name in dirs + names:
       os.chmod(os.path.join(root, name), 0o500 if name in dirs else 0o400)
   workdir.chmod(0o500)
   try:
