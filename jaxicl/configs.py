@@ -446,11 +446,12 @@ def load(path: str) -> Config:
   unreadable, not JSON or holds an invalid config. The one reader of config files (``--config x.json``, a
   workdir's ``config.json``)."""
   def no_repeated_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    repeated = sorted({k for k in keys if keys.count(k) > 1})
-    if repeated:
-      raise ValueError(f"key {repeated[0]!r} appears twice in one object")
-    return dict(pairs)
+    values: dict[str, Any] = {}
+    for key, value in pairs:
+      if key in values:
+        raise ValueError(f"key {key!r} appears twice in one object")
+      values[key] = value
+    return values
 
   try:
     with open(path) as f:

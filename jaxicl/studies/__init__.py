@@ -70,6 +70,7 @@ def split_overrides(overrides: list[str] | tuple[str, ...], settings: type, grid
     values[name] = (parse or (lambda n, r, a, k: configs.parse_value(r, a, k)))(name, raw, hints[name], key)
   return config_sets, values
 
+
 def check_applies(set_values: dict[str, Any], unused: dict[str, str]) -> None:
   """``ValueError`` naming the first study setting the user set (``set_values``) that ``unused`` (its settings'
   ``{field: why it does nothing}``) says would be ignored."""

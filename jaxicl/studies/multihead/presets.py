@@ -136,7 +136,6 @@ class StudySettings:
         isinstance(s, int) and 0 <= s < 2**31 for s in self.scenario_seeds)), "scenario_seeds",
          "need seeds in [0, 2**31) (or none)")
 
-
   def unused(self) -> dict[str, str]:
     """The settings that do nothing with the others as they are: {field: why}."""
     out = {}
