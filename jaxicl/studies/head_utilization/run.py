@@ -229,10 +229,11 @@ def quick():
 
 @_preset
 def cpu():
-  """The study's shape scaled to a CPU, on the quick preset's schedule: d=10, s=3, N=20, σ ∈ {0.1, 0.5}; 3 layers ×
-  4 heads (width 32, MLP), 3 seeds vmapped (both σ in one program of 6 runs); 40000 Adam steps at lr 2e-3 (500
-  warmup, cosine, batch 32) with the dims curriculum 3 → 10 (one more every 1000 steps); checkpointed every 2000
-  steps under out/runs, so it runs in pieces (interrupt and re-run the same command to resume).
+  """The study's shape scaled to a CPU, on the σ = 0.1 quick preset's schedule (batch 32): d=10, s=3, N=20,
+  σ ∈ {0.1, 0.5}; 3 layers × 4 heads (width 32, MLP), 3 seeds vmapped (both σ in one program of 6 runs); 40000
+  Adam steps at lr 2e-3 (500 warmup, cosine, batch 32) with the dims curriculum 3 → 10 (one more every 1000
+  steps); checkpointed every 2000 steps under out/runs, so it runs in pieces (interrupt and re-run the same command
+  to resume).
 
   `jaxicl reproduce head-utilization --preset cpu --out runs/head_utilization_cpu` — 60 min measured on the 2-core
   CPU with its 6 runs sharded 3 per CPU device (2026-11-26: training 49 min at 11-16 steps/s, model analyses 1 min,
