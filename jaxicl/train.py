@@ -423,7 +423,7 @@ def train(cfg: configs.Config, workdir: str | None = None, *, progress: bool | p
     step = int(np.asarray(state.step)[0])
     if stop_after is not None and step > stop_after:
       raise ValueError(f"stop_after={stop_after}: the run in {workdir} is already at step {step}")
-    total = cfg.train.steps if stop_after is None else min(stop_after, cfg.train.steps)
+    total = stop_after or cfg.train.steps  # check_stop_after: stop_after <= train.steps
     if progress is True:
       stack.enter_context(contextlib.closing(bar := progress_lib.make_bar(total, step)))
     elif progress is not None and progress is not False:  # a job's bar

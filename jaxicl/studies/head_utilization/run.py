@@ -781,7 +781,7 @@ def main(preset: str = "quick", out: str = "runs/head_utilization", *, overrides
     raise ValueError(f"stop_after={stop_after}: does not apply with baselines_only (nothing is trained)")
   train.check_stop_after(stop_after, p.config)
   os.makedirs(out, exist_ok=True)
-  steps = min(p.config.train.steps, stop_after or p.config.train.steps)  # each program's, in the job's bar
+  steps = stop_after or p.config.train.steps  # each program's, in the job's bar (stop_after <= train.steps)
   total = 0 if baselines_only else len(p.study.layers) * len(p.study.model_heads) * steps
   with train.workdir_lock(out, "running a study", "out"):
     check_folders(out, ("runs", "records", "baselines"))  # a file in the way fails here, before anything trains
