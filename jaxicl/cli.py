@@ -248,8 +248,9 @@ def main(argv: list[str] | None = None) -> int:
   if argv and argv[0] == "theory":
     return _theory(argv[1:])
   args = parser().parse_args(argv)
+  from jaxicl import configs
   try:
-    _check_repeated(getattr(args, "set", []), "--set")
+    configs.check_repeated(getattr(args, "set", []), "--set")  # before a study or sweep takes its folder
     return args.fn(args)
   except KeyboardInterrupt as e:  # train.Interrupted (checkpoint saved) or a signal outside training
     signum = getattr(e, "signum", signal.SIGINT)
@@ -269,16 +270,6 @@ def main(argv: list[str] | None = None) -> int:
       why = f"{why} ({FOLDER_IN_THE_WAY})"
     _error(args.command, f"{where}{why}")
     return EXIT_BAD_INPUT
-
-
-def _check_repeated(assignments: list[str], flag: str) -> None:
-  """``ValueError`` for a key given twice (which value was meant is not for us to guess)."""
-  seen: dict[str, str] = {}
-  for a in assignments:
-    key = a.split("=", 1)[0].strip()
-    if key in seen:
-      raise ValueError(f"{flag} {key}: given twice ({seen[key]!r}, {a!r}); keep one")
-    seen[key] = a
 
 
 def _error(command: str, message) -> None:

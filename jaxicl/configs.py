@@ -408,8 +408,20 @@ def from_dict(values: dict[str, Any]) -> Config:
   return _build(Config, values, "")
 
 
+def check_repeated(assignments: list[str] | tuple[str, ...], what: str = "override") -> None:
+  """``ValueError`` for a ``key=value`` whose key is given twice (which value was meant is not for us to guess)."""
+  seen: dict[str, str] = {}
+  for a in assignments:
+    key = a.split("=", 1)[0].strip()
+    if key in seen:
+      raise ValueError(f"{what} {key}: given twice ({seen[key]!r}, {a!r}); keep one")
+    seen[key] = a
+
+
 def override(cfg: Config, assignments: list[str]) -> Config:
-  """Applies ``section.field=value`` strings, e.g. ``task.d=10``, ``model.heads=8,1,1``."""
+  """Applies ``section.field=value`` strings, e.g. ``task.d=10``, ``model.heads=8,1,1``; a key given twice is an
+  error (``check_repeated``)."""
+  check_repeated(assignments)
   values = to_dict(cfg)
   for assignment in assignments:
     if "=" not in assignment:

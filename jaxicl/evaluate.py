@@ -593,7 +593,8 @@ def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, o
                      shifts: str | Sequence[Any] = (), n_boot: int = N_BOOT, ci_level: float = CI_LEVEL) -> dict:
   """``jaxicl eval``: evaluates run ``run`` of a training workdir, in distribution and under ``shifts``, against
   ``suite_baselines``; the seeds that share run ``run``'s learning rate give mean ± SE. Writes eval.json, eval.csv
-  and eval.png + eval.pdf (atomically)."""
+  and eval.png + eval.pdf (atomically) in ``out_dir`` (default: the workdir) while holding its ``.lock``
+  (``train.workdir_lock``): a second eval there, or a training in that workdir, is refused with ``ValueError``."""
   from jaxicl import plotting, train
   specs = _as_specs(shifts)
   check_ci(n_boot, ci_level)
@@ -614,20 +615,23 @@ def evaluate_workdir(workdir: str, n_prompts: int | None = None, run: int = 0, o
   index = layouts.get_layout(model.layout).target_index(task.n_points)
   for spec in specs:
     shifts_lib.check_task(spec, task.d, index)
-  baselines = suite_baselines(task, index)
-  report = evaluate_runs(model, run_params, task, n_prompts or cfg.train.eval_prompts, baselines,
-                         shifts=specs, run=same_lr.index(run), n_boot=n_boot, ci_level=ci_level)
-  report.update(run=run, seed=seed, lr=lr, step=int(np.asarray(result.state.step)[run]),
-                seeds=[cfg.runs[r][0] for r in same_lr])
   os.makedirs(out_dir, exist_ok=True)
-  report["table"] = os.path.join(out_dir, "eval.json")
-  report["csv"] = write_csv(report, os.path.join(out_dir, "eval.csv"))
-  title = f"{cfg.model.name}, d={task.d}, {task.family} (seed {seed}, step {report['step']})"
-  report["plot"] = plot_report(report, os.path.join(out_dir, "eval.png"), title)
+  # one writer per folder: a second eval, or a training in the workdir written into, is refused (the error names
+  # `out` even where it defaults to the workdir: another --out is the way out)
+  with train.workdir_lock(out_dir, "writing an evaluation", "out"):
+    baselines = suite_baselines(task, index)
+    report = evaluate_runs(model, run_params, task, n_prompts or cfg.train.eval_prompts, baselines,
+                           shifts=specs, run=same_lr.index(run), n_boot=n_boot, ci_level=ci_level)
+    report.update(run=run, seed=seed, lr=lr, step=int(np.asarray(result.state.step)[run]),
+                  seeds=[cfg.runs[r][0] for r in same_lr])
+    report["table"] = os.path.join(out_dir, "eval.json")
+    report["csv"] = write_csv(report, os.path.join(out_dir, "eval.csv"))
+    title = f"{cfg.model.name}, d={task.d}, {task.family} (seed {seed}, step {report['step']})"
+    report["plot"] = plot_report(report, os.path.join(out_dir, "eval.png"), title)
 
-  def write(tmp):
-    with open(tmp, "w") as f:
-      json.dump(report, f, indent=1)
+    def write(tmp):
+      with open(tmp, "w") as f:
+        json.dump(report, f, indent=1)
 
-  files.atomic_write(report["table"], write)
-  return report
+    files.atomic_write(report["table"], write)
+    return report

@@ -526,9 +526,9 @@ def _make_workdir(workdir: str) -> None:
 def workdir_lock(workdir: str, activity: str = "training", field: str = "workdir") -> Iterator[None]:
   """Holds ``workdir/.lock`` (an OS file lock, released when the process ends, even by SIGKILL) for one writer.
 
-  A second process gets ``ValueError`` naming ``field``, the folder, what the holder is doing (``activity``) and
-  the holder (pid and host, from ``workdir/.lock.owner``). Used for a run's workdir and for the output folder of a
-  sweep or study (whose runs' workdirs inside it hold their own locks).
+  A second process gets ``ValueError`` naming ``field``, the folder, what the holder is doing and the holder
+  (from ``workdir/.lock.owner``: its ``activity``, pid and host). Used for a run's workdir, for the output folder of
+  a sweep or study (whose runs' workdirs inside it hold their own locks) and for ``jaxicl eval``'s output folder.
   """
   path = os.path.join(workdir, ".lock")
   lock = filelock.FileLock(path, timeout=0)
@@ -537,13 +537,18 @@ def workdir_lock(workdir: str, activity: str = "training", field: str = "workdir
   except filelock.Timeout:
     try:
       with open(path + ".owner") as f:
-        holder = f.read().strip() or "unknown"
+        holder = f.read().strip()
     except OSError:
-      holder = "unknown"
-    raise ValueError(f"{field}={workdir!r}: another process is {activity} in it ({holder}); wait for it to finish "
+      holder = ""
+    doing, sep, who = holder.partition(": ")
+    if not sep:  # no owner file yet (the holder is starting) or one without the activity
+      doing, who = "using it", holder or "unknown"
+    else:
+      doing += " in it"
+    raise ValueError(f"{field}={workdir!r}: another process is {doing} ({who}); wait for it to finish "
                      f"or use another {field}") from None
   try:
-    files.write_text(path + ".owner", f"pid {os.getpid()} on host {socket.gethostname()}\n")
+    files.write_text(path + ".owner", f"{activity}: pid {os.getpid()} on host {socket.gethostname()}\n")
     yield
   finally:
     lock.release()

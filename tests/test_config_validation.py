@@ -218,6 +218,22 @@ def test_repeated_or_ambiguous_values_are_one_line_errors(sets, named, tmp_path,
   assert not (tmp_path / "w").exists()
 
 
+def test_a_key_given_twice_is_refused_by_the_library_too():
+  """The CLI's check on a repeated ``--set`` key holds for library callers: ``configs.override`` and the studies'
+  ``configure`` refuse it, naming the key, instead of taking the last value."""
+  from jaxicl.studies.head_utilization import run as hu
+  from jaxicl.studies.multihead import presets as mh
+  with pytest.raises(ValueError, match="override task.d: given twice"):
+    configs.override(configs.get_config("tiny"), ["task.d=3", "train.steps=5", "task.d=4"])
+  with pytest.raises(ValueError, match="override task.d: given twice"):
+    configs.get_config("tiny", ["task.d=3", " task.d =4"])
+  for configure, study_key in ((hu.configure, "study.probe_prompts"), (mh.configure, "study.mc_prompts")):
+    for sets in (["train.steps=5", "train.steps=6"], [f"{study_key}=64", f"{study_key}=32"]):
+      with pytest.raises(ValueError, match=f"{sets[0].split('=')[0]}: given twice"):
+        configure("tiny", sets)
+  assert configs.override(configs.get_config("tiny"), ["task.d=3", "model.max_points=8"]).task.d == 3
+
+
 @pytest.mark.parametrize("document", ["[1, 2]", "5", "{\"task\": 5}", "{\"task\": {\"d\": 2.5}}",
                                       "{\"train\": {\"steps\": 20}, \"train\": {\"steps\": 30}}",
                                       "{\"task\": {\"d\": true}}", "{\"optim\": {\"lr\": \"1e-3\"}}", "{", ""])

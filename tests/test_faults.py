@@ -567,6 +567,31 @@ def test_a_study_or_sweep_output_folder_has_one_writer(argv, tmp_path, capsys):
   _one_line_error(capsys.readouterr().err, f"out={out!r}", "another process is", f"pid {os.getpid()}")
 
 
+def test_an_evaluation_folder_has_one_writer(tmp_path, capsys):
+  """``jaxicl eval`` holds its output folder's lock: a second eval into the same --out, or an eval into a workdir
+  being trained, is refused before it writes (exit 2, one line naming the folder and what the holder does), and a
+  training is refused in a workdir that an eval is writing into."""
+  workdir, out = str(tmp_path / "run"), str(tmp_path / "eval")
+  cfg = configs.get_config("tiny", ["train.steps=2", "train.log_every=1"])
+  train.train(cfg, workdir)
+  before = _contents(workdir)
+  os.makedirs(out)
+  with train.workdir_lock(out, "writing an evaluation", "out"):
+    assert cli.main(["eval", "--workdir", workdir, "--out", out]) == 2
+    assert sorted(os.listdir(out)) == [".lock", ".lock.owner"]
+  _one_line_error(capsys.readouterr().err, f"out={out!r}", "another process is writing an evaluation in it",
+                  f"pid {os.getpid()}")
+  with train.workdir_lock(workdir):  # a training holds the workdir: eval's default output folder
+    assert cli.main(["eval", "--workdir", workdir]) == 2
+  _one_line_error(capsys.readouterr().err, f"out={workdir!r}", "another process is training in it")
+  with train.workdir_lock(workdir, "writing an evaluation", "workdir"):
+    with pytest.raises(ValueError, match="another process is writing an evaluation in it"):
+      train.train(cfg, workdir)
+  assert _contents(workdir) == before
+  assert cli.main(["eval", "--workdir", workdir, "--out", out, "--prompts", "8", "--bootstrap", "10"]) == 0
+  assert os.path.exists(os.path.join(out, "eval.json"))
+
+
 @pytest.mark.parametrize("argv,folder", [(["reproduce", "head-utilization", "--preset", "tiny"], "records"),
                                          (["reproduce", "multihead", "--preset", "tiny"], "groups"),
                                          (["sweep", "--config", "tiny", "--grid", "optim.lr=1e-3,2e-3"], "plans")])

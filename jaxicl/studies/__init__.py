@@ -48,9 +48,10 @@ def split_overrides(overrides: list[str] | tuple[str, ...], settings: type, grid
   """``--set`` overrides of a study -> (the ``section.field=value`` strings for its base config, {name: value} for
   its ``settings`` dataclass from ``study.name=value``). A key in ``grid_fields`` (``section.*`` matches a whole
   section) is set by the study's grid and refused, naming the study field to use. ``parse(name, raw, annotation,
-  key)`` parses a settings value (default ``configs.parse_value``)."""
+  key)`` parses a settings value (default ``configs.parse_value``). A key given twice is an error."""
   from jaxicl import configs
 
+  configs.check_repeated(overrides)
   config_sets, values = [], {}
   hints = typing.get_type_hints(settings)
   for assignment in overrides:
