@@ -141,6 +141,25 @@ def test_claim_verdict_needs_a_model_off_the_plateau():
   assert [v["off_plateau"] for v in verdicts] == [True, False]
 
 
+def test_a_step_size_unstable_on_a_held_out_prompt_is_never_chosen():
+  """The stability rule holds on every prompt a path estimator runs on: a step size stable on the tuning prompts
+  but with η·λ_max > margin on a held-out one (whose λ_max comes from its context alone) is not chosen there, though
+  its tuning risk is the lowest; T = 0 and T = inf (η-free) stay eligible. Found at d = 8: PtO's held-out risk NaN."""
+  lrs, steps, n = (1e-3, 1e-2), (0, 10, math.inf), 3
+  tune_r = np.array([[[3.0, 2.0, 1.0], [3.0, 1.5, 0.9], [3.0, 1.2, 1.1]],  # η = 1e-3: T = 0, 10, inf
+                     [[3.0, 2.0, 1.0], [3.0, 1.0, 0.5], [3.0, 1.2, 1.1]]])  # η = 1e-2: T = 10 best at n = 1, 2
+  test_r = tune_r + 0.01
+  test_r[1, 1, 2] = np.nan  # diverged on a held-out prompt
+  tune_ratio = np.array([[0.0, 0.01, 0.01], [0.0, 0.1, 0.1]])
+  test_ratio = np.array([[0.0, 0.01, 0.02], [0.0, 0.1, 2.5]])  # η = 1e-2 unstable on a held-out prompt at n = 2
+  got = run._path_tuned((tune_r, tune_ratio), (test_r, test_ratio), lrs, steps, None, n)
+  assert got["hparams"][1] == {"lr": 1e-2, "steps": 10}  # stable everywhere at n = 1: the tuning winner
+  assert got["hparams"][2] == {"lr": 1e-3, "steps": 10}  # not η = 1e-2 (tuning risk 0.5, held-out NaN)
+  assert np.isfinite(got["risk"]).all() and got["risk"][2] == pytest.approx(0.91)
+  before = run._path_tuned((tune_r, tune_ratio), (test_r, tune_ratio), lrs, steps, None, n)  # tuning ratios only
+  assert before["hparams"][2] == {"lr": 1e-2, "steps": 10} and math.isnan(before["risk"][2])
+
+
 def test_interrupted_reproduction_resumes_to_the_uninterrupted_results(tiny_out, xla_cache, tmp_path):
   """`--stop-after 10` stops every program at a checkpoint and writes no results; the same command without it
   resumes, and its summary and parameters equal the uninterrupted run's (the engine resumes bit-identically)."""

@@ -454,22 +454,29 @@ def _path_points(lrs, steps, rounds: int | None = None) -> list[dict[str, Any]]:
   return points
 
 
-def _path_tuned(tune: tuple[np.ndarray, np.ndarray], test: np.ndarray, lrs, steps, rounds: int | None,
-                n_points: int) -> dict[str, Any]:
-  """Per-n choice of a path tuner: (tune risks, step ratios) on the tuning set, risks on the held-out set.
+def _path_tuned(tune: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], lrs, steps,
+                rounds: int | None, n_points: int) -> dict[str, Any]:
+  """Per-n choice of a path tuner: (risks, step ratios) on the tuning set and on the held-out set; chosen by the
+  tuning risks, reported on the held-out set.
 
-  Eligible: η·λ_max <= ``estimators.STABILITY_MARGIN`` on every tuning prompt (in every round so far), or T = 0
-  / T = inf, which do not depend on η."""
-  tune_r, ratio = tune
-  if rounds is None:  # ratio [n_lr, N] -> [n_lr, C, N]
-    ratio = np.broadcast_to(ratio[:, None, :], tune_r.shape)
+  Eligible: η·λ_max <= ``estimators.STABILITY_MARGIN`` (in every round so far) on every prompt the estimator is
+  run on — the tuning prompts and the held-out ones, whose λ_max comes from their context points alone (no
+  target) — or T = 0 / T = inf, which do not depend on η. Checked on the tuning prompts only, a step size stable
+  there diverged on a held-out prompt whose preprocessed Gram matrix had a 10× larger λ_max (PtO, d = 8, n = 3),
+  and the reported risk was NaN."""
+  ratios = []
+  for risks, ratio in (tune, test):
+    if rounds is None:  # ratio [n_lr, N] -> [n_lr, C, N]
+      ratio = np.broadcast_to(ratio[:, None, :], risks.shape)
+    ratios.append(ratio)
+  tune_r, test_r = tune[0], test[0]
   steps_axis = np.asarray(steps, np.float64).reshape((1, -1) + (1,) * (tune_r.ndim - 2))
   free = (steps_axis == 0) | np.isinf(steps_axis)
-  eligible = (ratio <= estimators.STABILITY_MARGIN) | free
+  eligible = (np.maximum(*ratios) <= estimators.STABILITY_MARGIN) | free
   grid = {"lr": tuple(float(x) for x in lrs), "steps": tuple(steps)}
   if rounds:
     grid["rounds"] = tuple(range(1, rounds + 1))
-  return estimators.tune_per_n(tune_r.reshape(-1, n_points), test.reshape(-1, n_points),
+  return estimators.tune_per_n(tune_r.reshape(-1, n_points), test_r.reshape(-1, n_points),
                                _path_points(lrs, steps, rounds), grid,
                                np.broadcast_to(eligible, tune_r.shape).reshape(-1, n_points))
 
@@ -479,7 +486,8 @@ def baseline_curves(st: StudySettings, sets: PromptSets, task: tasks.TaskConfig)
   hyper-parameters at a grid edge}.
 
   PtO and GD: step sizes × step counts up to ``max(steps)`` and T = inf (the min-norm least-squares limit), from
-  one eigendecomposition per prompt and prefix (``estimators.gd_path_risks``), under the stability rule;
+  one eigendecomposition per prompt and prefix (``estimators.gd_path_risks``), under the stability rule (on the
+  tuning and the held-out prompts, ``_path_tuned``);
   iterated PtO (this project's extension, ``estimators.iterated_pto``): the same over 1..``ipto_rounds`` rounds;
   ridge λ and Lasso α grids; OLS; and the Bayes-optimal estimator of the task's prior (``sparse_bayes``, no
   hyper-parameters), the floor every method is measured against.
@@ -488,10 +496,10 @@ def baseline_curves(st: StudySettings, sets: PromptSets, task: tasks.TaskConfig)
   out: dict[str, dict[str, Any]] = {}
   for label, preprocess, lrs, steps in (("PtO", True, st.pto_lrs, st.pto_steps), ("GD", False, st.gd_lrs, st.gd_steps)):
     tune = estimators.gd_path_risks(sets.tune, lrs, steps, preprocess)
-    test, _ = estimators.gd_path_risks(sets.eval, lrs, steps, preprocess)
+    test = estimators.gd_path_risks(sets.eval, lrs, steps, preprocess)
     out[label] = _path_tuned(tune, test, lrs, steps, None, n)
   tune = estimators.iterated_pto_path_risks(sets.tune, st.pto_lrs, st.ipto_steps, st.ipto_rounds)
-  test, _ = estimators.iterated_pto_path_risks(sets.eval, st.pto_lrs, st.ipto_steps, st.ipto_rounds)
+  test = estimators.iterated_pto_path_risks(sets.eval, st.pto_lrs, st.ipto_steps, st.ipto_rounds)
   out["iterated PtO"] = _path_tuned(tune, test, st.pto_lrs, st.ipto_steps, st.ipto_rounds, n)
   for label, name, grid in (("ridge", "ridge", {"lam": st.ridge_lams}), ("Lasso", "lasso", {"alpha": st.lasso_alphas})):
     tune_r, points = estimators.grid_risks(name, grid, sets.tune)
@@ -718,7 +726,7 @@ def _json_array(a) -> list:
   return _json_clean(np.asarray(a, np.float64).tolist())
 
 
-def _finite_mean(a) -> float:
+def _float_mean(a) -> float:
   return float(np.mean(np.asarray(a, np.float64)))
 
 
@@ -989,7 +997,7 @@ def summarize(p: Preset, records: dict, baselines: dict, final_loss: dict, workd
   base = {}
   warnings = []
   for sigma in p.study.noise_stds:
-    base[f"sigma{sigma:g}"] = {label: {"mean_risk": _finite_mean(b["risk"]), f"risk_at_n{n_small}": float(b["risk"][n_small]),
+    base[f"sigma{sigma:g}"] = {label: {"mean_risk": _float_mean(b["risk"]), f"risk_at_n{n_small}": float(b["risk"][n_small]),
                                        f"risk_at_n{n_last}": float(b["risk"][n_last]), "risk": list(b["risk"]),
                                        "hparams": b["hparams"], "edges": b["edges"]}
                                for label, b in baselines[sigma].items()}
@@ -1001,7 +1009,7 @@ def summarize(p: Preset, records: dict, baselines: dict, final_loss: dict, workd
     per_seed = risk.mean(-1)
     entry = {"sigma": sigma, "layers": L, "heads": H, "seeds": list(seeds), "workdir": workdirs[(sigma, L, H)],
              "final_train_loss": final_loss[(sigma, L, H)], "mean_risk": _per_seed(risk),
-             f"risk_at_n{n_small}": _finite_mean(risk[:, n_small]), f"risk_at_n{n_last}": _finite_mean(risk[:, n_last]),
+             f"risk_at_n{n_small}": _float_mean(risk[:, n_small]), f"risk_at_n{n_last}": _float_mean(risk[:, n_last]),
              "off_plateau": (per_seed < PLATEAU_FRACTION * zero_risk).tolist(),
              "beats_ridge": (per_seed <= ridge).tolist(),
              "probe_full_by_layer": rec["probe"]["full"].mean(-1).mean(0).tolist()}
