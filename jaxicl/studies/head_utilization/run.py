@@ -231,20 +231,26 @@ def quick():
 def cpu():
   """The study's shape scaled to a CPU, on the σ = 0.1 quick preset's schedule (batch 32): d=10, s=3, N=20,
   σ ∈ {0.1, 0.5}; 3 layers × 4 heads (width 32, MLP), 3 seeds vmapped (both σ in one program of 6 runs); 40000
-  Adam steps at lr 2e-3 (500 warmup, cosine, batch 32) with the dims curriculum 3 → 10 (one more every 1000
-  steps); checkpointed every 2000 steps under out/runs, so it runs in pieces (interrupt and re-run the same command
-  to resume).
+  Adam steps at lr 2e-3 (500 warmup, cosine, batch 32) with Garg et al.'s curriculum shape on dims and points
+  (3 → 10 active dims and 7 → 20 points, +1 dim and +2 points every 1500 steps, the full task from step 10500);
+  checkpointed every 2000 steps under out/runs, so it runs in pieces (interrupt and re-run the same command to
+  resume).
 
-  `jaxicl reproduce head-utilization --preset cpu --out runs/head_utilization_cpu` — 60 min measured on the 2-core
-  CPU with its 6 runs sharded 3 per CPU device (2026-11-26: training 49 min at 11-16 steps/s, model analyses 1 min,
-  baselines 10 min; 16 min with 8 iterated-PtO rounds, the default since). It does not reach the study's regime:
-  the models end at mean excess risk 1.3-2.9 against tuned ridge's 0.87 (σ = 0.1) and 1.18 (σ = 0.5), 3 of the 6
-  runs on the plateau (README "Study 2").
+  `jaxicl reproduce head-utilization --preset cpu --out runs/head_utilization_cpu` — 47 min 17 s measured on the
+  idle 2-core CPU with its 6 runs sharded 3 per CPU device (2026-11-27: training 46.7 min at 13-17 steps/s, model
+  analyses 25 s, baselines read from a copy of an earlier run's out/baselines; tuning them takes ~16 min more). It
+  does not reach the study's regime: the models end at mean excess risk 1.14-2.13 against tuned ridge's 0.87
+  (σ = 0.1) and 1.18 (σ = 0.5), above ridge and GD for n < d (README "Study 2").
+
+  The points axis of the curriculum is what takes every run off the loss plateau early (by step 1500-3000 in a
+  3-seed probe at σ = 0.5); with the dims curriculum alone (every 1000 steps, the preset until 2026-11-27) the
+  models sat on it through the 3-dim stage and 3 of 6 ended there (mean 1.97 / 1.66 for σ = 0.1 / 0.5; now 1.28 /
+  1.74).
   """
   task, model = _sparse_gpt2(d=10, sparsity=3, n_points=20, width=32)
   return (configs.Config(task=task, model=model,
                          optim=configs.OptimConfig(lr=2e-3, warmup_steps=500, schedule="cosine"),
-                         curriculum=configs.CurriculumConfig(dims_start=3, every=1000),
+                         curriculum=configs.CurriculumConfig(dims_start=3, points_start=7, every=1500),
                          train=configs.TrainConfig(steps=40000, batch_size=32, seeds=(0, 1, 2), log_every=500,
                                                    ckpt_every=2000, eval_prompts=1024)),
           StudySettings(noise_stds=(0.1, 0.5), layers=(3,), heads=4, probe_prompts=512, tune_prompts=512,
@@ -256,8 +262,9 @@ def cpu():
 def full():
   """The study: d=20, s=3, N=40, σ ∈ {0, 0.1, 0.5}; L ∈ {2, 3, 4} layers × 8 heads (width 256, MLP) and the
   single-head model of each depth; 3 seeds vmapped; 12000 Adam steps (lr 1e-3, 400 warmup, cosine, batch 64, clip 1)
-  with the dims curriculum 3 → 20 (one more active dim every 250 steps, all 20 from step 4250; the support drawn
-  among the active dims) — the lever that took the CPU presets' models off the plateau (README "Study 2").
+  with Garg et al.'s curriculum shape: 3 → 20 active dims and 7 → 40 points (+1 dim and +2 points every 250 steps,
+  the full task from step 4250; the support drawn among the active dims) — the levers that took the CPU presets'
+  models off the plateau (the points axis at d = 10; README "Study 2"; untested at d = 20).
 
   `jaxicl reproduce head-utilization --preset full --out runs/head_utilization` — not run yet. Its length comes from
   the training cost measured per step on one H100 (``python benchmarks/step_cost.py --study head-utilization
@@ -268,7 +275,7 @@ def full():
   to the analyses and baselines (not timed on a GPU; on the 2-core CPU all baselines cost ~1.2-1.7 s per prompt at
   d = 20, iterated PtO most of it: 87 min measured for σ = 0's 3072 prompts beside other work, ≤ 2.7 GB, every
   stage over chunks of 64 prompts; ``--baselines-only`` tunes them ahead of the GPU run, which reads them from a
-  copy of out/baselines; README "Study 2"). The curriculum masks inputs and does not change the step's cost.
+  copy of out/baselines; README "Study 2"). The curriculum masks inputs and points and does not change the step's cost.
   XLA's cost analysis: 1.5e11 / 2.3e11 / 3.1e11 flops per step (3 seeds) for L = 2 / 3 / 4; on the 2-core CPU
   (3.8e10 flop/s measured) the preset is ~2 weeks. Every program is checkpointed under out/runs, so an interrupted
   run resumes, and a finished program's analysis is kept in out/records, which carries the run to the next lease.
@@ -276,7 +283,7 @@ def full():
   task, model = _sparse_gpt2(d=20, sparsity=3, n_points=40, width=256)
   return (configs.Config(task=task, model=model,
                          optim=configs.OptimConfig(lr=1e-3, warmup_steps=400, schedule="cosine", grad_clip=1.0),
-                         curriculum=configs.CurriculumConfig(dims_start=3, every=250),
+                         curriculum=configs.CurriculumConfig(dims_start=3, points_start=7, every=250),
                          train=configs.TrainConfig(steps=12000, batch_size=64, seeds=(0, 1, 2), log_every=1000,
                                                    ckpt_every=2000, eval_prompts=2048)),
           StudySettings(noise_stds=(0.0, 0.1, 0.5), layers=(2, 3, 4), heads=8, single_head=True, probe_prompts=2048,
