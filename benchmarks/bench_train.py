@@ -238,11 +238,12 @@ def main() -> None:
       import learning_speed
       print("measuring steps to result (benchmarks/learning_speed.py, 3 seeds) ...", file=sys.stderr)
       out = {}
-      curves, _ = learning_speed.train_jaxicl("fan_in", [0, 1, 2], 2500, 50)
+      setting = learning_speed.SETTINGS["dense-d5"]()
+      curves, _ = learning_speed.train_jaxicl(setting, "fan_in", [0, 1, 2], 2500, 50)
       out["jaxicl io_init=fan_in"] = float(np.median([learning_speed.steps_to(list(c), 50, 3.0) or math.inf
                                                       for c in curves]))
       try:
-        ref = [learning_speed.train_reference(s, 2500, 50)[0] for s in range(3)]
+        ref = [learning_speed.train_reference(setting, s, 2500, 50)[0] for s in range(3)]
         out["reference"] = float(np.median([learning_speed.steps_to(list(c), 50, 3.0) or math.inf for c in ref]))
       except ImportError:
         pass

@@ -68,9 +68,25 @@ def port_weights(params: Any, model: Reference, n_layers: int) -> None:
     raise ValueError(f"port_weights: missing {left}, unexpected {unexpected}")
 
 
-def sample_dense(generator: torch.Generator, batch: int, n_points: int, d: int, w_var: float = 1.0
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-  """Dense noiseless regression prompts: x ~ N(0, I_d), w ~ N(0, w_var·I_d), y = wᵀx. -> xs [B, N, d], ys [B, N]."""
+def sample_prompts(generator: torch.Generator, batch: int, n_points: int, d: int, n_dims: int | None = None,
+                   sparsity: int | None = None, w_var: float = 1.0, noise_std: float = 0.0
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+  """Regression prompts y = wᵀx + σε, x ~ N(0, I_d), ε ~ N(0, 1). -> xs [B, N, d], ys [B, N], w [B, d].
+
+  w ~ N(0, w_var·I_d), or with ``sparsity`` s: s coordinates drawn uniformly (without replacement) get
+  N(0, w_var) entries, the rest 0. ``n_dims`` (Garg et al.'s dims curriculum): coordinates >= n_dims of x are 0
+  and a sparse support is drawn among the first n_dims (so w stays s-sparse)."""
+  n_dims = d if n_dims is None else n_dims
   xs = torch.randn(batch, n_points, d, generator=generator)
-  w = torch.randn(batch, d, 1, generator=generator) * w_var ** 0.5
-  return xs, (xs @ w)[..., 0]
+  xs[..., n_dims:] = 0
+  w = torch.randn(batch, d, generator=generator) * w_var ** 0.5
+  w[:, n_dims:] = 0
+  if sparsity is not None:
+    scores = torch.rand(batch, d, generator=generator)
+    scores[:, n_dims:] = 2.0  # never among the s smallest
+    support = scores.argsort(dim=1)[:, :sparsity]
+    w = torch.zeros_like(w).scatter_(1, support, w.gather(1, support))
+  ys = (xs @ w[..., None])[..., 0]
+  if noise_std:
+    ys = ys + noise_std * torch.randn(batch, n_points, generator=generator)
+  return xs, ys, w

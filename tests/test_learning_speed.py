@@ -9,9 +9,16 @@ assertion sits halfway between the two: the test fails on the old init.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 
 from jaxicl import configs, train
+from jaxicl.studies.head_utilization import run as head_utilization
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import learning_speed  # noqa: E402
 
 STEPS = 1500
 
@@ -28,3 +35,20 @@ def test_default_init_leaves_the_plateau_within_the_reference_budget():
   losses = _final_window_losses("fan_in")
   assert np.median(losses) < 3.5, losses  # old init: median ≈ 4.0, reference ≈ 3.0 at this step
   assert np.all(losses < 4.5), losses
+
+
+def test_sparse_setting_trains_the_study2_cpu_presets_model_and_task():
+  """benchmarks/learning_speed.py --setting sparse-d10 is the cpu preset's (L=3, H=4) program at σ = 0.5 (one
+  task, no variants): the same task, model, optimiser, curriculum and batch."""
+  setting = learning_speed.SETTINGS["sparse-d10"]()
+  ours = learning_speed.jaxicl_config(setting, "fan_in", [0, 1], setting.steps, setting.window)
+  p = head_utilization.configure("cpu")
+  preset = head_utilization.model_config(p, 3, 4)
+  assert ours.task == head_utilization.task_config(p, setting.noise_std)
+  assert ours.model == preset.model
+  assert ours.optim == preset.optim and ours.curriculum == preset.curriculum
+  assert ours.train.batch_size == preset.train.batch_size
+  # the reference's curriculum (learning_speed.curriculum) steps as the engine's does
+  for step in (0, 1499, 1500, 4000, 10499, 10500, 11999):
+    assert learning_speed.curriculum(setting, step) == (int(train.active_dims(ours, step)),
+                                                        int(train.active_points(ours, step)))

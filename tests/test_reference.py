@@ -81,3 +81,42 @@ def test_read_in_and_read_out_use_the_reference_init():
     # Var of U(±b) is b²/3; the sample variance of n draws has relative SE sqrt(0.8/n) (kurtosis 1.8).
     for sample in (ours, theirs):
       assert abs(sample.var() / (bound**2 / 3) - 1) < 5 * np.sqrt(0.8 / sample.size)
+
+
+def test_points_curriculum_on_a_prompt_prefix_equals_jaxicls_masked_loss():
+  """benchmarks/learning_speed.py trains the reference on the first n points of each prompt where jaxicl masks the
+  loss beyond them: for a causal model the two are the same loss and the same gradients."""
+  model, params, ref, prompts = _pair(seed=3)
+  n_active = 7
+  loss, grads = jax.value_and_grad(lambda p: train.prediction_loss(model, p, prompts, n_active))(params)
+  txs = torch.as_tensor(np.array(prompts.xs[:, :n_active]), dtype=torch.float64)
+  tys = torch.as_tensor(np.array(prompts.ys[:, :n_active]), dtype=torch.float64)
+  ref_loss = ((ref(txs, tys) - tys) ** 2).mean()
+  ref_loss.backward()
+  _close(loss, ref_loss.item(), "loss on 7 of 11 points")
+  _close(grads["read_in"]["kernel"], ref.read_in.weight.grad.numpy().T, "d read_in")
+  _close(grads["pos_embed"][:2 * n_active], ref.backbone.wpe.weight.grad.numpy()[:2 * n_active], "d pos_embed")
+  assert np.abs(np.asarray(grads["pos_embed"][2 * n_active:])).max() == 0  # the masked tail gets no gradient
+
+
+def test_reference_sampler_draws_jaxicls_sparse_curriculum_task():
+  """The reference's prompts (reference.sample_prompts) have jaxicl's distribution under the dims curriculum:
+  inputs zero beyond the active dims, w exactly s-sparse with its support uniform among the active dims and
+  N(0, 1) entries, label noise of variance σ² (Monte Carlo, 5-SE bounds), checked on both samplers alike."""
+  d, n_dims, s, sigma, batch, n = 10, 4, 3, 0.5, 4096, 6
+  xs, ys, w = reference.sample_prompts(torch.Generator().manual_seed(0), batch, n, d, n_dims=n_dims, sparsity=s,
+                                       noise_std=sigma)
+  task = tasks.TaskConfig(family="sparse", d=d, sparsity=s, w_var=1.0, n_points=n, noise_var=sigma ** 2)
+  ours = tasks.mask_dims(tasks.sample_batch(jax.random.PRNGKey(0), task, batch, n_dims), n_dims)
+  for name, (x, y, w) in {"reference": (xs.numpy(), ys.numpy(), w.numpy()),
+                          "jaxicl": (np.asarray(ours.xs), np.asarray(ours.ys), np.asarray(ours.w))}.items():
+    assert np.all(x[..., n_dims:] == 0) and np.all(w[:, n_dims:] == 0), name
+    support = w != 0
+    assert np.all(support.sum(axis=1) == s), name
+    freq, p = support[:, :n_dims].mean(axis=0), s / n_dims  # each active coordinate in the support w.p. s/n_dims
+    assert np.all(np.abs(freq - p) < 5 * np.sqrt(p * (1 - p) / batch)), (name, freq)
+    values = w[support]
+    assert abs(values.var() - 1) < 5 * np.sqrt(2 / values.size), name
+    assert abs(x[..., :n_dims].var() - 1) < 5 * np.sqrt(2 / x[..., :n_dims].size), name
+    noise = y - np.einsum("bnd,bd->bn", x, w)
+    assert abs(noise.var() / sigma ** 2 - 1) < 5 * np.sqrt(2 / noise.size), name
