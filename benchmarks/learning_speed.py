@@ -97,13 +97,6 @@ def steps_to(window_losses: list[float], window: int, threshold: float) -> int |
   return None
 
 
-def curriculum(s: Setting, step: int) -> tuple[int, int]:
-  """(active dims, active points) at ``step`` — the formula of ``jaxicl.train.active_dims / active_points``."""
-  dims = s.d if s.dims_start is None else min(s.d, s.dims_start + s.dims_inc * (step // s.every))
-  points = s.n_points if s.points_start is None else min(s.n_points, s.points_start + s.points_inc * (step // s.every))
-  return dims, points
-
-
 def jaxicl_config(s: Setting, io_init: str, seeds: list[int], steps: int, window: int):
   """The jaxicl config of setting ``s``."""
   from jaxicl import configs
@@ -133,12 +126,18 @@ def train_jaxicl(s: Setting, io_init: str, seeds: list[int], steps: int, window:
   return np.asarray([r["loss"] for r in result.history]).T, wall
 
 
-def lr_multipliers(s: Setting, steps: int) -> np.ndarray:
-  """The schedule's multiplier of the peak lr at steps 0..steps-1: jaxicl's own (``train.lr_multiplier``), so
-  both implementations follow the same schedule."""
-  from jaxicl import configs, train
-  schedule = train.lr_multiplier(configs.OptimConfig(lr=s.lr, warmup_steps=s.warmup, schedule=s.schedule), steps)
-  return np.asarray([float(schedule(t)) for t in range(steps)])
+def engine_schedule(s: Setting, steps: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """Active dims, active points and the peak lr's multiplier at steps 0..steps-1, each [steps], computed by
+  jaxicl's own ``train.active_dims / active_points / lr_multiplier`` on the setting's config, so the reference
+  follows the engine's curriculum and schedule step by step."""
+  import jax.numpy as jnp
+  from jaxicl import train
+  cfg = jaxicl_config(s, "fan_in", [0], steps, steps)
+  t = jnp.arange(steps)
+  schedule = train.lr_multiplier(cfg.optim, steps)  # evaluated step by step, as the engine's optimizer does
+  return (np.asarray(train.active_dims(cfg, t) * jnp.ones_like(t)),
+          np.asarray(train.active_points(cfg, t) * jnp.ones_like(t)),
+          np.asarray([float(schedule(step)) for step in range(steps)]))
 
 
 def train_reference(s: Setting, seed: int, steps: int, window: int) -> tuple[np.ndarray, float]:
@@ -150,16 +149,15 @@ def train_reference(s: Setting, seed: int, steps: int, window: int) -> tuple[np.
   torch.manual_seed(seed)
   model = reference.Reference(s.d, s.n_points, s.width, s.layers, s.heads)
   opt = torch.optim.Adam(model.parameters(), lr=s.lr)
-  multipliers = lr_multipliers(s, steps)
+  dims, points, multipliers = engine_schedule(s, steps)
   gen = torch.Generator().manual_seed(10_000 + seed)
   losses = []
   t0 = time.perf_counter()
   for step in range(steps):
-    dims, points = curriculum(s, step)
     for group in opt.param_groups:
-      group["lr"] = s.lr * multipliers[step]
-    xs, ys, _ = reference.sample_prompts(gen, s.batch, points, s.d, n_dims=dims, sparsity=s.sparsity,
-                                         noise_std=s.noise_std)
+      group["lr"] = s.lr * float(multipliers[step])
+    xs, ys, _ = reference.sample_prompts(gen, s.batch, int(points[step]), s.d, n_dims=int(dims[step]),
+                                         sparsity=s.sparsity, noise_std=s.noise_std)
     loss = ((model(xs, ys) - ys) ** 2).mean()
     opt.zero_grad(set_to_none=True)
     loss.backward()

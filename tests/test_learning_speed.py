@@ -48,7 +48,9 @@ def test_sparse_setting_trains_the_study2_cpu_presets_model_and_task():
   assert ours.model == preset.model
   assert ours.optim == preset.optim and ours.curriculum == preset.curriculum
   assert ours.train.batch_size == preset.train.batch_size
-  # the reference's curriculum (learning_speed.curriculum) steps as the engine's does
+  # the reference's per-step curriculum and lr schedule are the preset program's
+  steps = setting.steps
+  dims, points, multipliers = learning_speed.engine_schedule(setting, steps)
   for step in (0, 1499, 1500, 4000, 10499, 10500, 11999):
-    assert learning_speed.curriculum(setting, step) == (int(train.active_dims(ours, step)),
-                                                        int(train.active_points(ours, step)))
+    assert (dims[step], points[step]) == (int(train.active_dims(preset, step)), int(train.active_points(preset, step)))
+    assert multipliers[step] == float(train.lr_multiplier(preset.optim, steps)(step))
