@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import math
 import os
 import platform
@@ -216,6 +215,22 @@ def main() -> None:
   for flag in ("batch", "chunk", "repeats"):
     if getattr(args, flag) < 1:
       parser.error(f"--{flag}={getattr(args, flag)}: must be >= 1")
+  from jaxicl import files
+  read_steps = None
+  try:  # every file the run reads or writes is checked before it measures anything
+    for path in (args.md, args.json):
+      if path:
+        files.prepare_output(path)
+    if args.learning_speed_json:
+      saved = files.read_json(args.learning_speed_json)
+      read_steps = saved.get("median_steps_to_threshold") if isinstance(saved, dict) else None
+      if not isinstance(read_steps, dict):
+        parser.error(f"--learning-speed-json={args.learning_speed_json}: no median_steps_to_threshold in it "
+                     "(the --json of benchmarks/learning_speed.py)")
+  except FileNotFoundError as e:
+    parser.error(f"{e.filename}: no such file")
+  except ValueError as e:
+    parser.error(str(e))
 
   from jaxicl import cli
   count = cli.cpu_device_count()  # as the jaxicl program does: one CPU device per core (no effect on accelerators)
@@ -232,8 +247,7 @@ def main() -> None:
   result_steps = None
   if "small" in args.models.split(",") and not args.no_time_to_result:
     if args.learning_speed_json:
-      with open(args.learning_speed_json) as f:
-        result_steps = json.load(f)["median_steps_to_threshold"]
+      result_steps = read_steps
     else:
       import learning_speed
       print("measuring steps to result (benchmarks/learning_speed.py, 3 seeds) ...", file=sys.stderr)

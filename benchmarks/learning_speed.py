@@ -27,7 +27,6 @@ for orientation only.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from typing import NamedTuple
@@ -192,12 +191,28 @@ def main() -> None:
   if not math.isfinite(threshold):
     parser.error(f"--threshold={threshold}: must be finite")
   seeds = list(range(args.seeds))
+  from jaxicl import files
+  io_inits = args.io_inits.split(",")
+  for io_init in io_inits:  # every input is checked, and the output folder made, before the long trainings
+    try:
+      jaxicl_config(setting, io_init, seeds, steps, window)
+    except ValueError as e:
+      parser.error(f"--io-inits={args.io_inits}: {e}")
+  if args.json:
+    try:
+      files.prepare_output(args.json)
+    except ValueError as e:
+      parser.error(str(e))
+  if not args.no_reference:
+    try:
+      import torch
+    except ImportError:
+      parser.error("the reference needs torch and transformers (pip install -e '.[bench]'), or pass --no-reference")
   runs: dict[str, dict] = {}
-  for io_init in args.io_inits.split(","):
+  for io_init in io_inits:
     curves, wall = train_jaxicl(setting, io_init, seeds, steps, window)
     runs[f"jaxicl io_init={io_init}"] = {"curves": curves, "wall_s": wall}
   if not args.no_reference:
-    import torch
     torch.set_num_threads(args.torch_threads)
     curves, wall = zip(*(train_reference(setting, seed, steps, window) for seed in seeds))
     runs[f"PyTorch/HF reference ({args.torch_threads} thread)"] = {"curves": np.stack(curves), "wall_s": sum(wall)}
@@ -225,14 +240,14 @@ def main() -> None:
     print(f"| **{name}** | median | {int(median) if math.isfinite(median) else f'> {steps}'} | "
           + " | ".join(f"{v:.2f}" for v in med_at) + f" | {run['wall_s']:.0f} |")
   if args.json:
-    with open(args.json, "w") as f:
-      json.dump({"setting": {"name": args.setting, **setting._asdict(), "window": window, "threshold": threshold,
-                             "steps": steps, "seeds": seeds},
-                 "rows": table,
-                 "curves": {k: v["curves"].tolist() for k, v in runs.items()},
-                 "median_steps_to_threshold": {k: (v["median_steps"] if math.isfinite(v["median_steps"]) else None)
-                                               for k, v in runs.items()},
-                 "wall_s": {k: v["wall_s"] for k, v in runs.items()}}, f, indent=1)
+    files.write_json(args.json, {
+        "setting": {"name": args.setting, **setting._asdict(), "window": window, "threshold": threshold,
+                    "steps": steps, "seeds": seeds},
+        "rows": table,
+        "curves": {k: v["curves"].tolist() for k, v in runs.items()},
+        "median_steps_to_threshold": {k: (v["median_steps"] if math.isfinite(v["median_steps"]) else None)
+                                      for k, v in runs.items()},
+        "wall_s": {k: v["wall_s"] for k, v in runs.items()}}, indent=1)
 
 
 if __name__ == "__main__":

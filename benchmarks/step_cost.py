@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 
-from jaxicl import configs, train  # noqa: E402
+from jaxicl import configs, files, train  # noqa: E402
 
 
 def study_programs(study: str, preset: str) -> list[tuple[str, configs.Config]]:
@@ -81,6 +81,8 @@ def main() -> None:
       ap.error(f"--{flag.replace('_', '-')}={getattr(args, flag)}: must be >= 1")
   try:
     programs = study_programs(args.study, args.preset)
+    if args.json:
+      files.prepare_output(args.json)  # before the timings: a bad path must not cost them
   except ValueError as e:
     ap.error(str(e))
   from jaxicl import cli
@@ -100,7 +102,6 @@ def main() -> None:
   print(f"{args.study} {args.preset} on {device.device_kind} ×{len(jax.devices())}: {len(rows)} of {len(programs)} "
         f"programs measured, compile {summary['compile_s']:.0f} s + training {summary['train_s']:.0f} s")
   if args.json:
-    from jaxicl import files
     files.write_json(args.json, summary, indent=1)
 
 

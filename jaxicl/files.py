@@ -89,6 +89,20 @@ def write_json(path: str, obj: Any, indent: int | None = 1) -> str:
   return write_text(path, json.dumps(obj, indent=indent))
 
 
+def prepare_output(path: str) -> str:
+  """Makes ``path``'s folder and checks that a file can be written there, before the work whose result it will
+  hold (a benchmark that runs for an hour must not fail at its last line); ``ValueError`` naming the path."""
+  check_files(os.path.dirname(path), (os.path.basename(path),))
+  folder = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(folder, exist_ok=True)
+  except OSError as e:
+    raise ValueError(f"{path}: cannot make its folder ({e.strerror or e})") from None
+  if not os.access(folder, os.W_OK | os.X_OK):
+    raise ValueError(f"{path}: cannot write in {folder}")
+  return path
+
+
 def read_json(path: str) -> Any:
   """The JSON value in ``path``; ``ValueError`` naming the file if it cannot be read or is not JSON (a missing file
   stays ``FileNotFoundError``, for callers that treat it as not written yet)."""

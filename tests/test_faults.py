@@ -678,6 +678,27 @@ def test_a_folder_where_a_run_writes_a_file_is_a_one_line_error(tmp_path, capsys
   _one_line_error(capsys.readouterr().err, str(tmp_path / "eval" / "eval.json"), "a folder where")
 
 
+@pytest.mark.parametrize("script, args, needle", [
+    ("learning_speed.py", ["--no-reference", "--json", "{tmp}"], "a folder where the command writes a file"),
+    ("bench_train.py", ["--learning-speed-json", "{tmp}/none.json"], "{tmp}/none.json: no such file"),
+    ("bench_train.py", ["--md", "{tmp}/a_file/out.md"], "{tmp}/a_file/out.md: cannot make its folder"),
+    ("step_cost.py", ["--preset", "tiny", "--json", "{tmp}/a_file/x/cost.json"], "cannot make its folder"),
+])
+def test_a_benchmark_refuses_a_path_it_cannot_use_before_it_measures(script, args, needle, tmp_path, xla_cache):
+  """The benchmarks run for minutes to an hour (learning_speed.py's sparse setting: ~70 min) and wrote their
+  results, or read the learning-speed JSON, only at the end: a path they cannot use cost the whole run and ended in
+  a traceback. They check every path first: exit 2 and one line naming it, long before any training (the timeout
+  is far below one measurement's time on this CPU)."""
+  (tmp_path / "a_file").write_text("")
+  fill = lambda s: s.replace("{tmp}", str(tmp_path))
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", script), *map(fill, args)], cwd=tmp_path,
+                        env=subprocess_env(xla_cache), capture_output=True, text=True, timeout=90)
+  assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+  last = proc.stderr.strip().splitlines()[-1]
+  assert fill(needle) in last and "Traceback" not in proc.stderr, proc.stderr
+  assert os.listdir(tmp_path) == ["a_file"]  # nothing written
+
+
 class _SignalAt:
   """A progress bar that sends this process ``signum`` when training passes ``step`` (deterministic delivery)."""
 
