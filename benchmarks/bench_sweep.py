@@ -99,13 +99,7 @@ def main() -> None:
     parser.error(f"--seeds={args.seeds!r}: expected integers like 1,8,64")
   if min(seed_counts) < 1 or args.steps < 1 or args.batch < 1:
     parser.error("--seeds, --steps and --batch must be >= 1")
-  from jaxicl import files
-  for path in (args.md, args.json):  # before the sweeps: a bad path must not cost their half hour
-    try:
-      if path:
-        files.prepare_output(path)
-    except ValueError as e:
-      parser.error(str(e))
+  bench_train.prepare_report(parser, args.md, args.json)  # before the sweeps: a bad path must not cost them
   from jaxicl import cli
   count = cli.cpu_device_count()  # for the table's header: the devices the jaxicl program sees
   if count is not None:

@@ -215,22 +215,20 @@ def main() -> None:
   for flag in ("batch", "chunk", "repeats"):
     if getattr(args, flag) < 1:
       parser.error(f"--{flag}={getattr(args, flag)}: must be >= 1")
-  from jaxicl import files
+  prepare_report(parser, args.md, args.json)
   read_steps = None
-  try:  # every file the run reads or writes is checked before it measures anything
-    for path in (args.md, args.json):
-      if path:
-        files.prepare_output(path)
-    if args.learning_speed_json:
+  if args.learning_speed_json:  # read before the timings: a bad file must not cost them
+    from jaxicl import files
+    try:
       saved = files.read_json(args.learning_speed_json)
-      read_steps = saved.get("median_steps_to_threshold") if isinstance(saved, dict) else None
-      if not isinstance(read_steps, dict):
-        parser.error(f"--learning-speed-json={args.learning_speed_json}: no median_steps_to_threshold in it "
-                     "(the --json of benchmarks/learning_speed.py)")
-  except FileNotFoundError as e:
-    parser.error(f"{e.filename}: no such file")
-  except ValueError as e:
-    parser.error(str(e))
+    except FileNotFoundError as e:
+      parser.error(f"{e.filename}: no such file")
+    except ValueError as e:
+      parser.error(str(e))
+    read_steps = saved.get("median_steps_to_threshold") if isinstance(saved, dict) else None
+    if not isinstance(read_steps, dict):
+      parser.error(f"--learning-speed-json={args.learning_speed_json}: no median_steps_to_threshold in it "
+                   "(the --json of benchmarks/learning_speed.py)")
 
   from jaxicl import cli
   count = cli.cpu_device_count()  # as the jaxicl program does: one CPU device per core (no effect on accelerators)
@@ -294,6 +292,18 @@ def main() -> None:
                                       "torch": sys.modules["torch"].__version__ if "torch" in sys.modules else None,
                                       "float32_matmul": jax_f32_matmul(), "matmul_peak_flop_per_s": peak,
                                       "rows": rows})
+
+
+def prepare_report(parser: argparse.ArgumentParser, md: str | None, json_path: str | None) -> None:
+  """Makes the folders of ``report``'s files and checks they can be written there, before the run measures
+  anything (a bad path must not cost the run); a path that cannot be used is the parser's error (exit 2)."""
+  from jaxicl import files
+  for path in (md, json_path):
+    if path:
+      try:
+        files.prepare_output(path)
+      except ValueError as e:
+        parser.error(str(e))
 
 
 def report(lines: list[str], md: str | None, json_path: str | None, payload: dict) -> None:
