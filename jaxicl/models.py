@@ -31,7 +31,9 @@ The models (``ModelConfig.name``):
     h_0 = read_in(token) + pos_embed[t]; for each layer l: h += MHA_l(LN(h)) (causal, H_l heads of
     width E/H_l, logits scaled by 1/√(E/H_l) or ``attn_scale``), then h += MLP(LN(h)) (GELU, width F;
     optional); ŷ = read_out(LN_f(h)). Compute dtype ``cfg.dtype`` (float32 or bfloat16), parameters
-    always float32, attention softmax always in float32, predictions returned in float32.
+    always float32, attention softmax always in float32, predictions returned in float32. Without
+    ``capture`` only what the predictions need is computed: the last y token is dropped and the last
+    block runs its queries, residual and MLP at the x tokens only (the same function, about 1/(2L) less work).
 
 Initialisation.
   * One-layer models: W_in, W_Q, W_K, W_V LeCun-normal (variance 1/fan_in), so embeddings, queries,
@@ -268,17 +270,23 @@ def _large_negative(dtype) -> float:
   return float(-0.7 * jnp.finfo(dtype).max)
 
 
+def causal_mask(q_positions: np.ndarray, n_keys: int) -> np.ndarray:
+  """[Tq, Tk] bool: query i (at token position ``q_positions[i]``) may attend to keys s ≤ that position."""
+  return np.arange(n_keys)[None, :] <= np.asarray(q_positions)[:, None]
+
+
 def softmax_weights(q: jax.Array, k: jax.Array, scale: float, causal: bool,
-                    key_mask: jax.Array | None = None) -> jax.Array:
+                    key_mask: jax.Array | None = None, q_positions: np.ndarray | None = None) -> jax.Array:
   """a = softmax_s(scale · q_t·k_s) in float32; q [B, Tq, H, K], k [B, Tk, H, K] -> [B, H, Tq, Tk].
 
-  ``causal`` masks keys s > t (query t and key s index the same sequence, Tq = Tk); ``key_mask``
-  [B, Tk] (bool) masks the keys where it is False. Masked weights are exactly 0.
+  ``causal`` masks keys s > t, t the query's token position: ``q_positions`` [Tq] (static), by default
+  0..Tq-1 (queries and keys index the same sequence); ``key_mask`` [B, Tk] (bool) masks the keys where it
+  is False. Masked weights are exactly 0.
   """
   logits = jnp.einsum("bthk,bshk->bhts", q, k, preferred_element_type=jnp.float32) * scale
   if causal:
     tq, tk = logits.shape[-2:]
-    allowed = jnp.tril(jnp.ones((tq, tk), bool))
+    allowed = causal_mask(np.arange(tq) if q_positions is None else q_positions, tk)
     logits = jnp.where(allowed, logits, _large_negative(jnp.float32))
   if key_mask is not None:
     logits = jnp.where(key_mask[:, None, None, :], logits, _large_negative(jnp.float32))
@@ -291,18 +299,33 @@ def weighted_values(weights: jax.Array, v: jax.Array) -> jax.Array:
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, scale: float, causal: bool,
-           use_xla: bool, key_mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array | None]:
-  """Softmax attention [B, Tq, H, K] x2, [B, Tk, H, K] -> ([B, Tq, H, K], weights [B, H, Tq, Tk] or None).
+           use_xla: bool, key_mask: jax.Array | None = None,
+           q_positions: np.ndarray | None = None) -> tuple[jax.Array, jax.Array | None]:
+  """Softmax attention q [B, Tq, H, K], k and v [B, Tk, H, K] -> ([B, Tq, H, K], weights [B, H, Tq, Tk] or None).
 
   ``use_xla``: ``jax.nn.dot_product_attention`` (no weights returned); else the explicit einsum path.
-  ``key_mask`` [B, Tk] bool: attend only to the keys where it is True.
+  ``key_mask`` [B, Tk] bool: attend only to the keys where it is True. ``q_positions`` [Tq] (static):
+  the queries' token positions for the causal mask when they are a subset of the keys' (default 0..Tq-1).
   """
   if use_xla:
     mask = None if key_mask is None else key_mask[:, None, None, :]
-    out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal, mask=mask)
+    if causal and q_positions is not None:
+      allowed = jnp.asarray(causal_mask(q_positions, k.shape[1]))[None, None]
+      mask = allowed if mask is None else mask & allowed
+    out = jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal and q_positions is None, mask=mask)
     return out, None
-  weights = softmax_weights(q, k, scale, causal, key_mask)
+  weights = softmax_weights(q, k, scale, causal, key_mask, q_positions)
   return weighted_values(weights, v), weights
+
+
+def take_positions(x: jax.Array, positions: np.ndarray) -> jax.Array:
+  """x[:, positions] for static token positions [P]; an evenly spaced run (the interleaved layouts' x tokens)
+  is a strided slice, whose gradient is a pad rather than a scatter."""
+  positions = np.asarray(positions)
+  step = int(positions[1] - positions[0]) if len(positions) > 1 else 1
+  if step > 0 and np.array_equal(positions, positions[0] + step * np.arange(len(positions))):
+    return x[:, int(positions[0]):int(positions[-1]) + 1:step]
+  return x[:, positions]
 
 
 def _head_mask_for_layer(head_mask: jax.Array | None, layer: int, n_heads: int) -> jax.Array | None:
@@ -461,16 +484,19 @@ class MultiHeadAttention(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, head_mask: jax.Array | None,
-               want_weights: bool) -> tuple[jax.Array, jax.Array | None]:
+  def __call__(self, x: jax.Array, head_mask: jax.Array | None, want_weights: bool,
+               q_positions: np.ndarray | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """x [B, T, E] -> [B, T, E], or [B, Tq, E] for the queries at token positions ``q_positions`` [Tq] only."""
     h, kdim = self.num_heads, self.head_dim
     init = nn.initializers.normal(GPT2_INIT_STD)
 
     def proj(name):
       return nn.DenseGeneral((h, kdim), dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name=name)
 
-    q, k, v = proj("query")(x), proj("key")(x), proj("value")(x)  # [B, T, H, K]
-    o, weights = attend(q, k, v, self.scale, causal=True, use_xla=self.use_xla and not want_weights)
+    x_q = x if q_positions is None else take_positions(x, q_positions)
+    q, k, v = proj("query")(x_q), proj("key")(x), proj("value")(x)  # [B, Tq, H, K], [B, T, H, K] x2
+    o, weights = attend(q, k, v, self.scale, causal=True, use_xla=self.use_xla and not want_weights,
+                        q_positions=q_positions)
     if head_mask is not None:
       o = o * head_mask.astype(o.dtype)[None, None, :, None]
     out = nn.DenseGeneral(self.width, axis=(-2, -1), dtype=self.dtype, param_dtype=jnp.float32,
@@ -509,24 +535,33 @@ class Block(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, head_mask: jax.Array | None,
-               want_weights: bool) -> tuple[jax.Array, jax.Array | None]:
+  def __call__(self, x: jax.Array, head_mask: jax.Array | None, want_weights: bool,
+               q_positions: np.ndarray | None = None) -> tuple[jax.Array, jax.Array | None]:
+    """x [B, T, E] -> [B, T, E]; with ``q_positions`` [Tq], only the outputs at those token positions,
+    [B, Tq, E] (every token is still a key and a value: the same outputs, less work)."""
     ln = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, param_dtype=jnp.float32, name=name)
     a, weights = MultiHeadAttention(self.num_heads, self.head_dim, self.width, self.scale, self.use_xla, self.out_std,
-                                    self.dtype, name="attn")(ln("ln_1")(x), head_mask, want_weights)
-    x = x + a
+                                    self.dtype, name="attn")(ln("ln_1")(x), head_mask, want_weights, q_positions)
+    x = (x if q_positions is None else take_positions(x, q_positions)) + a
     if self.mlp:
       x = x + MLP(self.width, self.width * self.mlp_ratio, self.out_std, self.dtype, name="mlp")(ln("ln_2")(x))
     return x, weights
 
 
 class GPT2(nn.Module):
-  """GPT-2-style causal decoder: tokens [B, T, d_tok] -> (outputs [B, T] float32, weights, hidden)."""
+  """GPT-2-style causal decoder: tokens [B, T, d_tok] -> (outputs [B, P] float32 at ``out_positions``, weights,
+  hidden).
+
+  Without ``capture`` it computes only what the outputs depend on: the tokens after the last output position
+  are dropped (causal: nothing before them reads them) and the last block runs its queries, residual and MLP at
+  the output positions only (the interleaved layouts' x tokens: half of the last block's work). With
+  ``capture`` every token goes through every block, so the weights and hidden states cover all T positions.
+  """
 
   cfg: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, head_mask: jax.Array | None = None,
+  def __call__(self, tokens: jax.Array, out_positions: np.ndarray, head_mask: jax.Array | None = None,
                capture: bool = False) -> tuple[jax.Array, tuple, jax.Array | None]:
     cfg = self.cfg
     dtype = cfg.compute_dtype
@@ -534,6 +569,10 @@ class GPT2(nn.Module):
     if n_tokens > 2 * cfg.max_points:
       raise ValueError(f"ModelConfig.max_points={cfg.max_points}: a prompt of {n_tokens // 2} points needs "
                        f"{n_tokens} positions > 2·max_points")
+    out_positions = np.asarray(out_positions)
+    if not capture:
+      n_tokens = int(out_positions.max()) + 1
+      tokens = tokens[:, :n_tokens]
     init = nn.initializers.normal(GPT2_INIT_STD)
     in_kernel, in_bias = io_initializers(cfg.io_init, tokens.shape[-1])
     x = nn.Dense(cfg.width, dtype=dtype, param_dtype=jnp.float32, kernel_init=in_kernel, bias_init=in_bias,
@@ -543,11 +582,16 @@ class GPT2(nn.Module):
     out_std = GPT2_INIT_STD / math.sqrt(2 * cfg.n_layers)
     hidden, weights = [x], []
     use_xla = cfg.attention_impl in ("xla", "auto")
+    last = len(cfg.layer_heads) - 1
     for layer, h in enumerate(cfg.layer_heads):
+      q_positions = out_positions if layer == last and not capture else None
       x, w = Block(h, cfg.head_dims[layer], cfg.width, cfg.mlp, cfg.mlp_ratio, cfg.logit_scale(layer), use_xla,
-                   out_std, dtype, name=f"block_{layer}")(x, _head_mask_for_layer(head_mask, layer, h), capture)
+                   out_std, dtype, name=f"block_{layer}")(x, _head_mask_for_layer(head_mask, layer, h), capture,
+                                                          q_positions)
       hidden.append(x)
       weights.append(w)
+    if capture:
+      x = take_positions(x, out_positions)
     x = nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=dtype, param_dtype=jnp.float32, name="ln_f")(x)
     out_kernel, out_bias = io_initializers(cfg.io_init, cfg.width)
     y = nn.Dense(1, dtype=dtype, param_dtype=jnp.float32, kernel_init=out_kernel, bias_init=out_bias,
@@ -594,7 +638,9 @@ def build_model(cfg: ModelConfig, task: tasks.TaskConfig) -> ICLModel:
   def init(key: jax.Array) -> Params:
     xs = jnp.zeros((1, n, d), jnp.float32)
     ys = jnp.zeros((1, n), jnp.float32)
-    return _plain(module.init(key, layout.tokens(xs, ys))["params"])
+    if cfg.name in ONE_LAYER_MODELS:
+      return _plain(module.init(key, layout.tokens(xs, ys))["params"])
+    return _plain(module.init(key, layout.tokens(xs, ys), layout.pred_positions(n))["params"])
 
   def apply(params: Params, xs: jax.Array, ys: jax.Array, *, head_mask: jax.Array | None = None,
             capture: bool = False, n_context: jax.Array | int | None = None):
@@ -614,8 +660,8 @@ def build_model(cfg: ModelConfig, task: tasks.TaskConfig) -> ICLModel:
                                     capture, n_context)
       aux = {"attn": (weights,)}
     else:
-      out, weights, hidden = module.apply({"params": params}, tokens, mask, capture)
-      preds = out[:, layout.pred_positions(xs.shape[1])]
+      preds, weights, hidden = module.apply({"params": params}, tokens, layout.pred_positions(xs.shape[1]), mask,
+                                            capture)
       aux = {"attn": weights, "hidden": hidden}
     return (preds, aux) if capture else preds
 

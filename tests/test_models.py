@@ -306,6 +306,23 @@ def test_einsum_and_xla_paths_agree(batch):
     chex.assert_trees_all_close(c, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kw", [{}, {"layout": "interleaved_flag", "mlp": False}, {"heads": (2, 4), "n_layers": 2}],
+                         ids=["3-layer", "flag-no-mlp", "2-layer"])
+def test_gpt2_outputs_only_path_equals_every_token_path(batch, kw):
+  """Without capture the decoder drops the last y token and runs its last block at the x tokens only; with
+  capture every token goes through every block. Same predictions and the same parameter gradients, on both
+  attention paths (the xla path against the einsum path's full computation)."""
+  full_model, params = build(small_gpt2(attention_impl="einsum", **kw))
+  loss = lambda m, p, capture: jnp.sum(jnp.sin(3 * (m.apply(p, batch.xs, batch.ys, capture=capture)[0] if capture
+                                                     else m.apply(p, batch.xs, batch.ys))))
+  want = full_model.apply(params, batch.xs, batch.ys, capture=True)[0]
+  want_grads = jax.grad(lambda p: loss(full_model, p, True))(params)
+  for impl in ("einsum", "xla"):
+    model = model_for(small_gpt2(attention_impl=impl, **kw))
+    chex.assert_trees_all_close(model.apply(params, batch.xs, batch.ys), want, atol=2e-6, rtol=1e-5)
+    chex.assert_trees_all_close(jax.grad(lambda p: loss(model, p, False))(params), want_grads, atol=2e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("cfg", [small_gpt2(), one_layer("softmax_icl"), one_layer("linear_icl")],
                          ids=["gpt2", "softmax_icl", "linear_icl"])
 def test_bfloat16_close_to_float32_with_float32_params(batch, cfg):
