@@ -12,7 +12,8 @@ For each model (``small``: d=5, N=11, GPT-2 2 layers × 4 heads × 64, the learn
     1..nproc (searched first, stated in the table);
   * achieved FLOP/s ÷ the machine's matmul peak measured here in the same dtype (a jitted square matmul),
     with the FLOPs of one step from XLA's cost analysis of the lowered step (the same count is used for the
-    reference); float32 matmuls as JAX computes them on this device (TF32 on an NVIDIA GPU: torch is set to match);
+    reference: the work the predictions need, which jaxicl's decoder does and the reference exceeds by its last
+    block's y tokens); float32 matmuls as JAX computes them on this device (TF32 on an NVIDIA GPU: torch is set to match);
   * time to result (``small`` only): median steps to a windowed training loss < 3.0 over ≥ 3 seeds
     (benchmarks/learning_speed.py, run here or read from ``--learning-speed-json``) × the median time per
     step, + compile time.
