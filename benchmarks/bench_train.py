@@ -16,7 +16,8 @@ For each model (``small``: d=5, N=11, GPT-2 2 layers × 4 heads × 64, the learn
     block's y tokens); float32 matmuls as JAX computes them on this device (TF32 on an NVIDIA GPU: torch is set to match);
   * time to result (``small`` only): median steps to a windowed training loss < 3.0 over ≥ 3 seeds
     (benchmarks/learning_speed.py, run here or read from ``--learning-speed-json``) × the median time per
-    step, + compile time.
+    step, + compile time; with a learning-speed JSON of ``--qk-inits gpt2,fan_in`` also one row per
+    implementation with ``qk_init="fan_in"`` (its steps, the same timings: the init does not change a step's cost).
 
   python benchmarks/bench_train.py --models small --batch 64                    # CPU: ~10-20 min
   python benchmarks/bench_train.py --models small,standard --batch 64 --md out.md --json out.json
@@ -262,15 +263,25 @@ def main() -> None:
         pass
       result_steps = out
   if result_steps:
-    ours_steps = next((v for k, v in result_steps.items() if k.startswith("jaxicl io_init=fan_in")), None)
-    ref_steps = next((v for k, v in result_steps.items() if not k.startswith("jaxicl")), None)
-    for r in rows:
-      if r["model"] != "small":
-        continue
-      steps = ours_steps if r["impl"].startswith("jaxicl") else ref_steps
-      if steps is not None and math.isfinite(steps):
-        r["steps_to_result"] = steps
-        r["time_to_result_s"] = r["compile_s"] + steps * r["sec_per_step"]
+    # steps to result per (implementation side, query / key init): jaxicl's default read-in / read-out init and the
+    # reference; a learning-speed run with --qk-inits gpt2,fan_in gives each side both
+    steps_of: dict[tuple[bool, str], float | None] = {}
+    for key, value in result_steps.items():
+      if key.startswith("jaxicl io_init=fan_in") or not key.startswith("jaxicl"):
+        qk = key.split(" qk_init=")[1] if " qk_init=" in key else "gpt2"
+        steps_of.setdefault((key.startswith("jaxicl"), qk), value)
+    with_results = []
+    for r in rows:  # each small-model row, then a copy of it (the same timings) per other query / key init
+      with_results.append(r)
+      for (ours, qk), steps in steps_of.items():
+        if r["model"] != "small" or ours != r["impl"].startswith("jaxicl") or steps is None or not math.isfinite(steps):
+          continue
+        row = r if qk == "gpt2" else dict(r, impl=f"{r['impl']}, qk_init={qk}")
+        row["steps_to_result"] = steps
+        row["time_to_result_s"] = r["compile_s"] + steps * r["sec_per_step"]
+        if row is not r:
+          with_results.append(row)
+    rows = with_results
 
   device = jax.devices()[0]
   header = (f"device: {device.device_kind} ({platform.processor() or platform.machine()}, {os.cpu_count()} cores) × "

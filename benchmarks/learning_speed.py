@@ -2,13 +2,15 @@
 
 Two settings (``--setting``), each trained by both implementations with the same data distribution, optimiser
 (Adam, the same lr schedule), curriculum and batch size, fresh prompts every step, from each implementation's own
-initialisation over the same seeds (jaxicl: all seeds vmapped in one program, once per ``--io-inits`` choice of the
-read-in/read-out init; reference: one seed after another, ``torch.manual_seed(seed)``):
+initialisation over the same seeds (jaxicl: all seeds vmapped in one program, once per init: each ``--qk-inits``
+choice of the query/key init with the first ``--io-inits`` choice of the read-in/read-out init, then the other
+read-in/read-out inits with GPT-2's query/key init; reference: one seed after another, ``torch.manual_seed(seed)``):
 
 * ``dense-d5`` (default): where GPT-2 ICL models sit on a loss plateau — dense noiseless regression,
   x ~ N(0, I_d), w ~ N(0, I_d) (E y² = d), d = 5, N = 11 points, 2 layers × 4 heads × width 64 with MLP,
   batch 64, Adam 1e-3 (constant), 2500 steps; threshold 3.0.
-* ``sparse-d10``: the study-2 ``cpu`` preset's task and model at σ = 0.5, read from the preset — s = 3-sparse w
+* ``sparse-d10``: the study-2 ``cpu`` preset's task and model at σ = 0.5 (the preset's query / key init is
+  ``--qk-inits fan_in``), read from the preset — s = 3-sparse w
   with N(0, 1) entries, d = 10, N = 20, 3 layers × 4 heads × width 32 with MLP, batch 32, Adam 2e-3 with 500
   warmup steps and cosine decay over ``--steps``, the curriculum 3 → 10 dims and 7 → 20 points (+1 / +2 every
   1500 steps, the support drawn among the active dims; the full task from step 10500); 12000 steps; threshold
@@ -19,6 +21,7 @@ below the threshold, and the window loss at fixed steps; then the median over se
 
   python benchmarks/learning_speed.py                        # dense-d5, 3 seeds × 2500 steps; needs the [bench] extra
   python benchmarks/learning_speed.py --setting sparse-d10 --seeds 8 --io-inits fan_in --json out.json
+  python benchmarks/learning_speed.py --io-inits fan_in --qk-inits gpt2,fan_in --no-reference
 
 Steps, not seconds, are compared here (benchmarks/bench_train.py times steps); the wall times printed are
 for orientation only.
@@ -96,14 +99,21 @@ def steps_to(window_losses: list[float], window: int, threshold: float) -> int |
   return None
 
 
-def jaxicl_config(s: Setting, io_init: str, seeds: list[int], steps: int, window: int):
-  """The jaxicl config of setting ``s``."""
+def jaxicl_key(io_init: str, qk_init: str = "gpt2") -> str:
+  """The name of a jaxicl run in the tables and the JSON (``qk_init`` named only where it is not the default)."""
+  return f"jaxicl io_init={io_init}" + (f" qk_init={qk_init}" if qk_init != "gpt2" else "")
+
+
+def jaxicl_config(s: Setting, io_init: str, seeds: list[int], steps: int, window: int, qk_init: str = "gpt2"):
+  """The jaxicl config of setting ``s`` with the read-in/read-out init ``io_init`` and the query/key init
+  ``qk_init``."""
   from jaxicl import configs
   sets = [f"task.d={s.d}", f"task.n_points={s.n_points}", "task.w_var=1.0", f"task.noise_var={s.noise_std ** 2!r}",
           f"model.width={s.width}", f"model.n_layers={s.layers}", f"model.heads={s.heads}",
-          f"model.max_points={s.n_points}", "model.mlp=true", f"model.io_init={io_init}", f"optim.lr={s.lr!r}",
-          f"optim.warmup_steps={s.warmup}", f"optim.schedule={s.schedule}", f"train.batch_size={s.batch}",
-          f"train.steps={steps}", "train.seeds=" + ",".join(map(str, seeds)), f"train.log_every={window}"]
+          f"model.max_points={s.n_points}", "model.mlp=true", f"model.io_init={io_init}", f"model.qk_init={qk_init}",
+          f"optim.lr={s.lr!r}", f"optim.warmup_steps={s.warmup}", f"optim.schedule={s.schedule}",
+          f"train.batch_size={s.batch}", f"train.steps={steps}", "train.seeds=" + ",".join(map(str, seeds)),
+          f"train.log_every={window}"]
   if s.sparsity is not None:
     sets += ["task.family=sparse", f"task.sparsity={s.sparsity}"]
   if s.dims_start is not None:
@@ -115,10 +125,11 @@ def jaxicl_config(s: Setting, io_init: str, seeds: list[int], steps: int, window
   return configs.get_config("tiny", sets)
 
 
-def train_jaxicl(s: Setting, io_init: str, seeds: list[int], steps: int, window: int) -> tuple[np.ndarray, float]:
+def train_jaxicl(s: Setting, io_init: str, seeds: list[int], steps: int, window: int,
+                 qk_init: str = "gpt2") -> tuple[np.ndarray, float]:
   """Window-mean training losses [seeds, steps // window] of jaxicl (seeds vmapped) and the wall time."""
   from jaxicl import train
-  cfg = jaxicl_config(s, io_init, seeds, steps, window)
+  cfg = jaxicl_config(s, io_init, seeds, steps, window, qk_init)
   t0 = time.perf_counter()
   result = train.train(cfg)
   wall = time.perf_counter() - t0
@@ -139,14 +150,17 @@ def engine_schedule(s: Setting, steps: int) -> tuple[np.ndarray, np.ndarray, np.
           np.asarray([float(schedule(step)) for step in range(steps)]))
 
 
-def train_reference(s: Setting, seed: int, steps: int, window: int) -> tuple[np.ndarray, float]:
-  """Window-mean training losses [steps // window] of the PyTorch reference for one seed, and the wall time.
+def train_reference(s: Setting, seed: int, steps: int, window: int, qk_init: str = "gpt2") -> tuple[np.ndarray, float]:
+  """Window-mean training losses [steps // window] of the PyTorch reference for one seed, and the wall time;
+  ``qk_init="fan_in"`` redraws its query / key kernels as jaxicl's option of that name (``reference.fan_in_qk_``).
   The points curriculum trains on the first ``points`` points of each prompt (the model is causal: the same loss
   as jaxicl's mask over the later points)."""
   import torch
   import reference
   torch.manual_seed(seed)
   model = reference.Reference(s.d, s.n_points, s.width, s.layers, s.heads)
+  if qk_init == "fan_in":
+    reference.fan_in_qk_(model, torch.Generator().manual_seed(20_000 + seed))
   opt = torch.optim.Adam(model.parameters(), lr=s.lr)
   dims, points, multipliers = engine_schedule(s, steps)
   gen = torch.Generator().manual_seed(10_000 + seed)
@@ -174,6 +188,9 @@ def main() -> None:
   parser.add_argument("--window", type=int, default=None, help="default: the setting's")
   parser.add_argument("--threshold", type=float, default=None, help="default: the setting's")
   parser.add_argument("--io-inits", default="fan_in,gpt2", help="jaxicl read-in/read-out inits to train")
+  parser.add_argument("--qk-inits", default="gpt2,fan_in",
+                      help="query/key inits to train: jaxicl with the first of --io-inits (the others: gpt2 only), "
+                           "and the reference")
   parser.add_argument("--torch-threads", type=int, default=1)
   parser.add_argument("--no-reference", action="store_true")
   parser.add_argument("--json", default=None)
@@ -192,12 +209,16 @@ def main() -> None:
     parser.error(f"--threshold={threshold}: must be finite")
   seeds = list(range(args.seeds))
   from jaxicl import files
-  io_inits = args.io_inits.split(",")
-  for io_init in io_inits:  # every input is checked, and the output folder made, before the long trainings
+  io_inits, qk_inits = args.io_inits.split(","), args.qk_inits.split(",")
+  inits = [(io_inits[0], qk) for qk in qk_inits] + [(io, "gpt2") for io in io_inits[1:]]
+  for flag, value in (("io-inits", args.io_inits), ("qk-inits", args.qk_inits)):
+    if len(set(value.split(","))) < len(value.split(",")):
+      parser.error(f"--{flag}={value}: a value is listed twice")
+  for io_init, qk_init in inits:  # every input is checked, and the output folder made, before the long trainings
     try:
-      jaxicl_config(setting, io_init, seeds, steps, window)
+      jaxicl_config(setting, io_init, seeds, steps, window, qk_init)
     except ValueError as e:
-      parser.error(f"--io-inits={args.io_inits}: {e}")
+      parser.error(f"--io-inits={args.io_inits} --qk-inits={args.qk_inits}: {e}")
   if args.json:
     try:
       files.prepare_output(args.json)
@@ -209,13 +230,15 @@ def main() -> None:
     except ImportError:
       parser.error("the reference needs torch and transformers (pip install -e '.[bench]'), or pass --no-reference")
   runs: dict[str, dict] = {}
-  for io_init in io_inits:
-    curves, wall = train_jaxicl(setting, io_init, seeds, steps, window)
-    runs[f"jaxicl io_init={io_init}"] = {"curves": curves, "wall_s": wall}
+  for io_init, qk_init in inits:
+    curves, wall = train_jaxicl(setting, io_init, seeds, steps, window, qk_init)
+    runs[jaxicl_key(io_init, qk_init)] = {"curves": curves, "wall_s": wall}
   if not args.no_reference:
     torch.set_num_threads(args.torch_threads)
-    curves, wall = zip(*(train_reference(setting, seed, steps, window) for seed in seeds))
-    runs[f"PyTorch/HF reference ({args.torch_threads} thread)"] = {"curves": np.stack(curves), "wall_s": sum(wall)}
+    for qk_init in qk_inits:
+      curves, wall = zip(*(train_reference(setting, seed, steps, window, qk_init) for seed in seeds))
+      name = f"PyTorch/HF reference ({args.torch_threads} thread)" + (f" qk_init={qk_init}" if qk_init != "gpt2" else "")
+      runs[name] = {"curves": np.stack(curves), "wall_s": sum(wall)}
 
   marks = sorted({m for m in (500, 1000, 1500, 2000, 2500, 3000, 5000, 10000, steps) if m <= steps and m % window == 0})
   print(f"{args.setting}: {describe(setting)}; loss = mean over {window}-step windows")

@@ -37,6 +37,16 @@ class Reference(torch.nn.Module):
     return self.read_out(h)[:, ::2, 0]
 
 
+def fan_in_qk_(model: Reference, generator: torch.Generator) -> None:
+  """Redraws every block's query and key kernels (the first 2E columns of HF's ``c_attn``) from N(0, 1/E):
+  jaxicl's ``qk_init="fan_in"``; values, biases and everything else keep Hugging Face's init."""
+  with torch.no_grad():
+    for block in model.backbone.h:
+      w = block.attn.c_attn.weight  # [E, 3E], y = x @ W + b; columns: query, key, value
+      width = w.shape[0]
+      w[:, :2 * width] = torch.randn(width, 2 * width, generator=generator) / width ** 0.5
+
+
 def port_weights(params: Any, model: Reference, n_layers: int) -> None:
   """Copies a jaxicl ``gpt2`` parameter tree (interleaved layout, with MLP) into ``model`` in place."""
   t = lambda a: torch.tensor(np.asarray(a, np.float32))

@@ -44,6 +44,12 @@ Initialisation.
   * gpt2 blocks: the GPT-2 scheme: every kernel and the positional embedding N(0, 0.02²), the two
     residual-branch output projections (attention ``out``, MLP ``proj``) N(0, 0.02²/(2L)), biases 0,
     LayerNorm scale 1 / bias 0.
+  * gpt2 query / key kernels (``qk_init``): ``gpt2`` (default) is the scheme above; ``fan_in`` draws them
+    from N(0, 1/E), so that for a LayerNorm'd token (unit-variance entries) queries and keys have unit-variance
+    entries and the logits s·q·k unit variance: attention is not uniform at init. With GPT-2's 0.02 the logits'
+    variance is (0.02²E)² ≈ 7e-4 at E = 64: every head starts as a plain causal average of the tokens, a
+    symmetric point that the early training sits near. ``fan_in`` leaves that loss plateau about twice as early
+    (benchmarks/learning_speed.py, README "Performance"); the study-2 ``cpu`` and ``full`` presets use it.
   * gpt2 ``read_in`` / ``read_out`` (``io_init``): ``fan_in`` (default) draws kernel and bias from
     U(±1/√fan_in), the default of a plain linear layer in PyTorch, which the GPT-2 ICL reference keeps
     for these two layers; ``gpt2`` draws the kernels from N(0, 0.02²) with zero biases. With ``gpt2`` a
@@ -94,6 +100,7 @@ GPT2_LAYOUTS = ("interleaved", "interleaved_flag")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION_IMPLS = ("einsum", "xla", "auto")
 IO_INITS = ("fan_in", "gpt2")
+QK_INITS = ("gpt2", "fan_in")
 W_OUT_INIT_SCALE = 0.01  # W_out ~ N(0, W_OUT_INIT_SCALE² / p) in the one-layer models
 GPT2_INIT_STD = 0.02
 LAYER_NORM_EPS = 1e-5  # GPT-2's LayerNorm epsilon (Flax's default is 1e-6)
@@ -112,7 +119,7 @@ def _is_pos_int(v) -> bool:
 # Fields that only one family of models has, with their defaults (``None`` in a ModelConfig = this default).
 ONE_LAYER_FIELDS = {"embed_dim": 64, "read_in": True}
 GPT2_FIELDS = {"width": 256, "n_layers": 12, "mlp": True, "mlp_ratio": 4, "max_points": 101, "layout": "interleaved",
-               "io_init": "fan_in"}
+               "io_init": "fan_in", "qk_init": "gpt2"}
 DEFAULT_HEADS = {"softmax_icl": (4,), "linear_icl": (4,), "gpt2": (8,)}
 
 
@@ -147,6 +154,8 @@ class ModelConfig:
       always use ``theory``).
     io_init: gpt2 read-in / read-out initialisation, ``fan_in`` (default; U(±1/√fan_in), kernel and
       bias) or ``gpt2`` (N(0, 0.02²) kernel, zero bias); see the module docstring.
+    qk_init: gpt2 query / key kernels, ``gpt2`` (default; N(0, 0.02²)) or ``fan_in`` (N(0, 1/E): logits of
+      unit variance at init); see the module docstring.
   """
 
   name: str = "softmax_icl"
@@ -163,6 +172,7 @@ class ModelConfig:
   max_points: int | None = None
   layout: str | None = None
   io_init: str | None = None
+  qk_init: str | None = None
 
   def __post_init__(self):
     if self.name not in MODEL_NAMES:
@@ -239,6 +249,8 @@ def validate(cfg: ModelConfig) -> None:
       _fail("layout", cfg.layout, f"unknown gpt2 layout; known: {GPT2_LAYOUTS}")
     if cfg.io_init not in IO_INITS:
       _fail("io_init", cfg.io_init, f"unknown; known: {IO_INITS}")
+    if cfg.qk_init not in QK_INITS:
+      _fail("qk_init", cfg.qk_init, f"unknown; known: {QK_INITS}")
   if cfg.attn_scale is not None and not (
       isinstance(cfg.attn_scale, (int, float, np.floating)) and math.isfinite(cfg.attn_scale)):
     _fail("attn_scale", cfg.attn_scale, "must be None or a finite number")
@@ -481,6 +493,7 @@ class MultiHeadAttention(nn.Module):
   scale: float
   use_xla: bool
   out_std: float
+  qk_std: float
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -488,13 +501,14 @@ class MultiHeadAttention(nn.Module):
                q_positions: np.ndarray | None = None) -> tuple[jax.Array, jax.Array | None]:
     """x [B, T, E] -> [B, T, E], or [B, Tq, E] for the queries at token positions ``q_positions`` [Tq] only."""
     h, kdim = self.num_heads, self.head_dim
-    init = nn.initializers.normal(GPT2_INIT_STD)
 
-    def proj(name):
-      return nn.DenseGeneral((h, kdim), dtype=self.dtype, param_dtype=jnp.float32, kernel_init=init, name=name)
+    def proj(name, std):
+      return nn.DenseGeneral((h, kdim), dtype=self.dtype, param_dtype=jnp.float32,
+                             kernel_init=nn.initializers.normal(std), name=name)
 
     x_q = x if q_positions is None else take_positions(x, q_positions)
-    q, k, v = proj("query")(x_q), proj("key")(x), proj("value")(x)  # [B, Tq, H, K], [B, T, H, K] x2
+    q, k = proj("query", self.qk_std)(x_q), proj("key", self.qk_std)(x)  # [B, Tq, H, K], [B, T, H, K]
+    v = proj("value", GPT2_INIT_STD)(x)  # [B, T, H, K]
     o, weights = attend(q, k, v, self.scale, causal=True, use_xla=self.use_xla and not want_weights,
                         q_positions=q_positions)
     if head_mask is not None:
@@ -532,6 +546,7 @@ class Block(nn.Module):
   scale: float
   use_xla: bool
   out_std: float
+  qk_std: float
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -541,7 +556,7 @@ class Block(nn.Module):
     [B, Tq, E] (every token is still a key and a value: the same outputs, less work)."""
     ln = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, param_dtype=jnp.float32, name=name)
     a, weights = MultiHeadAttention(self.num_heads, self.head_dim, self.width, self.scale, self.use_xla, self.out_std,
-                                    self.dtype, name="attn")(ln("ln_1")(x), head_mask, want_weights, q_positions)
+                                    self.qk_std, self.dtype, name="attn")(ln("ln_1")(x), head_mask, want_weights, q_positions)
     x = (x if q_positions is None else take_positions(x, q_positions)) + a
     if self.mlp:
       x = x + MLP(self.width, self.width * self.mlp_ratio, self.out_std, self.dtype, name="mlp")(ln("ln_2")(x))
@@ -580,13 +595,14 @@ class GPT2(nn.Module):
     pos = self.param("pos_embed", init, (2 * cfg.max_points, cfg.width), jnp.float32)
     x = x + pos[:n_tokens].astype(dtype)[None]
     out_std = GPT2_INIT_STD / math.sqrt(2 * cfg.n_layers)
+    qk_std = GPT2_INIT_STD if cfg.qk_init == "gpt2" else 1.0 / math.sqrt(cfg.width)
     hidden, weights = [x], []
     use_xla = cfg.attention_impl in ("xla", "auto")
     last = len(cfg.layer_heads) - 1
     for layer, h in enumerate(cfg.layer_heads):
       q_positions = out_positions if layer == last and not capture else None
       x, w = Block(h, cfg.head_dims[layer], cfg.width, cfg.mlp, cfg.mlp_ratio, cfg.logit_scale(layer), use_xla,
-                   out_std, dtype, name=f"block_{layer}")(x, _head_mask_for_layer(head_mask, layer, h), capture,
+                   out_std, qk_std, dtype, name=f"block_{layer}")(x, _head_mask_for_layer(head_mask, layer, h), capture,
                                                           q_positions)
       hidden.append(x)
       weights.append(w)

@@ -151,6 +151,43 @@ def test_gpt2_attention_weights_are_causal_distributions(batch):
     assert np.all(np.asarray(w)[..., ~future] > 0.0)
 
 
+def test_gpt2_qk_init_fan_in_draws_queries_and_keys_at_unit_logit_scale():
+  """qk_init='fan_in': query / key kernels N(0, 1/E), every other parameter the default's (same key, same draw);
+  the logits of a LayerNorm'd token then have ~unit variance, so attention at init is far from the uniform causal
+  average that GPT-2's 0.02 gives (logit variance (0.02²E)²)."""
+  width, n_points = 64, 24
+  task = tasks.TaskConfig(d=5, n_points=n_points)
+  cfgs = {qk: models.ModelConfig(name="gpt2", width=width, n_layers=2, heads=(4,), max_points=n_points, qk_init=qk)
+          for qk in ("gpt2", "fan_in")}
+  assert models.ModelConfig(name="gpt2").qk_init == "gpt2"
+  params = {qk: models.build_model(c, task).init(jax.random.PRNGKey(3)) for qk, c in cfgs.items()}
+  flat = {qk: dict(jax.tree_util.tree_flatten_with_path(p)[0]) for qk, p in params.items()}
+  qk_leaves = 0
+  for path, default in flat["gpt2"].items():
+    name = jax.tree_util.keystr(path)
+    ours = np.asarray(flat["fan_in"][path])
+    if name.endswith("['query']['kernel']") or name.endswith("['key']['kernel']"):
+      qk_leaves += 1
+      assert np.std(ours) == pytest.approx(1 / np.sqrt(width), rel=0.05), name  # 4096 draws: SE of std ≈ 1.1 %
+      assert np.std(np.asarray(default)) == pytest.approx(models.GPT2_INIT_STD, rel=0.05), name
+    else:
+      np.testing.assert_array_equal(ours, np.asarray(default), err_msg=name)
+  assert qk_leaves == 4  # 2 layers × (query, key)
+
+  rng = np.random.default_rng(0)
+  xs = jnp.asarray(rng.standard_normal((16, n_points, 5)), jnp.float32)
+  ys = jnp.asarray(rng.standard_normal((16, n_points)), jnp.float32)
+  for qk, cfg in cfgs.items():
+    _, aux = models.build_model(cfg, task).apply(params[qk], xs, ys, capture=True)
+    w = np.asarray(aux["attn"][0])[..., -1, :]  # [B, H, T]: the last token's row over all 2N tokens
+    uniform = 1.0 / w.shape[-1]
+    spread = np.abs(w / uniform - 1).mean()  # 0 for the plain causal average
+    if qk == "gpt2":
+      assert spread < 0.05, spread
+    else:
+      assert spread > 0.3, spread
+
+
 def test_gpt2_causality_by_gradients(batch):
   """Prediction i depends on x_1..x_i and y_1..y_{i-1} only (exactly zero gradient for the rest).
 
@@ -443,6 +480,7 @@ def test_softmax_icl_equals_kernel_predictor(batch, read_in):
     (dict(dtype="float16"), ["dtype", "float16"]),
     (dict(attention_impl="flash"), ["attention_impl", "flash"]),
     (dict(attn_scale=float("nan")), ["attn_scale"]),
+    (dict(name="gpt2", qk_init="xavier"), ["qk_init", "xavier"]),
 ])
 def test_bad_config_raises_naming_field(kwargs, needles):
   with pytest.raises(ValueError) as err:
@@ -455,6 +493,7 @@ def test_bad_config_raises_naming_field(kwargs, needles):
     dict(name="softmax_icl", width=64), dict(name="linear_icl", n_layers=2), dict(name="softmax_icl", mlp=False),
     dict(name="softmax_icl", mlp_ratio=2), dict(name="softmax_icl", max_points=8),
     dict(name="linear_icl", layout="interleaved"), dict(name="softmax_icl", io_init="gpt2"),
+    dict(name="linear_icl", qk_init="fan_in"),
     dict(name="gpt2", embed_dim=8), dict(name="gpt2", read_in=False),
 ])
 def test_a_field_of_another_model_is_an_error_naming_the_model(kwargs):

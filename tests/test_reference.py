@@ -83,6 +83,30 @@ def test_read_in_and_read_out_use_the_reference_init():
       assert abs(sample.var() / (bound**2 / 3) - 1) < 5 * np.sqrt(0.8 / sample.size)
 
 
+def test_reference_fan_in_qk_draws_queries_and_keys_as_jaxicls_qk_init_fan_in():
+  """learning_speed.py's reference with qk_init=fan_in: query / key kernels at jaxicl's N(0, 1/E), values and the
+  rest as Hugging Face drew them."""
+  width = 128
+  task = tasks.TaskConfig(d=D, n_points=N, w_var=1.0)
+  cfg = ModelConfig(name="gpt2", width=width, n_layers=2, heads=(4,), max_points=N, qk_init="fan_in")
+  ours = build_model(cfg, task).init(jax.random.PRNGKey(0))["block_1"]["attn"]
+  torch.manual_seed(0)
+  ref = reference.Reference(D, N, width, 2, 4)
+  before = [b.attn.c_attn.weight.detach().clone() for b in ref.backbone.h]
+  reference.fan_in_qk_(ref, torch.Generator().manual_seed(1))
+  # the sample std of n normal draws has relative SE 1/sqrt(2n) (n = 16384 here: 0.55 %)
+  tol = 5 / np.sqrt(2 * width * width)
+  for layer, block in enumerate(ref.backbone.h):
+    w = block.attn.c_attn.weight.detach().numpy()
+    for j in range(2):
+      assert abs(w[:, j * width:(j + 1) * width].std() * np.sqrt(width) - 1) < tol
+    np.testing.assert_array_equal(w[:, 2 * width:], before[layer].numpy()[:, 2 * width:])  # values untouched
+  for name in ("query", "key"):
+    assert abs(np.asarray(ours[name]["kernel"]).std() * np.sqrt(width) - 1) < tol
+  assert abs(np.asarray(ours["value"]["kernel"]).std() / 0.02 - 1) < tol  # both keep GPT-2's 0.02 for values
+  assert abs(before[0].numpy()[:, 2 * width:].std() / 0.02 - 1) < tol
+
+
 def test_points_curriculum_on_a_prompt_prefix_equals_jaxicls_masked_loss():
   """benchmarks/learning_speed.py trains the reference on the first n points of each prompt where jaxicl masks the
   loss beyond them: for a causal model the two are the same loss and the same gradients."""

@@ -170,11 +170,12 @@ PRESETS: dict[str, Callable[[], Preset]] = {}
 _preset = preset_registrar(PRESETS, Preset)  # @_preset: fn() -> (base config, settings)
 
 
-def _sparse_gpt2(d: int, sparsity: int, n_points: int, width: int) -> tuple[tasks.TaskConfig, ModelConfig]:
-  """The study's task (s-sparse w with N(0, 1) entries) and decoder family (MLP blocks, positions for N points);
-  σ, L and H are set by the grid."""
+def _sparse_gpt2(d: int, sparsity: int, n_points: int, width: int,
+                 qk_init: str = "gpt2") -> tuple[tasks.TaskConfig, ModelConfig]:
+  """The study's task (s-sparse w with N(0, 1) entries) and decoder family (MLP blocks, positions for N points,
+  query / key init ``qk_init``); σ, L and H are set by the grid."""
   return (tasks.TaskConfig(family="sparse", d=d, sparsity=sparsity, w_var=1.0, n_points=n_points),
-          ModelConfig(name="gpt2", width=width, mlp=True, max_points=n_points))
+          ModelConfig(name="gpt2", width=width, mlp=True, max_points=n_points, qk_init=qk_init))
 
 
 @_preset
@@ -248,7 +249,7 @@ def cpu():
   for 30000 steps (mean 1.97 / 1.66 for σ = 0.1 / 0.5; now 1.28 / 1.74). The PyTorch reference trained on this
   program at σ = 0.5 learns it no faster (``python benchmarks/learning_speed.py --setting sparse-d10``, 8 seeds each).
   """
-  task, model = _sparse_gpt2(d=10, sparsity=3, n_points=20, width=32)
+  task, model = _sparse_gpt2(d=10, sparsity=3, n_points=20, width=32, qk_init="fan_in")
   return (configs.Config(task=task, model=model,
                          optim=configs.OptimConfig(lr=2e-3, warmup_steps=500, schedule="cosine"),
                          curriculum=configs.CurriculumConfig(dims_start=3, points_start=7, every=1500),
@@ -264,8 +265,9 @@ def full():
   """The study: d=20, s=3, N=40, σ ∈ {0, 0.1, 0.5}; L ∈ {2, 3, 4} layers × 8 heads (width 256, MLP) and the
   single-head model of each depth; 3 seeds vmapped; 12000 Adam steps (lr 1e-3, 400 warmup, cosine, batch 64, clip 1)
   with Garg et al.'s curriculum shape: 3 → 20 active dims and 7 → 40 points (+1 dim and +2 points every 250 steps,
-  the full task from step 4250; the support drawn among the active dims) — the levers that took the CPU presets'
-  models off the plateau (the points axis at d = 10; README "Study 2"; untested at d = 20).
+  the full task from step 4250; the support drawn among the active dims), query / key kernels N(0, 1/E)
+  (``qk_init="fan_in"``) — the levers that took the CPU presets' models off the plateau (the points axis and the
+  query / key init at d = 10; README "Study 2"; untested at d = 20).
 
   `jaxicl reproduce head-utilization --preset full --out runs/head_utilization` — not run yet. Its length comes from
   the training cost measured per step on one H100 (``python benchmarks/step_cost.py --study head-utilization
@@ -281,7 +283,7 @@ def full():
   (3.8e10 flop/s measured) the preset is ~2 weeks. Every program is checkpointed under out/runs, so an interrupted
   run resumes, and a finished program's analysis is kept in out/records, which carries the run to the next lease.
   """
-  task, model = _sparse_gpt2(d=20, sparsity=3, n_points=40, width=256)
+  task, model = _sparse_gpt2(d=20, sparsity=3, n_points=40, width=256, qk_init="fan_in")
   return (configs.Config(task=task, model=model,
                          optim=configs.OptimConfig(lr=1e-3, warmup_steps=400, schedule="cosine", grad_clip=1.0),
                          curriculum=configs.CurriculumConfig(dims_start=3, points_start=7, every=250),
