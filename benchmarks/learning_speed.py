@@ -237,7 +237,8 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     for qk_init in qk_inits:
       curves, wall = zip(*(train_reference(setting, seed, steps, window, qk_init) for seed in seeds))
-      name = f"PyTorch/HF reference ({args.torch_threads} thread)" + (f" qk_init={qk_init}" if qk_init != "gpt2" else "")
+      name = f"PyTorch/HF reference ({args.torch_threads} thread)"
+      name += f" qk_init={qk_init}" if qk_init != "gpt2" else ""
       runs[name] = {"curves": np.stack(curves), "wall_s": sum(wall)}
 
   marks = sorted({m for m in (500, 1000, 1500, 2000, 2500, 3000, 5000, 10000, steps) if m <= steps and m % window == 0})

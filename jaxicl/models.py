@@ -555,8 +555,9 @@ class Block(nn.Module):
     """x [B, T, E] -> [B, T, E]; with ``q_positions`` [Tq], only the outputs at those token positions,
     [B, Tq, E] (every token is still a key and a value: the same outputs, less work)."""
     ln = lambda name: nn.LayerNorm(epsilon=LAYER_NORM_EPS, dtype=self.dtype, param_dtype=jnp.float32, name=name)
-    a, weights = MultiHeadAttention(self.num_heads, self.head_dim, self.width, self.scale, self.use_xla, self.out_std,
-                                    self.qk_std, self.dtype, name="attn")(ln("ln_1")(x), head_mask, want_weights, q_positions)
+    attn = MultiHeadAttention(self.num_heads, self.head_dim, self.width, self.scale, self.use_xla, self.out_std,
+                              self.qk_std, self.dtype, name="attn")
+    a, weights = attn(ln("ln_1")(x), head_mask, want_weights, q_positions)
     x = (x if q_positions is None else take_positions(x, q_positions)) + a
     if self.mlp:
       x = x + MLP(self.width, self.width * self.mlp_ratio, self.out_std, self.dtype, name="mlp")(ln("ln_2")(x))

@@ -231,23 +231,25 @@ def quick():
 @_preset
 def cpu():
   """The study's shape scaled to a CPU, on the σ = 0.1 quick preset's schedule (batch 32): d=10, s=3, N=20,
-  σ ∈ {0.1, 0.5}; 3 layers × 4 heads (width 32, MLP), 3 seeds vmapped (both σ in one program of 6 runs); 40000
-  Adam steps at lr 2e-3 (500 warmup, cosine, batch 32) with Garg et al.'s curriculum shape on dims and points
-  (3 → 10 active dims and 7 → 20 points, +1 dim and +2 points every 1500 steps, the full task from step 10500);
-  checkpointed every 2000 steps under out/runs, so it runs in pieces (interrupt and re-run the same command to
-  resume).
+  σ ∈ {0.1, 0.5}; 3 layers × 4 heads (width 32, MLP, query / key kernels N(0, 1/E)), 3 seeds vmapped (both σ in
+  one program of 6 runs); 40000 Adam steps at lr 2e-3 (500 warmup, cosine, batch 32) with Garg et al.'s curriculum
+  shape on dims and points (3 → 10 active dims and 7 → 20 points, +1 dim and +2 points every 1500 steps, the full
+  task from step 10500); checkpointed every 2000 steps under out/runs, so it runs in pieces (interrupt and re-run
+  the same command to resume).
 
-  `jaxicl reproduce head-utilization --preset cpu --out runs/head_utilization_cpu` — 47 min 17 s measured on the
-  idle 2-core CPU with its 6 runs sharded 3 per CPU device (2026-11-27: training 46.7 min at 13-17 steps/s, model
-  analyses 25 s, baselines read from a copy of an earlier run's out/baselines; tuning them takes ~16 min more). It
-  does not reach the study's regime: the models end at mean excess risk 1.14-2.13 against tuned ridge's 0.87
-  (σ = 0.1) and 1.18 (σ = 0.5), above ridge and GD for n < d (README "Study 2").
+  `jaxicl reproduce head-utilization --preset cpu --out runs/head_utilization_cpu` — 40 min 23 s measured on the
+  2-core CPU with its 6 runs sharded 3 per CPU device (2026-12-08, beside a 22-minute benchmark: training 37 min at
+  10-25 steps/s, model analyses 17 s, baselines read from a copy of an earlier run's out/baselines; tuning them
+  takes ~16 min more; 47 min 17 s idle with the former init on 2026-11-27). It does not reach the study's regime:
+  the models end at mean excess risk 1.13-1.45 against tuned ridge's 0.87 (σ = 0.1) and 1.18 (σ = 0.5), level with
+  ridge at n = 1 and above ridge and GD for n = 2..9 (README "Study 2").
 
-  The points axis of the curriculum is what takes every run off the loss plateau early (by step 1500-3000 in a
-  3-seed probe at σ = 0.5; in the preset's run every run by step 3000); with the dims curriculum alone (every 1000
-  steps, the preset until 2026-11-27) the models sat on it through the 3-dim stage and one run of six stayed there
-  for 30000 steps (mean 1.97 / 1.66 for σ = 0.1 / 0.5; now 1.28 / 1.74). The PyTorch reference trained on this
-  program at σ = 0.5 learns it no faster (``python benchmarks/learning_speed.py --setting sparse-d10``, 8 seeds each).
+  Two levers take every run off the loss plateau early: the points axis of the curriculum (with the dims curriculum
+  alone, the preset until 2026-11-27, one run of six sat on it for 30000 steps) and the query / key init
+  ``qk_init="fan_in"`` (unit-variance logits at init instead of GPT-2's near-uniform attention; since 2026-12-08:
+  every run below a training loss of 2.0 by step 1500, mean excess risk 1.16 / 1.36 for σ = 0.1 / 0.5 against 1.28 /
+  1.74 with GPT-2's 0.02). The PyTorch reference trained on this program with GPT-2's init at σ = 0.5 learned it no
+  faster than jaxicl with that init (``python benchmarks/learning_speed.py --setting sparse-d10``, 8 seeds each).
   """
   task, model = _sparse_gpt2(d=10, sparsity=3, n_points=20, width=32, qk_init="fan_in")
   return (configs.Config(task=task, model=model,
