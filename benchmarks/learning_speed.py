@@ -99,9 +99,14 @@ def steps_to(window_losses: list[float], window: int, threshold: float) -> int |
   return None
 
 
+def qk_suffix(qk_init: str) -> str:
+  """What a run's name says of its query / key init: nothing for the default (GPT-2's), else `` qk_init=...``."""
+  return f" qk_init={qk_init}" if qk_init != "gpt2" else ""
+
+
 def jaxicl_key(io_init: str, qk_init: str = "gpt2") -> str:
-  """The name of a jaxicl run in the tables and the JSON (``qk_init`` named only where it is not the default)."""
-  return f"jaxicl io_init={io_init}" + (f" qk_init={qk_init}" if qk_init != "gpt2" else "")
+  """The name of a jaxicl run in the tables and the JSON."""
+  return f"jaxicl io_init={io_init}" + qk_suffix(qk_init)
 
 
 def jaxicl_config(s: Setting, io_init: str, seeds: list[int], steps: int, window: int, qk_init: str = "gpt2"):
@@ -237,9 +242,8 @@ def main() -> None:
     torch.set_num_threads(args.torch_threads)
     for qk_init in qk_inits:
       curves, wall = zip(*(train_reference(setting, seed, steps, window, qk_init) for seed in seeds))
-      name = f"PyTorch/HF reference ({args.torch_threads} thread)"
-      name += f" qk_init={qk_init}" if qk_init != "gpt2" else ""
-      runs[name] = {"curves": np.stack(curves), "wall_s": sum(wall)}
+      runs[f"PyTorch/HF reference ({args.torch_threads} thread)" + qk_suffix(qk_init)] = {
+          "curves": np.stack(curves), "wall_s": sum(wall)}
 
   marks = sorted({m for m in (500, 1000, 1500, 2000, 2500, 3000, 5000, 10000, steps) if m <= steps and m % window == 0})
   print(f"{args.setting}: {describe(setting)}; loss = mean over {window}-step windows")
