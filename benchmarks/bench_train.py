@@ -265,11 +265,11 @@ def main() -> None:
   if result_steps:
     # steps to result per (implementation side, query / key init): jaxicl's default read-in / read-out init and the
     # reference; a learning-speed run with --qk-inits gpt2,fan_in gives each side both
+    import learning_speed
     steps_of: dict[tuple[bool, str], float | None] = {}
     for key, value in result_steps.items():
       if key.startswith("jaxicl io_init=fan_in") or not key.startswith("jaxicl"):
-        qk = key.split(" qk_init=")[1] if " qk_init=" in key else "gpt2"
-        steps_of.setdefault((key.startswith("jaxicl"), qk), value)
+        steps_of.setdefault((key.startswith("jaxicl"), learning_speed.qk_init_of(key)), value)
     with_results = []
     for r in rows:  # each small-model row, then a copy of it (the same timings) per other query / key init
       with_results.append(r)

@@ -104,6 +104,11 @@ def qk_suffix(qk_init: str) -> str:
   return f" qk_init={qk_init}" if qk_init != "gpt2" else ""
 
 
+def qk_init_of(name: str) -> str:
+  """The query / key init a run's name says (``qk_suffix`` read back; ``gpt2`` when it names none)."""
+  return name.split(" qk_init=")[1] if " qk_init=" in name else "gpt2"
+
+
 def jaxicl_key(io_init: str, qk_init: str = "gpt2") -> str:
   """The name of a jaxicl run in the tables and the JSON."""
   return f"jaxicl io_init={io_init}" + qk_suffix(qk_init)
